@@ -1,0 +1,295 @@
+"""One typed config tree for every absa command.
+
+Precedence: defaults < YAML file < command-line overrides (``optim.lr=0.2``). Every section
+forbids unknown keys; every error is one line naming the file (or "override") and the
+dotted field, with the closest valid key suggested for typos.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "svhn", "mnist", "imagefolder")
+METHODS = ("bl", "fb", "gg", "abs", "absa")
+
+
+class ConfigError(ValueError):
+    """A config problem, already phrased as one line for the user."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class DataConfig(Section):
+    name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    root: Path = Path("data")  # folder holding the on-disk datasets
+    download: bool = False  # opt-in torchvision download (needs internet)
+    augment: Literal["auto", "none", "crop", "crop_flip"] = "auto"  # auto: no flip for digit sets
+    image_size: int | None = Field(None, ge=4)  # resize/upsample to this side length
+    train_size: int | None = Field(None, ge=1)  # synthetic: size; others: first N (seeded subset)
+    test_size: int | None = Field(None, ge=1)
+    test_fraction: float = Field(0.25, gt=0, lt=1)  # digits: held-out fraction (fixed split)
+    split_seed: int = 0  # digits/synthetic split and subset seed (independent of train.seed)
+    num_workers: int = Field(0, ge=0)  # imagefolder decoding workers
+
+
+class ModelConfig(Section):
+    name: str = "small_cnn"
+    width: int = Field(16, ge=1)  # base channel width of the small models
+
+
+class OptimConfig(Section):
+    lr: float = Field(0.1, gt=0)  # eta_0 at batch.size (see schedule.ref_batch for FB)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    nesterov: bool = False
+    decay_epochs: tuple[int, ...] = ()  # 0-based epochs from which lr *= decay_factor
+    decay_factor: float = Field(0.2, gt=0, le=1)  # rho
+
+    @field_validator("decay_epochs")
+    @classmethod
+    def _sorted(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(e < 0 for e in v) or list(v) != sorted(set(v)):
+            raise ValueError("must be increasing, non-negative epochs")
+        return v
+
+
+class BatchConfig(Section):
+    size: int = Field(128, ge=1)  # logical (global) batch B; B_0 for adaptive methods
+    max_micro_batch: int = Field(256, ge=1)  # largest chunk run at once (gradient accumulation)
+
+
+class TrainConfig(Section):
+    epochs: int = Field(30, ge=1)
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    out_dir: Path = Path("runs")
+    run_name: str | None = None  # default: <config stem>-<method>-b<batch>-s<seed>
+    eval_batch: int = Field(512, ge=1)
+    deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only)
+    threads: int | None = Field(None, ge=1)  # torch.set_num_threads
+
+
+class ScheduleConfig(Section):
+    method: Literal[METHODS] = "bl"  # type: ignore[valid-type]
+    max_batch: int | None = Field(None, ge=1)  # B_max for gg/abs/absa
+    ref_batch: int | None = Field(None, ge=1)  # fb: lr = optim.lr * batch.size / ref_batch
+    warmup_epochs: float = Field(5.0, ge=0)  # fb: linear lr warm-up
+    alpha: float = Field(2.0, gt=1)  # abs: grow when lambda <= lambda_ref / alpha
+    growth_factor: int = Field(2, ge=2)
+    lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
+    reference: Literal["peak", "first"] = "peak"  # first = the authors' rule
+    duration: int = Field(10, ge=1)  # abs: grow anyway after this many epochs
+
+
+class HessianConfig(Section):
+    block: str = "last"  # last | full | comma-separated name patterns
+    probe_size: int = Field(4096, ge=1)  # fixed probe subset of the train split
+    method: Literal["power", "lanczos"] = "power"
+    max_iter: int = Field(20, ge=1)
+    rtol: float = Field(1e-3, gt=0)
+    warm_start: bool = True
+    max_overhead: float | None = Field(None, gt=0, lt=1)  # cap on hessian/train time
+
+
+class AdversarialConfig(Section):
+    fraction: float | None = Field(None, ge=0, le=1)  # r; None = 0.2 for absa, 0 otherwise
+    method: Literal["fgsm", "pgd", "fast_fgsm"] = "fgsm"
+    eps: float = Field(0.005, ge=0, le=1)  # [0,1] pixels
+    pgd_steps: int = Field(10, ge=1)
+    pgd_step_size: float | None = Field(None, gt=0)  # [0,1] pixels; default 2.5 * eps / steps
+    model_mode: Literal["eval", "train"] = "eval"  # module mode while crafting examples
+    eval_eps: tuple[float, ...] = (0.005, 0.01, 0.02)  # robust accuracy in `absa eval`
+
+
+class DistributedConfig(Section):
+    backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, gloo on CPU
+    timeout_s: int = Field(1800, ge=10)
+
+
+class Config(Section):
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    batch: BatchConfig = BatchConfig()
+    train: TrainConfig = TrainConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    hessian: HessianConfig = HessianConfig()
+    adversarial: AdversarialConfig = AdversarialConfig()
+    distributed: DistributedConfig = DistributedConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        s, b = self.schedule, self.batch
+        if s.method in ("gg", "abs", "absa"):
+            if s.max_batch is None:
+                raise ValueError(f"schedule.max_batch: required for method {s.method}")
+            if s.max_batch < b.size:
+                raise ValueError(
+                    f"schedule.max_batch: {s.max_batch} is smaller than batch.size {b.size}"
+                )
+        for e in self.optim.decay_epochs:
+            if e >= self.train.epochs:
+                raise ValueError(
+                    f"optim.decay_epochs: epoch {e} is not below train.epochs {self.train.epochs}"
+                )
+        return self
+
+    @property
+    def adv_fraction(self) -> float:
+        """r at the start of training: explicit, else 0.2 for ABSA and 0 otherwise."""
+        if self.adversarial.fraction is not None:
+            return self.adversarial.fraction
+        return 0.2 if self.schedule.method == "absa" else 0.0
+
+
+# --- YAML -----------------------------------------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads 1e-3 as a float (YAML 1.1 needs a dot, YAML 1.2 does not)."""
+
+
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_Loader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:float"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
+def parse_yaml(text: str, source: str = "<string>") -> Any:
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{source}:{where}: malformed YAML: {problem}") from None
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read config: {err.strerror}") from None
+    data = parse_yaml(text, str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    return data
+
+
+# --- overrides ------------------------------------------------------------------------------
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted ``key=value`` pairs into a nested dict; values are parsed as YAML."""
+    out = _deep_copy(tree)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override {item!r}: expected dotted key=value, e.g. optim.lr=0.2")
+        value = parse_yaml(raw, f"override {key}") if raw.strip() else None
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def _deep_copy(tree: Any) -> Any:
+    if isinstance(tree, dict):
+        return {k: _deep_copy(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_deep_copy(v) for v in tree]
+    return tree
+
+
+# --- validation -----------------------------------------------------------------------------
+
+
+def _fields_at(path: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in path:
+        field = model.model_fields.get(str(part))
+        ann = field.annotation if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return list(model.model_fields)
+
+
+def _describe(err: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    dotted = ".".join(str(p) for p in loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        valid = _fields_at(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
+        hint = f"; did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))}?" if close else ""
+        return f"{dotted}: unknown key{hint} (valid: {', '.join(valid)})"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+        if not dotted:  # model-level check: the message already starts with the field
+            return msg
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or kind == "missing" else f" (got {got!r})"
+    return f"{dotted}: {msg}{shown}" if dotted else f"{msg}{shown}"
+
+
+def validate(tree: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = len(exc.errors()) - 1
+        extra = f" (+{more} more)" if more else ""
+        raise ConfigError(f"{source}: {_describe(first)}{extra}") from None
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Load defaults < YAML ``path`` < dotted ``overrides`` into a validated, frozen Config."""
+    tree = read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else "config"
+    if overrides:
+        validate(tree, source)  # blame the file for its own errors
+        tree = apply_overrides(tree, overrides)
+        source = f"{source} + overrides" if path is not None else "overrides"
+    return validate(tree, source)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain, YAML/JSON-safe dict of a config (paths as strings, tuples as lists)."""
+    return cfg.model_dump(mode="json")
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def from_dict(tree: dict[str, Any], source: str = "checkpoint") -> Config:
+    return validate(tree, source)

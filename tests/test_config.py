@@ -1,0 +1,119 @@
+import pytest
+
+from absa import config as C
+
+
+def write(tmp_path, text, name="x.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_defaults_are_valid():
+    cfg = C.load()
+    assert cfg.data.name == "digits" and cfg.schedule.method == "bl"
+
+
+def test_scientific_notation_is_float(tmp_path):
+    cfg = C.load(write(tmp_path, "optim:\n  lr: 1e-3\n  weight_decay: 5e-4\n"))
+    assert cfg.optim.lr == pytest.approx(1e-3) and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.weight_decay == pytest.approx(5e-4)
+
+
+def test_unknown_key_names_file_field_and_suggestion(tmp_path):
+    p = write(tmp_path, "optim:\n  lerning_rate: 0.1\n")
+    with pytest.raises(C.ConfigError) as e:
+        C.load(p)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert str(p) in msg and "optim.lerning_rate" in msg and "unknown key" in msg
+
+
+def test_typo_suggests_closest_key(tmp_path):
+    with pytest.raises(C.ConfigError, match=r"batch\.max_micro_bach.*did you mean batch\.max_micro_batch"):
+        C.load(write(tmp_path, "batch:\n  max_micro_bach: 64\n"))
+    with pytest.raises(C.ConfigError, match="did you mean optim"):
+        C.load(write(tmp_path, "optm:\n  lr: 0.1\n"))
+
+
+def test_wrong_type_names_field(tmp_path):
+    with pytest.raises(C.ConfigError, match=r"x\.yaml: batch\.size: .*integer.*'big'"):
+        C.load(write(tmp_path, "batch:\n  size: big\n"))
+
+
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("optim:\n  lr: -0.1\n", "optim.lr"),
+        ("optim:\n  momentum: 1.5\n", "optim.momentum"),
+        ("batch:\n  size: 0\n", "batch.size"),
+        ("optim:\n  decay_epochs: [20, 10]\n", "optim.decay_epochs"),
+        ("schedule:\n  method: abs\n", "schedule.max_batch"),
+        ("schedule:\n  method: abs\n  max_batch: 64\nbatch:\n  size: 128\n", "schedule.max_batch"),
+        ("train:\n  epochs: 10\noptim:\n  decay_epochs: [12]\n", "optim.decay_epochs"),
+        ("data:\n  name: imagenet\n", "data.name"),
+        ("adversarial:\n  eps: 2\n", "adversarial.eps"),
+    ],
+)
+def test_impossible_values(tmp_path, text, field):
+    with pytest.raises(C.ConfigError) as e:
+        C.load(write(tmp_path, text))
+    assert field in str(e.value) and "\n" not in str(e.value)
+
+
+def test_malformed_yaml_one_line(tmp_path):
+    p = write(tmp_path, "optim: [lr: 0.1\n")
+    with pytest.raises(C.ConfigError) as e:
+        C.load(p)
+    assert str(p) in str(e.value) and "malformed YAML" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_top_level_must_be_mapping(tmp_path):
+    with pytest.raises(C.ConfigError, match="mapping"):
+        C.load(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(C.ConfigError, match="cannot read"):
+        C.load(tmp_path / "nope.yaml")
+
+
+def test_overrides_apply_after_yaml(tmp_path):
+    p = write(tmp_path, "optim:\n  lr: 0.1\nbatch:\n  size: 128\n")
+    cfg = C.load(p, ["optim.lr=0.2", "batch.size=512", "optim.decay_epochs=[3, 5]", "data.name=synthetic"])
+    assert cfg.optim.lr == 0.2 and cfg.batch.size == 512
+    assert cfg.optim.decay_epochs == (3, 5) and cfg.data.name == "synthetic"
+
+
+def test_override_errors(tmp_path):
+    with pytest.raises(C.ConfigError, match=r"optim\.lrr.*did you mean optim\.lr"):
+        C.load(None, ["optim.lrr=0.2"])
+    with pytest.raises(C.ConfigError, match="expected dotted key=value"):
+        C.load(None, ["optim.lr"])
+    with pytest.raises(C.ConfigError, match=r"optim\.lr"):
+        C.load(None, ["optim.lr=abc"])
+
+
+def test_file_errors_blamed_on_file_not_overrides(tmp_path):
+    p = write(tmp_path, "optim:\n  lr: -1\n")
+    with pytest.raises(C.ConfigError, match=rf"^{p}: optim\.lr"):
+        C.load(p, ["optim.lr=0.1"])
+
+
+def test_round_trip_through_dict():
+    cfg = C.load(None, ["schedule.method=abs", "schedule.max_batch=1024"])
+    again = C.from_dict(C.to_dict(cfg))
+    assert again == cfg
+    assert C.parse_yaml(C.dump_yaml(cfg)) == C.to_dict(cfg)
+
+
+def test_config_is_frozen():
+    cfg = C.load()
+    with pytest.raises(Exception):
+        cfg.optim.lr = 3.0  # type: ignore[misc]
+
+
+def test_adv_fraction_default_per_method():
+    assert C.load(None, ["schedule.method=absa", "schedule.max_batch=512"]).adv_fraction == 0.2
+    assert C.load(None, ["schedule.method=abs", "schedule.max_batch=512"]).adv_fraction == 0.0
+    assert C.load(None, ["adversarial.fraction=0.3"]).adv_fraction == 0.3
