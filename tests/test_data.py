@@ -57,7 +57,7 @@ def test_svhn_mat(tmp_path):
         y = np.array([[10], [1], [2], [3], [4]][:n], dtype=np.uint8)
         savemat(tmp_path / f"{split}_32x32.mat", {"X": X, "y": y})
         if split == "train":
-            X_train, y_train = X, y
+            X_train = X
     d = D.load_data(DataConfig(name="svhn", root=tmp_path))
     x, y = d.train.get(torch.arange(5))
     assert y.tolist() == [0, 1, 2, 3, 4]  # label 10 is digit 0
@@ -103,7 +103,7 @@ def test_imagefolder(tmp_path):
     d = D.load_data(DataConfig(name="imagefolder", root=tmp_path, image_size=16))
     assert len(d.train) == 6 and len(d.test) == 2 and d.info.num_classes == 2
     x, y = d.train.get(torch.tensor([0, 5]))
-    assert x.shape == (2, 3, 16, 16) and 0 <= x.min() and x.max() <= 1
+    assert x.shape == (2, 3, 16, 16) and x.min() >= 0 and x.max() <= 1
     assert y.tolist() == [0, 1]
 
 
@@ -137,7 +137,7 @@ def test_digits_embedded_fixed_split():
     b = D.load_data(DataConfig(name="digits"))
     assert len(a.train) + len(a.test) == 1797
     assert torch.equal(a.train.x, b.train.x) and torch.equal(a.test.y, b.test.y)
-    assert a.train.x.shape[1:] == (1, 8, 8) and 0 <= a.train.x.min() and a.train.x.max() <= 1
+    assert a.train.x.shape[1:] == (1, 8, 8) and a.train.x.min() >= 0 and a.train.x.max() <= 1
     # stratified: every class present in the test split
     assert set(a.test.y.tolist()) == set(range(10))
     up = D.load_data(DataConfig(name="digits", image_size=16))

@@ -1,0 +1,531 @@
+"""The ``absa`` command line (typer); the only module that reads argv.
+
+Errors the user can fix (config, data, checkpoint, run folder) print one line on stderr
+and exit with status 2; a diverged run exits with status 3 keeping its last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="absa",
+    help=(
+        "Train image classifiers with large, growing batches: the batch size grows when the "
+        "top Hessian eigenvalue drops (ABS), with adversarial training mixed in (ABSA); "
+        "baselines BL, FB and GG run from the same configs."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+err_console = Console(stderr=True)
+console = Console()
+
+USER_ERROR = 2
+DIVERGED = 3
+
+
+class CliError(Exception):
+    """A one-line message for the user; exit status ``code``."""
+
+    def __init__(self, message: str, code: int = USER_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from absa.checkpoint import CheckpointError
+    from absa.config import ConfigError
+    from absa.data import DataError
+    from absa.models import ModelError
+    from absa.train import RunFolderError
+
+    return (ConfigError, DataError, CheckpointError, ModelError, RunFolderError, ValueError)
+
+
+@contextmanager
+def _handled() -> Iterator[None]:
+    """Turn known failures into one line on stderr and a non-zero exit."""
+    from absa.train import TrainingDiverged
+
+    try:
+        yield
+    except CliError as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(err.code) from None
+    except TrainingDiverged as err:
+        err_console.print(f"[bold red]diverged:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(DIVERGED) from None
+    except _user_errors() as err:
+        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(USER_ERROR) from None
+    except KeyboardInterrupt:
+        err_console.print("interrupted; the last completed epoch's checkpoint is kept")
+        raise typer.Exit(130) from None
+
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--config", "-c", help="YAML config (see configs/). Defaults apply to unset keys."
+    ),
+]
+OverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        help="Dotted overrides applied after the YAML, e.g. optim.lr=0.2 batch.size=512",
+        show_default=False,
+    ),
+]
+
+
+def _progress_factory(progress: Any) -> Callable[[int, int], Callable[[int, int, float], None]]:
+    def factory(epoch: int, epochs: int) -> Callable[[int, int, float], None]:
+        for task in list(progress.task_ids):
+            progress.remove_task(task)
+        task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=None)
+
+        def update(step: int, steps: int, lr: float) -> None:
+            progress.update(task, completed=step, total=steps)
+
+        return update
+
+    return factory
+
+
+@contextmanager
+def _progress_output() -> Iterator[tuple[Callable[[str], None], Any]]:
+    """A live progress bar on a terminal; plain log lines otherwise."""
+    if not err_console.is_terminal:
+        yield (lambda msg: print(msg, flush=True)), None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=True,
+    ) as progress:
+        yield (
+            (lambda msg: progress.console.print(msg, highlight=False)),
+            _progress_factory(progress),
+        )
+
+
+def _relaunch(nproc: int) -> None:
+    """``absa train --nproc N ...`` -> ``torchrun --standalone --nproc-per-node N -m absa train ...``."""
+    from torch.distributed.run import main as torchrun_main
+
+    args, skip = [], False
+    for a in sys.argv[1:]:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        args.append(a)
+    torchrun_main(["--standalone", f"--nproc-per-node={nproc}", "-m", "absa", *args])
+
+
+@app.command()
+def train(
+    config: ConfigOpt = None,
+    overrides: OverridesArg = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="Run folder to continue from its last.pt (config taken from it)."),
+    ] = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(help="Launch N local processes through torch.distributed.run (torchrun)."),
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
+) -> None:
+    """Train a model; metrics.jsonl, config.yaml and last.pt go into the run folder.
+
+    The run folder is train.out_dir/train.run_name (default
+    runs/<config-stem>-<method>-b<batch>-s<seed>). Kill it any time: --resume RUN_DIR continues
+    from the last completed epoch and ends with the same weights as an uninterrupted run.
+    """
+    if nproc is not None and nproc > 1 and "RANK" not in os.environ:
+        _relaunch(nproc)
+        return
+    with _handled():
+        from absa import config as C
+        from absa import distributed as D
+        from absa.train import prepare_run_dir, run
+
+        if config is None and resume is not None:
+            config = resume / "config.yaml"
+        cfg = C.load(config, overrides or [])
+        stem = config.stem if config is not None else "run"
+        run_dir = prepare_run_dir(cfg, stem, resume)
+        env = D.setup(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_s)
+        try:
+            with _progress_output() as (log, progress):
+                summary = run(
+                    cfg, env, run_dir, resume=resume is not None, log=log, progress=progress
+                )
+        finally:
+            D.teardown(env)
+        if env.is_main:
+            _print_summary(summary)
+            if json_out is not None:
+                json_out.write_text(json.dumps(summary.__dict__, indent=2) + "\n")
+
+
+def _print_summary(summary: Any) -> None:
+    t = Table(title=f"absa train: {summary.run_dir}", show_header=False)
+    t.add_row("test accuracy", f"{summary.test_acc:.2f}%  (best {summary.best_test_acc:.2f}%)")
+    t.add_row("test loss", f"{summary.test_loss:.4f}")
+    t.add_row("epochs / SGD updates", f"{summary.epochs} / {summary.updates}")
+    t.add_row("final batch size", str(summary.final_batch))
+    t.add_row(
+        "time train / hessian / eval",
+        f"{summary.train_seconds:.1f}s / {summary.hessian_seconds:.1f}s / {summary.eval_seconds:.1f}s",
+    )
+    console.print(t)
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Annotated[Path, typer.Option(help="last.pt or a run folder.")],
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Override data.root (where the dataset files are).")
+    ] = None,
+    robust: Annotated[
+        bool, typer.Option(help="Also report FGSM and PGD accuracy at adversarial.eval_eps.")
+    ] = True,
+    eps: Annotated[
+        list[float] | None, typer.Option(help="Epsilons in [0,1] pixels (repeatable).")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(help="Evaluate only the first N test samples.")
+    ] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+) -> None:
+    """Test loss and accuracy of a checkpoint, plus robust accuracy under FGSM and PGD."""
+    with _handled():
+        from absa.evaluate import evaluate, robust_accuracy
+
+        overrides = [f"data.root={data_dir}"] if data_dir is not None else []
+        cfg, env, data, model, ck = _model_for(checkpoint, None, overrides)
+        clean = evaluate(model, data.test, env, cfg.train.eval_batch, limit)
+        rows = [("clean", 0.0, clean)]
+        if robust:
+            eps_list = list(eps) if eps else list(cfg.adversarial.eval_eps)
+            kw = {"steps": cfg.adversarial.pgd_steps}
+            for method, extra in (("fgsm", {}), ("pgd", kw)):
+                res = robust_accuracy(model, data.test, env, eps_list, method, limit=limit, **extra)
+                rows += [(method, e, r) for e, r in res.items()]
+        table = Table(
+            title=f"absa eval: {checkpoint} (epoch {ck['epoch']}, {ck['updates']} updates)"
+        )
+        for col in ("attack", "eps", "loss", "accuracy %", "samples"):
+            table.add_column(col, justify="right" if col != "attack" else "left")
+        for name, e, r in rows:
+            table.add_row(name, f"{e:g}", f"{r.loss:.4f}", f"{r.acc:.2f}", str(r.n))
+        console.print(table)
+        if json_out is not None:
+            out = [
+                {"attack": n, "eps": e, "loss": r.loss, "acc": r.acc, "n": r.n} for n, e, r in rows
+            ]
+            json_out.write_text(
+                json.dumps({"checkpoint": str(checkpoint), "results": out}, indent=2) + "\n"
+            )
+
+
+def _not_yet(name: str) -> None:
+    raise CliError(f"absa {name} is not available yet in this version", code=USER_ERROR)
+
+
+def _model_for(
+    checkpoint: Path | None, config: Path | None, overrides: list[str]
+) -> tuple[Any, Any, Any, Any, dict[str, Any] | None]:
+    """(cfg, env, data, model, checkpoint dict) from a checkpoint or a config (fresh init)."""
+    from absa import checkpoint as ckpt_io
+    from absa import config as C
+    from absa.data import load_data
+    from absa.distributed import DistEnv, resolve_device
+    from absa.models import build_model
+
+    ck = None
+    if checkpoint is not None:
+        ck = ckpt_io.load(checkpoint)
+        tree = C.apply_overrides(ck["config"], overrides)
+        cfg = C.from_dict(tree, str(checkpoint))
+        if config is not None:
+            other = C.load(config, overrides)
+            if other.model != cfg.model:
+                raise CliError(
+                    f"{checkpoint}: checkpoint is from model {ck['config']['model']} but "
+                    f"{config} asks for {C.to_dict(other)['model']}"
+                )
+    else:
+        cfg = C.load(config, overrides)
+        torch_seed(cfg.train.seed)
+    env = DistEnv(device=resolve_device(cfg.train.device))
+    data = load_data(cfg.data)
+    model = build_model(cfg.model.name, data.info, cfg.model.width).to(env.device)
+    if ck is not None:
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError as err:
+            raise CliError(
+                f"{checkpoint}: weights do not fit model {cfg.model.name} "
+                f"({str(err).strip().splitlines()[0]})"
+            ) from None
+    return cfg, env, data, model, ck
+
+
+def torch_seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+@app.command("hessian")
+def hessian_cmd(
+    checkpoint: Annotated[
+        Path | None, typer.Option(help="last.pt or a run folder (its config is used).")
+    ] = None,
+    config: ConfigOpt = None,
+    overrides: OverridesArg = None,
+    split: Annotated[str, typer.Option(help="train or test split.")] = "train",
+    samples: Annotated[
+        int | None,
+        typer.Option(help="Use N random samples of the split (default hessian.probe_size)."),
+    ] = None,
+    block: Annotated[
+        str | None,
+        typer.Option(help="last | full | name patterns, e.g. 'layer4.*' (default hessian.block)."),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", help="Number of top eigenvalues.")] = 5,
+    method: Annotated[str, typer.Option(help="lanczos or power.")] = "lanczos",
+    max_iter: Annotated[int, typer.Option(help="Lanczos steps / power iterations.")] = 100,
+    rtol: Annotated[float, typer.Option(help="Relative tolerance of the eigenvalues.")] = 1e-3,
+    trace_samples: Annotated[
+        int, typer.Option(help="Hutchinson samples for the trace (0: skip).")
+    ] = 100,
+    density_iter: Annotated[
+        int, typer.Option(help="Lanczos steps per SLQ run for the density (0: skip).")
+    ] = 60,
+    density_runs: Annotated[int, typer.Option(help="SLQ runs averaged.")] = 3,
+    plot: Annotated[
+        Path | None,
+        typer.Option(help="Folder for PNGs: 1D/2D loss landscape and eigenvalue density."),
+    ] = None,
+    radius: Annotated[
+        float | None,
+        typer.Option(help="Landscape half-width (default sqrt(2/lambda_max): +1 nat quadratic)."),
+    ] = None,
+    points: Annotated[int, typer.Option(help="Points per landscape axis (1D; 2D uses half).")] = 21,
+    batch: Annotated[int, typer.Option(help="Micro-batch for HVPs and losses.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of the sample and random starts.")] = 0,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+) -> None:
+    """Hessian spectrum of a model: top-k eigenvalues, trace, density, loss-landscape plots.
+
+    The Hessian is of the mean cross-entropy over the chosen samples, with BatchNorm in eval
+    mode, on a parameter block: ``last`` (the classifier layer, fast: features are computed
+    once) or ``full`` (exact double-backprop HVPs; expensive on CPU).
+    """
+    with _handled():
+        import math
+
+        from absa import analysis as A
+        from absa.checkpoint import atomic_write_text
+
+        if checkpoint is None and config is None:
+            raise CliError("give --checkpoint RUN_DIR|last.pt or --config CONFIG (fresh init)")
+        if split not in ("train", "test"):
+            raise CliError(f"--split: expected train or test (got {split!r})")
+        if method not in ("lanczos", "power"):
+            raise CliError(f"--method: expected lanczos or power (got {method!r})")
+        if k < 1 or max_iter < 1 or rtol <= 0 or batch < 1 or (samples is not None and samples < 1):
+            raise CliError("-k, --max-iter, --batch, --samples must be >= 1 and --rtol > 0")
+        cfg, env, data, model, ck = _model_for(checkpoint, config, overrides or [])
+        blk = block or cfg.hessian.block
+        n = samples if samples is not None else cfg.hessian.probe_size
+        chosen = data.train if split == "train" else data.test
+        batches = A.batches_of(chosen, n, batch, env.device, seed)
+        req = A.SpectrumRequest(
+            block=blk,
+            k=k,
+            method=method,
+            max_iter=max(max_iter, k),
+            rtol=rtol,
+            trace_samples=trace_samples,
+            density_iter=density_iter,
+            density_runs=density_runs,
+            seed=seed,
+        )
+        say = (
+            (lambda m: err_console.print(m, highlight=False)) if err_console.is_terminal else print
+        )
+        spec = A.spectrum(model, batches, req, say)
+        source = str(checkpoint) if checkpoint is not None else f"{config} (fresh init)"
+        table = Table(title=f"absa hessian: {source}")
+        table.add_column("quantity")
+        table.add_column("value", justify="right")
+        table.add_row("block / parameters", f"{blk} / {spec.block_size}")
+        table.add_row(f"samples ({split})", str(spec.samples))
+        for i, lam in enumerate(spec.eigenvalues):
+            table.add_row(f"lambda_{i + 1}", f"{lam:.6g}")
+        table.add_row(
+            "eigen: HVPs / seconds / converged",
+            f"{spec.eigen_hvps} / {spec.eigen_seconds:.2f}s / {spec.converged}",
+        )
+        if spec.trace is not None:
+            table.add_row(
+                "trace (Hutchinson)",
+                f"{spec.trace:.6g} +- {spec.trace_std_err:.2g} ({spec.trace_seconds:.2f}s)",
+            )
+        if spec.density is not None:
+            table.add_row(
+                "mean eigenvalue (SLQ)", f"{spec.density['mean']:.4g} ({spec.density_seconds:.2f}s)"
+            )
+        result: dict[str, Any] = {
+            "source": source,
+            "split": split,
+            "block": blk,
+            "block_size": spec.block_size,
+            "samples": spec.samples,
+            "method": method,
+            "eigenvalues": spec.eigenvalues,
+            "converged": spec.converged,
+            "eigen_hvps": spec.eigen_hvps,
+            "eigen_seconds": spec.eigen_seconds,
+            "trace": spec.trace,
+            "trace_std_err": spec.trace_std_err,
+            "trace_seconds": spec.trace_seconds,
+            "density": spec.density,
+            "density_seconds": spec.density_seconds,
+            "epoch": ck["epoch"] if ck else None,
+        }
+        if plot is not None:
+            from absa import plots
+
+            lam = spec.eigenvalues[0]
+            r = radius if radius is not None else (math.sqrt(2 / lam) if lam > 0 else 1.0)
+            splits = {
+                "train": A.batches_of(data.train, n, batch, env.device, seed),
+                "test": A.batches_of(data.test, n, batch, env.device, seed),
+            }
+            say(f"loss landscape: {points} points per split, radius {r:.3g}...")
+            vecs = spec.vectors
+            if len(vecs) < 2 and spec.block_size >= 2:
+                vecs = A.spectrum(
+                    model,
+                    batches,
+                    A.SpectrumRequest(
+                        block=blk,
+                        k=2,
+                        method="lanczos",
+                        max_iter=max(max_iter, 2),
+                        rtol=rtol,
+                        trace_samples=0,
+                        density_iter=0,
+                        seed=seed,
+                    ),
+                ).vectors
+            land = A.landscape(model, blk, vecs, splits, r, points, max(points // 2, 3))
+            files = [plots.landscape_1d(land, lam, blk, plot / "landscape_1d.png")]
+            if "surface" in land:
+                files.append(plots.landscape_2d(land, blk, plot / "landscape_2d.png"))
+            if spec.density is not None:
+                files.append(
+                    plots.density(spec.density, spec.eigenvalues, blk, plot / "density.png")
+                )
+            result["landscape"] = land
+            result["plots"] = [str(f) for f in files]
+            table.add_row("plots", "\n".join(str(f) for f in files))
+        console.print(table)
+        if json_out is not None:
+            atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
+
+
+@app.command()
+def sweep(
+    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML: base config + grid.")],
+    executor: Annotated[
+        str, typer.Option(help="local | slurm | submitit-local (submitit on this machine).")
+    ] = "local",
+    max_parallel: Annotated[
+        int | None,
+        typer.Option(help="Points at once (local) or array parallelism (slurm)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List points, folders and status; run nothing.")
+    ] = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="slurm: return after submitting the job array.")
+    ] = False,
+) -> None:
+    """Run a grid of configs (method x batch size x seed x ...) locally or on Slurm.
+
+    Each point trains in <out_dir>/runs/<name>; finished points are skipped, failed or
+    interrupted ones are resumed on the next call. Slurm jobs are submitit job arrays that
+    requeue on preemption and resume from their checkpoint. Exit status 1 if a point failed.
+    """
+    with _handled():
+        from absa.sweep import run_sweep
+
+        result = run_sweep(sweep_file, executor, max_parallel, dry_run, say=_say, wait=not no_wait)
+        if not dry_run:
+            _say(
+                f"done {len(result.done)}, skipped (finished before) {len(result.skipped)}, "
+                f"failed {len(result.failed)}, pending {len(result.pending)}"
+            )
+            if result.done or result.skipped:
+                _say(f"report: absa report {result.out_dir}")
+        if result.exit_code:
+            raise typer.Exit(result.exit_code)
+
+
+@app.command()
+def report(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep's out_dir (or a folder of runs).")],
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Where report.md/csv and PNGs go (default SWEEP_DIR/report)."),
+    ] = None,
+) -> None:
+    """Paper-style table (rows: batch size; columns: method with test accuracy and # SGD
+    updates, mean +- std over seeds) as Markdown/CSV, plus accuracy/updates-vs-batch and
+    batch/lr/lambda_max trajectory plots."""
+    with _handled():
+        from absa.report import make_report
+
+        res = make_report(sweep_dir, out, console=console)
+        _say(f"wrote {res.md_path}, {res.csv_path}, " + ", ".join(str(p) for p in res.plots))
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

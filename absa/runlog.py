@@ -1,0 +1,117 @@
+"""The run folder: resolved config, environment, metrics.jsonl, progress output.
+
+Only the main process (rank 0) writes; every write is atomic or append-only by line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from absa.checkpoint import atomic_write_text
+from absa.config import Config, dump_yaml
+
+METRICS = "metrics.jsonl"
+CONFIG = "config.yaml"
+ENV = "env.json"
+SUMMARY = "summary.json"
+
+
+def git_revision() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def environment(world_size: int, argv: list[str] | None = None) -> dict[str, Any]:
+    from absa import __version__
+
+    return {
+        "absa": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "git_revision": git_revision(),
+        "argv": argv if argv is not None else sys.argv,
+        "world_size": world_size,
+        "cuda": torch.cuda.is_available(),
+        "threads": torch.get_num_threads(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: non-finite floats become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+class RunLog:
+    """Writes into ``run_dir``; construct with ``enabled=False`` on non-zero ranks."""
+
+    def __init__(self, run_dir: Path, enabled: bool = True) -> None:
+        self.dir = Path(run_dir)
+        self.enabled = enabled
+        if enabled:
+            self.dir.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, cfg: Config) -> None:
+        if self.enabled:
+            atomic_write_text(self.dir / CONFIG, dump_yaml(cfg))
+
+    def write_env(self, env: dict[str, Any]) -> None:
+        if self.enabled:
+            atomic_write_text(self.dir / ENV, json.dumps(env, indent=2) + "\n")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        if self.enabled:
+            atomic_write_text(self.dir / SUMMARY, json.dumps(_clean(summary), indent=2) + "\n")
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with (self.dir / METRICS).open("a") as fh:
+            fh.write(json.dumps(_clean(record)) + "\n")
+            fh.flush()
+
+    def truncate_metrics(self, before_epoch: int) -> None:
+        """Keep only metric lines of epochs < ``before_epoch`` (used on resume)."""
+        if not self.enabled:
+            return
+        kept = [r for r in read_metrics(self.dir) if r.get("epoch", -1) < before_epoch]
+        atomic_write_text(self.dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Parse metrics.jsonl, ignoring a torn last line from a killed run."""
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

@@ -1,0 +1,519 @@
+"""The training loop: ``run(cfg)`` composes data, model, policy, Hessian probe and attacks.
+
+Per epoch: the policy's plan (batch B, lr eta, adversarial fraction r) -> one pass over the
+seeded permutation in logical batches of B, each split into this rank's share and then into
+micro-batches of at most ``batch.max_micro_batch`` whose summed-loss gradients accumulate to
+exactly the mean-loss gradient of the whole logical batch -> the top Hessian eigenvalue
+lambda_max on the fixed probe set when the policy asks -> the policy observes lambda_max and
+may grow B -> test evaluation -> one metrics line and an atomic checkpoint.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from absa import checkpoint as ckpt_io
+from absa import distributed as D
+from absa.attacks import make_adversarial, model_mode
+from absa.config import Config, ConfigError, from_dict, to_dict
+from absa.data import (
+    Data,
+    apply_augment,
+    augment_params,
+    epoch_permutation,
+    global_batches,
+    load_data,
+    local_positions,
+    micro_batches,
+    probe_indices,
+    resolve_augment,
+)
+from absa.evaluate import evaluate
+from absa.hessian import HessianOperator, last_layer_operator, select_params, top_eigen
+from absa.models import build_model
+from absa.runlog import RunLog, environment, read_metrics
+from absa.schedules import Growth, Policy, build_policy
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss became NaN/inf; the message names epoch and step."""
+
+
+class RunFolderError(RuntimeError):
+    pass
+
+
+@dataclass
+class Summary:
+    run_dir: str
+    epochs: int
+    updates: int
+    final_batch: int
+    test_loss: float
+    test_acc: float
+    best_test_acc: float
+    train_seconds: float
+    hessian_seconds: float
+    eval_seconds: float
+    growths: list[dict[str, Any]] = field(default_factory=list)
+
+
+# --- construction -------------------------------------------------------------------------
+
+
+def make_policy(cfg: Config) -> Policy:
+    """Map the config tree onto the pure schedule policies."""
+    s, o, b = cfg.schedule, cfg.optim, cfg.batch
+    common = {"lr": o.lr, "decay_epochs": list(o.decay_epochs), "decay_factor": o.decay_factor}
+    if s.method == "bl":
+        return build_policy("bl", batch_size=b.size, **common)
+    if s.method == "fb":
+        ref = s.ref_batch or b.size
+        return build_policy(
+            "fb", base_batch=ref, batch_size=b.size, warmup_epochs=s.warmup_epochs, **common
+        )
+    if s.method == "gg":
+        return build_policy("gg", base_batch=b.size, max_batch=s.max_batch, **common)
+    return build_policy(
+        s.method,
+        base_batch=b.size,
+        max_batch=s.max_batch,
+        total_epochs=cfg.train.epochs,
+        alpha=s.alpha,
+        growth_factor=s.growth_factor,
+        lr_scaling=s.lr_scaling,
+        reference=s.reference,
+        duration=s.duration,
+        adv_fraction=cfg.adv_fraction,
+        **common,
+    )
+
+
+def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    o = cfg.optim
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=o.lr,
+        momentum=o.momentum,
+        weight_decay=o.weight_decay,
+        nesterov=o.nesterov and o.momentum > 0,
+    )
+
+
+def default_run_name(cfg: Config, stem: str = "run") -> str:
+    return f"{stem}-{cfg.schedule.method}-b{cfg.batch.size}-s{cfg.train.seed}"
+
+
+def _seed_everything(cfg: Config) -> None:
+    torch.manual_seed(cfg.train.seed)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    if cfg.train.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# --- one epoch ----------------------------------------------------------------------------
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    acc: float
+    steps: int
+    samples: int
+    adv_samples: int
+
+
+def _adversarial_mask(batch_pos: torch.Tensor, local: torch.Tensor, r: float) -> torch.Tensor:
+    """The first round(r * |batch|) positions of each logical batch become adversarial."""
+    n_adv = int(round(r * len(batch_pos)))
+    return (local - batch_pos[0]) < n_adv
+
+
+def accumulate_gradients(
+    model: nn.Module,
+    micro: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    n_global: int,
+    env: D.DistEnv,
+    cfg: Config,
+) -> torch.Tensor:
+    """Accumulate into ``.grad`` the gradient of the mean loss over one logical batch.
+
+    ``micro`` yields this rank's micro-batches ``(x, y, adv_mask)``; samples flagged in
+    ``adv_mask`` are replaced by adversarial examples crafted on the bare module. Each
+    micro-batch contributes (sum of its losses) * world / n_global, and DDP averages over
+    ranks, so the result equals (1/n_global) sum_i grad l_i exactly. DDP syncs only on the
+    last micro-batch. Returns float64 [loss sum, correct, samples] of this rank.
+    """
+    bare = D.unwrap(model)
+    adv = cfg.adversarial
+    stats = torch.zeros(3, dtype=torch.float64)
+    it = iter(micro)
+    upcoming = next(it, None)
+    while upcoming is not None:  # one micro-batch of look-ahead to know which is last
+        (x, y, m_adv), upcoming = upcoming, next(it, None)
+        x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
+        m_adv = m_adv.to(env.device)
+        if bool(m_adv.any()):
+            with model_mode(bare, train=adv.model_mode == "train"):
+                x = x.clone()
+                x[m_adv] = make_adversarial(
+                    bare, x[m_adv], y[m_adv], adv.method, adv.eps, **_attack_kw(cfg)
+                )
+        with D.maybe_no_sync(model, skip_sync=upcoming is not None):
+            out = model(x)
+            loss_sum = F.cross_entropy(out, y, reduction="sum")
+            (loss_sum * (env.world_size / n_global)).backward()
+        stats[0] += loss_sum.detach().double().cpu()
+        stats[1] += (out.detach().argmax(1) == y).sum().item()
+        stats[2] += len(y)
+    return stats
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    data: Data,
+    cfg: Config,
+    env: D.DistEnv,
+    policy: Policy,
+    epoch: int,
+    on_step: Callable[[int, int, float], None] | None = None,
+) -> EpochStats:
+    """One pass over the training split at the policy's batch size; returns train metrics."""
+    plan = policy.plan(epoch)
+    n = len(data.train)
+    seed = cfg.train.seed
+    perm = epoch_permutation(n, seed, epoch)
+    mode = resolve_augment(cfg.data.augment, data.info)
+    aug = augment_params(n, seed, epoch, mode, data.info.image_size)
+    batches = global_batches(n, plan.batch_size)
+    if env.distributed and len(batches[-1]) < env.world_size:
+        batches = batches[:-1]  # every rank needs at least one sample per step
+    model.train()
+    stats = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, samples (local)
+    n_adv_total = 0
+    for step, batch_pos in enumerate(batches):
+        lr = policy.lr_at(epoch, step / len(batches))
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        local = local_positions(batch_pos, env.rank, env.world_size)
+        adv_mask = _adversarial_mask(batch_pos, local, plan.adv_fraction)
+
+        def micro_iter(local=local, adv_mask=adv_mask):
+            for mb in micro_batches(torch.arange(len(local)), cfg.batch.max_micro_batch):
+                pos = local[mb]
+                x, y = data.train.get(perm[pos])
+                x = apply_augment(x, aug.take(pos) if aug is not None else None)
+                yield x, y, adv_mask[mb]
+
+        optimizer.zero_grad(set_to_none=True)
+        out = accumulate_gradients(model, micro_iter(), len(batch_pos), env, cfg)
+        _check_finite(out[0], env, epoch, step)
+        optimizer.step()
+        stats += out
+        n_adv_total += int(adv_mask.sum())
+        if on_step is not None:
+            on_step(step + 1, len(batches), lr)
+    total = env.all_reduce_sum(stats.to(env.device)).cpu()
+    count = max(total[2].item(), 1.0)
+    return EpochStats(
+        loss=total[0].item() / count,
+        acc=100.0 * total[1].item() / count,
+        steps=len(batches),
+        samples=int(total[2].item()),
+        adv_samples=n_adv_total,
+    )
+
+
+def _attack_kw(cfg: Config) -> dict[str, Any]:
+    adv = cfg.adversarial
+    if adv.method == "pgd":
+        kw: dict[str, Any] = {"steps": adv.pgd_steps}
+        if adv.pgd_step_size is not None:
+            kw["step_size"] = adv.pgd_step_size
+        return kw
+    return {}
+
+
+def _check_finite(step_loss: torch.Tensor, env: D.DistEnv, epoch: int, step: int) -> None:
+    """Collective: stop every rank if any rank's loss is NaN/inf."""
+    bad = torch.tensor([0.0 if math.isfinite(step_loss.item()) else 1.0], device=env.device)
+    if env.all_reduce_sum(bad).item() > 0:
+        raise TrainingDiverged(f"non-finite loss at epoch {epoch}, step {step}")
+
+
+# --- Hessian probe ------------------------------------------------------------------------
+
+
+@dataclass
+class ProbeResult:
+    eigenvalue: float
+    seconds: float
+    n_hvp: int
+    vector: Any
+
+
+def probe_eigenvalue(
+    model: nn.Module,
+    data: Data,
+    cfg: Config,
+    env: D.DistEnv,
+    probe_idx: torch.Tensor,
+    epoch: int,
+    init: Any = None,
+) -> ProbeResult:
+    """Collective: top Hessian eigenvalue of the mean loss on the probe set.
+
+    BatchNorm is in eval mode (running statistics) during the probe; the mode is restored.
+    Each rank holds a shard of the probe set; HVPs are all-reduced so every rank gets the
+    same value.
+    """
+    h = cfg.hessian
+    t0 = time.perf_counter()
+    shard = probe_idx[env.rank :: env.world_size]
+    batches = []
+    for chunk in shard.split(cfg.batch.max_micro_batch):
+        x, y = data.train.get(chunk)
+        batches.append((x.to(env.device), y.to(env.device)))
+    gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed * 1_009 + epoch)
+    was_training = model.training
+    model.eval()
+    try:
+        if h.block == "last":
+            op = last_layer_operator(model, batches, reduce=env.all_reduce_sum, device=env.device)
+        else:
+            params = select_params(model, h.block)
+            op = HessianOperator(
+                model, params, batches, reduce=env.all_reduce_sum, device=env.device
+            )
+        res = top_eigen(
+            op,
+            k=1,
+            method=h.method,
+            max_iter=h.max_iter,
+            rtol=h.rtol,
+            generator=gen,
+            init=init if h.warm_start else None,
+        )
+    finally:
+        model.train(was_training)
+    return ProbeResult(res.values[0], time.perf_counter() - t0, res.n_hvp, res.vectors[0])
+
+
+def _probe_allowed(cfg: Config, totals: dict[str, float], env: D.DistEnv) -> bool:
+    """Collective. With hessian.max_overhead = c, skip this epoch's probe while the Hessian
+    time so far exceeds c times the training time so far (rank 0 decides, all follow)."""
+    cap = cfg.hessian.max_overhead
+    if cap is None or totals["train"] <= 0:
+        return True
+    allowed = totals["hessian"] <= cap * totals["train"]
+    return bool(env.broadcast_object(allowed))
+
+
+# --- the run ------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0  # epochs completed
+    updates: int = 0
+    best_test_acc: float = 0.0
+    hessian_vector: Any = None
+    growths: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _checkpoint_payload(
+    model: nn.Module, optimizer: torch.optim.Optimizer, policy: Policy, cfg: Config, st: TrainState
+) -> dict[str, Any]:
+    return {
+        "model": D.unwrap(model).state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "policy": policy.state_dict(),
+        "epoch": st.epoch,
+        "updates": st.updates,
+        "best_test_acc": st.best_test_acc,
+        "growths": st.growths,
+        "hessian_vector": st.hessian_vector,
+        "config": to_dict(cfg),
+        "arch": D.unwrap(model).arch,
+        "rng": ckpt_io.rng_state(),
+    }
+
+
+def check_resume_config(cfg: Config, stored: dict[str, Any], source: str) -> None:
+    """A resumed run must use the stored config; only train.epochs may be extended."""
+    old = to_dict(from_dict(stored, source))
+    new = to_dict(cfg)
+    diffs = []
+    for section, values in new.items():
+        for key, value in values.items():
+            if (section, key) == ("train", "epochs"):
+                continue
+            if old.get(section, {}).get(key) != value:
+                diffs.append(f"{section}.{key}")
+    if diffs:
+        raise ConfigError(
+            f"{source}: config differs from the checkpoint's in {', '.join(diffs)}; "
+            "resume with the run's own config.yaml"
+        )
+
+
+def prepare_run_dir(cfg: Config, stem: str, resume: Path | None) -> Path:
+    if resume is not None:
+        return Path(resume)
+    run_dir = Path(cfg.train.out_dir) / (cfg.train.run_name or default_run_name(cfg, stem))
+    if (run_dir / ckpt_io.LAST).exists():
+        raise RunFolderError(
+            f"{run_dir}: already holds a run (last.pt); pass --resume {run_dir} to continue "
+            "it, or choose another train.run_name"
+        )
+    return run_dir
+
+
+ProgressFactory = Callable[[int, int], Callable[[int, int, float], None] | None]
+
+
+def run(
+    cfg: Config,
+    env: D.DistEnv | None = None,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+    progress: ProgressFactory | None = None,
+) -> Summary:
+    """Train per ``cfg``; write metrics and checkpoints into ``run_dir`` (rank 0 only)."""
+    env = env or D.setup(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_s)
+    run_dir = Path(run_dir) if run_dir is not None else prepare_run_dir(cfg, "run", None)
+    say = log if (log is not None and env.is_main) else (lambda _msg: None)
+    _seed_everything(cfg)
+    b = cfg.batch.size
+    if env.world_size > 1 and b % env.world_size:
+        raise ConfigError(f"batch.size: {b} is not divisible by the world size {env.world_size}")
+
+    data = load_data(cfg.data)
+    model = build_model(cfg.model.name, data.info, cfg.model.width).to(env.device)
+    optimizer = make_optimizer(model, cfg)
+    policy = make_policy(cfg)
+    st = TrainState()
+    runlog = RunLog(run_dir, enabled=env.is_main)
+
+    if resume:
+        ck = ckpt_io.load(run_dir / ckpt_io.LAST, map_location=env.device)
+        check_resume_config(cfg, ck["config"], str(run_dir / ckpt_io.LAST))
+        model.load_state_dict(ck["model"])
+        optimizer.load_state_dict(ck["optimizer"])
+        policy.load_state_dict(ck["policy"])
+        st = TrainState(
+            ck["epoch"], ck["updates"], ck["best_test_acc"], ck["hessian_vector"], ck["growths"]
+        )
+        ckpt_io.set_rng_state(ck["rng"])
+        runlog.truncate_metrics(before_epoch=st.epoch)
+        say(f"resumed {run_dir} at epoch {st.epoch} ({st.updates} updates)")
+    runlog.write_config(cfg)
+    runlog.write_env(environment(env.world_size))
+
+    ddp_model = D.wrap_model(model, env)
+    probe_idx = probe_indices(len(data.train), cfg.hessian.probe_size, cfg.train.seed)
+    totals = {"train": 0.0, "hessian": 0.0, "eval": 0.0}
+    for r in read_metrics(run_dir) if resume and env.is_main else []:
+        for k in totals:
+            totals[k] += r.get(f"{k}_seconds", 0.0) or 0.0
+    test = None
+    for epoch in range(st.epoch, cfg.train.epochs):
+        plan = policy.plan(epoch)
+        on_step = progress(epoch, cfg.train.epochs) if progress and env.is_main else None
+        t0 = time.perf_counter()
+        tr = train_epoch(ddp_model, optimizer, data, cfg, env, policy, epoch, on_step)
+        t_train = time.perf_counter() - t0
+        st.updates += tr.steps
+
+        probe = None
+        if plan.probe and _probe_allowed(cfg, totals, env):
+            probe = probe_eigenvalue(model, data, cfg, env, probe_idx, epoch, st.hessian_vector)
+            st.hessian_vector = probe.vector
+        growth: Growth | None = policy.observe(epoch, probe.eigenvalue if probe else None)
+        if growth is not None:
+            st.growths.append(asdict(growth))
+
+        t1 = time.perf_counter()
+        test = evaluate(model, data.test, env, cfg.train.eval_batch)
+        t_eval = time.perf_counter() - t1
+        st.best_test_acc = max(st.best_test_acc, test.acc)
+        st.epoch = epoch + 1
+        t_hess = probe.seconds if probe else 0.0
+        totals["train"] += t_train
+        totals["hessian"] += t_hess
+        totals["eval"] += t_eval
+        record = {
+            "epoch": epoch,
+            "method": cfg.schedule.method,
+            "updates": st.updates,
+            "batch_size": plan.batch_size,
+            "lr": plan.lr,
+            "lr_end": optimizer.param_groups[0]["lr"],
+            "adv_fraction": plan.adv_fraction,
+            "adv_samples": tr.adv_samples,
+            "train_loss": tr.loss,
+            "train_acc": tr.acc,
+            "test_loss": test.loss,
+            "test_acc": test.acc,
+            "lambda_max": probe.eigenvalue if probe else None,
+            "hessian_hvps": probe.n_hvp if probe else 0,
+            "probe_skipped": plan.probe and probe is None,
+            "growth": asdict(growth) if growth else None,
+            "train_seconds": t_train,
+            "hessian_seconds": t_hess,
+            "eval_seconds": t_eval,
+            "seconds": t_train + t_hess + t_eval,
+        }
+        runlog.append_metrics(record)
+        if env.is_main:
+            ckpt_io.save(
+                run_dir / ckpt_io.LAST, _checkpoint_payload(model, optimizer, policy, cfg, st)
+            )
+        env.barrier()
+        say(_epoch_line(record, cfg.train.epochs))
+
+    if test is None:  # nothing left to train (resumed a finished run)
+        test = evaluate(model, data.test, env, cfg.train.eval_batch)
+    summary = Summary(
+        run_dir=str(run_dir),
+        epochs=st.epoch,
+        updates=st.updates,
+        final_batch=policy.plan(max(st.epoch - 1, 0)).batch_size,
+        test_loss=test.loss,
+        test_acc=test.acc,
+        best_test_acc=st.best_test_acc,
+        train_seconds=totals["train"],
+        hessian_seconds=totals["hessian"],
+        eval_seconds=totals["eval"],
+        growths=st.growths,
+    )
+    runlog.write_summary(asdict(summary))
+    return summary
+
+
+def _epoch_line(r: dict[str, Any], epochs: int) -> str:
+    lam = f" lambda_max {r['lambda_max']:.4g}" if r["lambda_max"] is not None else ""
+    grow = ""
+    if r["growth"]:
+        g = r["growth"]
+        grow = f" -> batch {g['new_batch']} ({g['trigger']})"
+    adv = f" adv {r['adv_fraction']:.3g}" if r["adv_fraction"] else ""
+    return (
+        f"epoch {r['epoch'] + 1}/{epochs} batch {r['batch_size']} lr {r['lr']:.4g}{adv} "
+        f"updates {r['updates']} train {r['train_loss']:.4f}/{r['train_acc']:.2f}% "
+        f"test {r['test_loss']:.4f}/{r['test_acc']:.2f}%{lam}{grow} "
+        f"[{r['train_seconds']:.1f}s train, {r['hessian_seconds']:.1f}s hessian, "
+        f"{r['eval_seconds']:.1f}s eval]"
+    )

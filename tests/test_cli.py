@@ -1,0 +1,100 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from absa.cli import app
+
+runner = CliRunner()
+
+TINY = [
+    "model.name=mlp",
+    "model.width=8",
+    "batch.size=128",
+    "train.epochs=2",
+    "hessian.probe_size=128",
+]
+
+
+def _train(tmp_path, *extra, config=None):
+    args = ["train"]
+    if config is not None:
+        args += ["-c", str(config)]
+    args += [*TINY, f"train.out_dir={tmp_path}", *extra]
+    return runner.invoke(app, args)
+
+
+def test_help_lists_commands():
+    res = runner.invoke(app, ["--help"])
+    assert res.exit_code == 0
+    for cmd in ("train", "eval", "sweep", "hessian"):
+        assert cmd in res.output
+    res = runner.invoke(app, ["train", "--help"])
+    assert res.exit_code == 0 and "--resume" in res.output and "optim.lr=0.2" in res.output
+
+
+def test_train_then_eval(tmp_path):
+    res = _train(tmp_path, "train.run_name=r")
+    assert res.exit_code == 0, res.output
+    assert "test accuracy" in res.output
+    run = tmp_path / "r"
+    assert (run / "metrics.jsonl").is_file() and (run / "last.pt").is_file()
+    out = tmp_path / "eval.json"
+    res = runner.invoke(
+        app,
+        ["eval", "--checkpoint", str(run), "--limit", "64", "--eps", "0.01", "--json", str(out)],
+    )
+    assert res.exit_code == 0, res.output
+    rows = json.loads(out.read_text())["results"]
+    assert [r["attack"] for r in rows] == ["clean", "fgsm", "pgd"]
+    assert rows[0]["n"] == 64 and 0 <= rows[2]["acc"] <= rows[0]["acc"] + 1e-9
+
+
+def test_resume_continues_and_existing_folder_refused(tmp_path):
+    assert _train(tmp_path, "train.run_name=r").exit_code == 0
+    res = _train(tmp_path, "train.run_name=r")
+    assert res.exit_code == 2 and "--resume" in res.output
+    res = runner.invoke(app, ["train", "--resume", str(tmp_path / "r"), "train.epochs=3"])
+    assert res.exit_code == 0, res.output
+    lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("optim:\n  lrr: 0.1\n", "optim.lrr: unknown key; did you mean optim.lr?"),
+        ("optim:\n  lr: [\n", "malformed YAML"),
+        ("batch:\n  size: -3\n", "batch.size"),
+    ],
+)
+def test_bad_config_one_line_nonzero(tmp_path, text, needle):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(text)
+    res = _train(tmp_path, config=cfg)
+    assert res.exit_code == 2
+    assert needle in res.output and str(cfg) in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_bad_override_and_missing_data(tmp_path):
+    res = _train(tmp_path, "optim.momentun=0.5")
+    assert res.exit_code == 2 and "did you mean optim.momentum" in res.output
+    res = _train(tmp_path, "data.name=cifar10", f"data.root={tmp_path}/none")
+    assert res.exit_code == 2 and "cifar-10-batches-py" in res.output
+
+
+def test_eval_bad_checkpoint(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"garbage")
+    res = runner.invoke(app, ["eval", "--checkpoint", str(junk)])
+    assert res.exit_code == 2 and "not a readable absa checkpoint" in res.output
+    res = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "missing.pt")])
+    assert res.exit_code == 2 and "not found" in res.output
+
+
+def test_default_config_loads():
+    from absa import config as C
+
+    cfg = C.load("configs/default.yaml")
+    assert cfg.data.name == "digits"

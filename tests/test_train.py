@@ -1,0 +1,171 @@
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from absa import checkpoint as ckpt_io
+from absa import train as T
+from absa.data import load_data
+from absa.distributed import DistEnv
+from absa.models import build_model
+
+
+def _weights(run_dir):
+    return ckpt_io.load(run_dir / "last.pt")["model"]
+
+
+def _assert_same_weights(a, b, exact=True):
+    assert a.keys() == b.keys()
+    for k in a:
+        if exact:
+            assert torch.equal(a[k], b[k]), k
+        else:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-6, atol=1e-6, msg=k)
+
+
+def test_accumulated_gradient_equals_full_batch(tiny_cfg):
+    cfg = tiny_cfg("batch.max_micro_batch=7")
+    data = load_data(cfg.data)
+    torch.manual_seed(0)
+    model = build_model("mlp", data.info, 8)
+    x, y = data.train.get(torch.arange(64))
+    model.zero_grad()
+    F.cross_entropy(model(x), y).backward()
+    full = [p.grad.clone() for p in model.parameters()]
+
+    model.zero_grad()
+    micro = [
+        (x[i : i + 7], y[i : i + 7], torch.zeros(len(y[i : i + 7]), dtype=torch.bool))
+        for i in range(0, 64, 7)
+    ]
+    stats = T.accumulate_gradients(model, iter(micro), 64, DistEnv(), cfg)
+    for g, p in zip(full, model.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, g, rtol=0, atol=1e-6)
+    assert stats[2].item() == 64
+    assert stats[0].item() / 64 == pytest.approx(F.cross_entropy(model(x), y).item(), rel=1e-5)
+
+
+def test_micro_batch_size_does_not_change_training(tiny_cfg, tmp_path):
+    """A logical batch of 512 accumulated from micro-batches of 16 or of 512: same weights."""
+    common = ["data.augment=none", "batch.size=512", "train.epochs=2"]
+    s1 = T.run(
+        tiny_cfg(*common, "batch.max_micro_batch=16", "train.run_name=a"), run_dir=tmp_path / "a"
+    )
+    s2 = T.run(
+        tiny_cfg(*common, "batch.max_micro_batch=512", "train.run_name=b"), run_dir=tmp_path / "b"
+    )
+    assert s1.updates == s2.updates == 2 * 3  # ceil(1347 / 512) = 3 steps per epoch
+    _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"), exact=False)
+
+
+def test_run_writes_metrics_config_checkpoint(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("model.name=small_cnn", "data.image_size=16")
+    summary = T.run(cfg, run_dir=tmp_path / "r")
+    run = tmp_path / "r"
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [0, 1]
+    for key in (
+        "updates",
+        "batch_size",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "test_loss",
+        "test_acc",
+        "seconds",
+    ):
+        assert key in lines[0]
+    assert lines[1]["updates"] == 2 * 22  # ceil(1347 / 64) steps per epoch
+    assert (run / "config.yaml").is_file() and (run / "env.json").is_file()
+    ck = torch.load(run / "last.pt", weights_only=True)
+    assert ck["format_version"] == ckpt_io.FORMAT_VERSION and ck["epoch"] == 2
+    assert ck["updates"] == summary.updates == 44
+    assert {"model", "optimizer", "policy", "config", "rng"} <= ck.keys()
+    assert summary.test_acc > 30  # 2 epochs of a small CNN are far above 10% chance
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "extra", [(), ("schedule.method=absa", "schedule.max_batch=256", "schedule.duration=1")]
+)
+def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tiny_cfg, tmp_path, monkeypatch, extra):
+    over = ("model.name=small_cnn", "data.image_size=12", "train.epochs=3", *extra)
+    T.run(tiny_cfg(*over), run_dir=tmp_path / "full")
+
+    real = T.accumulate_gradients
+    calls = {"n": 0}
+
+    def dying(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 30:  # in the middle of the second epoch
+            raise _Killed
+        return real(*a, **kw)
+
+    monkeypatch.setattr(T, "accumulate_gradients", dying)
+    with pytest.raises(_Killed):
+        T.run(tiny_cfg(*over), run_dir=tmp_path / "killed")
+    assert ckpt_io.load(tmp_path / "killed" / "last.pt")["epoch"] == 1
+    monkeypatch.setattr(T, "accumulate_gradients", real)
+    summary = T.run(tiny_cfg(*over), run_dir=tmp_path / "killed", resume=True)
+    _assert_same_weights(_weights(tmp_path / "full"), _weights(tmp_path / "killed"))
+    full_ck = ckpt_io.load(tmp_path / "full" / "last.pt")
+    assert summary.updates == full_ck["updates"]
+    assert full_ck["policy"] == ckpt_io.load(tmp_path / "killed" / "last.pt")["policy"]
+    epochs = [
+        json.loads(x)["epoch"]
+        for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert epochs == [0, 1, 2]
+
+
+def test_resume_rejects_changed_config(tiny_cfg, tmp_path):
+    T.run(tiny_cfg(), run_dir=tmp_path / "r")
+    with pytest.raises(T.ConfigError, match="optim.lr"):
+        T.run(tiny_cfg("optim.lr=0.3"), run_dir=tmp_path / "r", resume=True)
+    # extending the number of epochs is allowed
+    s = T.run(tiny_cfg("train.epochs=3"), run_dir=tmp_path / "r", resume=True)
+    assert s.epochs == 3
+
+
+def test_existing_run_folder_is_not_overwritten(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    run_dir = T.prepare_run_dir(cfg, "x", None)
+    T.run(cfg, run_dir=run_dir)
+    with pytest.raises(T.RunFolderError, match="--resume"):
+        T.prepare_run_dir(cfg, "x", None)
+
+
+def test_nan_loss_stops_with_epoch_and_step_keeping_last_good_checkpoint(
+    tiny_cfg, tmp_path, monkeypatch
+):
+    real = T.accumulate_gradients
+    calls = {"n": 0}
+
+    def poisoned(*a, **kw):
+        calls["n"] += 1
+        out = real(*a, **kw)
+        if calls["n"] == 22 + 3:  # epoch 1 (0-based), step 2
+            out[0] = float("nan")
+        return out
+
+    monkeypatch.setattr(T, "accumulate_gradients", poisoned)
+    with pytest.raises(T.TrainingDiverged, match="epoch 1, step 2"):
+        T.run(tiny_cfg("train.epochs=3"), run_dir=tmp_path / "r")
+    ck = ckpt_io.load(tmp_path / "r" / "last.pt")
+    assert ck["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_real_divergence_is_caught(tiny_cfg, tmp_path):
+    with pytest.raises(T.TrainingDiverged, match="non-finite loss at epoch 0"):
+        T.run(tiny_cfg("optim.lr=1e12", "optim.momentum=0"), run_dir=tmp_path / "r")
+
+
+def test_seeded_runs_are_deterministic(tiny_cfg, tmp_path):
+    T.run(tiny_cfg("model.name=small_cnn"), run_dir=tmp_path / "a")
+    T.run(tiny_cfg("model.name=small_cnn"), run_dir=tmp_path / "b")
+    _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
