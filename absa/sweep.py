@@ -1,0 +1,916 @@
+"""Sweeps: a grid of ``absa train`` runs, run locally or as a Slurm job array (submitit).
+
+A sweep file is YAML::
+
+    name: digits-methods            # default: the file's stem; also names the out folder
+    out_dir: sweeps/digits-methods  # default sweeps/<name>, relative to the current directory
+    base:                           # the config every point starts from
+      config: ../default.yaml       # optional config file, relative to the sweep file
+      train: {epochs: 10}           # optional inline config tree, merged over the file
+    grid:                           # dotted config key -> list of values (cartesian product)
+      schedule.method: [bl, absa]
+      batch.size: [32, 512]
+      train.seed: [0, 1]
+    points:                         # optional extra points, each applied to base only
+      - {schedule.method: fb, batch.size: 512, schedule.ref_batch: 32}
+    nproc: 1                        # processes per point (torchrun locally, srun tasks on Slurm)
+    local: {max_parallel: 1, timeout_min: 1440}
+    slurm: {partition: gpu, time_min: 1440, gpus_per_node: 1, array_parallelism: 16}
+
+Grid points come first, in product order (the first key varies slowest, the last fastest),
+then the extra ``points`` in file order. Each point's run folder is
+``<out_dir>/runs/<name>``, the name built from the point's values (``absa-b512-s0``) with a
+short hash appended where two names would collide. ``train.out_dir`` and ``train.run_name``
+are set by the sweep and may not appear in ``grid`` or ``points``.
+
+Status of a point: ``done`` (summary.json), ``failed`` (status.json marker written when
+its process exits non-zero or times out), ``partial`` (last.pt, no summary: resumable),
+``pending``. Running a sweep again skips finished points, resumes partial ones (and failed
+ones that left a last.pt) and starts the rest fresh; finished points are never touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from absa.checkpoint import atomic_write_text
+from absa.config import Config, ConfigError, parse_yaml, read_yaml, to_dict, validate
+
+EXECUTORS = ("local", "slurm", "submitit-local")
+SUMMARY = "summary.json"
+LAST = "last.pt"
+MARKER = "status.json"  # written by the sweep when a point's process fails
+POINT_CONFIG = "point.yaml"  # the point's resolved config, passed to `absa train -c`
+LOG = "log.txt"
+RESERVED = ("train.out_dir", "train.run_name")  # set per point by the sweep
+_ROOT = str(Path(__file__).resolve().parent.parent)  # makes `-m absa` importable in children
+
+Say = Callable[[str], None]
+
+
+# --- the sweep file ---------------------------------------------------------------------------
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalSection(_Section):
+    max_parallel: int = Field(1, ge=1)  # points running at once
+    timeout_min: float = Field(24 * 60, gt=0)  # per point; the process is killed after it
+
+
+class SlurmSection(_Section):
+    partition: str | None = None
+    time_min: int = Field(24 * 60, ge=1)  # per job; preempted/timed-out jobs requeue and resume
+    nodes: int = Field(1, ge=1)
+    tasks_per_node: int | None = Field(None, ge=1)  # default: the sweep's nproc
+    gpus_per_node: int | None = Field(None, ge=0)
+    cpus_per_task: int | None = Field(None, ge=1)
+    mem_gb: float | None = Field(None, gt=0)
+    array_parallelism: int = Field(32, ge=1)  # jobs of the array running at once
+    setup: list[str] = []  # shell lines run before each job, e.g. "module load cuda"
+    extra: dict[str, Any] = {}  # passed verbatim to update_parameters, e.g. slurm_account
+
+
+class SweepSpec(_Section):
+    name: str | None = None
+    out_dir: Path | None = None
+    base: dict[str, Any] = {}
+    grid: dict[str, Any] = {}
+    points: list[dict[str, Any]] = []
+    nproc: int = Field(1, ge=1)
+    local: LocalSection = LocalSection()
+    slurm: SlurmSection = SlurmSection()
+
+
+@dataclass(frozen=True)
+class Sweep:
+    path: Path
+    name: str
+    out_dir: Path  # absolute
+    base: dict[str, Any]  # the base config tree: file (base.config) merged with inline keys
+    grid: dict[str, list[Any]]
+    points: list[dict[str, Any]]
+    nproc: int
+    local: LocalSection
+    slurm: SlurmSection
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.out_dir / "runs"
+
+
+@dataclass(frozen=True)
+class Point:
+    name: str
+    folder: Path
+    overrides: list[str]  # dotted key=value, relative to the sweep's base
+    config: Config  # resolved: base + overrides + train.out_dir/run_name of the sweep
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def _spec_error(path: Path, exc: ValidationError) -> ConfigError:
+    err = exc.errors()[0]
+    loc = tuple(str(p) for p in err["loc"])
+    dotted = ".".join(loc)
+    more = len(exc.errors()) - 1
+    extra = f" (+{more} more)" if more else ""
+    if err["type"] == "extra_forbidden":
+        model: type[BaseModel] = SweepSpec
+        for part in loc[:-1]:
+            ann = model.model_fields[part].annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                model = ann
+        valid = list(model.model_fields)
+        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
+        hint = f"; did you mean {'.'.join(loc[:-1] + (close[0],))}?" if close else ""
+        return ConfigError(
+            f"{path}: {dotted}: unknown key{hint} (valid: {', '.join(valid)}){extra}"
+        )
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
+    return ConfigError(f"{path}: {dotted}: {err['msg']}{shown}{extra}")
+
+
+def _check_key(path: Path, where: str, key: Any) -> None:
+    """A grid/points key must be a dotted path into the config tree."""
+    if not isinstance(key, str) or not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"{path}: {where}: keys must be dotted config keys such as batch.size")
+    if key in RESERVED:
+        raise ConfigError(f"{path}: {where}.{key}: set by the sweep (the point's run folder)")
+    model: type[BaseModel] = Config
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        valid = list(model.model_fields)
+        if part not in model.model_fields:
+            here = ".".join(parts[:i])
+            close = difflib.get_close_matches(part, valid, n=1, cutoff=0.6)
+            prefix = f"{here}." if here else ""
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ConfigError(
+                f"{path}: {where}.{key}: unknown key {prefix}{part}{hint} (valid: {', '.join(valid)})"
+            )
+        ann = model.model_fields[part].annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            if i < len(parts) - 1:
+                raise ConfigError(
+                    f"{path}: {where}.{key}: {'.'.join(parts[: i + 1])} is a value, not a section"
+                )
+            return
+        model = ann
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = {k: _copy(v) for k, v in base.items()}
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = _copy(v)
+    return out
+
+
+def _copy(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _copy(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy(x) for x in v]
+    return v
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = _copy(value)
+
+
+def _validate_partial(tree: dict[str, Any], source: str) -> None:
+    """Check keys and values of a base tree, but not cross-field rules (such as
+    schedule.max_batch for adaptive methods): the grid may complete those per point."""
+    try:
+        Config.model_validate(tree)
+    except ValidationError as exc:
+        if any(err["loc"] for err in exc.errors()):
+            validate(tree, source)  # raises the one-line error
+
+
+def load_sweep(path: str | Path) -> Sweep:
+    """Read and fully validate a sweep file (every point's config included)."""
+    path = Path(path)
+    raw = read_yaml(path)
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise _spec_error(path, exc) from None
+    name = spec.name if spec.name is not None else path.stem
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise ConfigError(f"{path}: name: use letters, digits, '.', '_' and '-' (got {name!r})")
+
+    base = dict(spec.base)
+    tree: dict[str, Any] = {}
+    cfg_file = base.pop("config", None)
+    if cfg_file is not None:
+        if not isinstance(cfg_file, str):
+            raise ConfigError(f"{path}: base.config: expected a path to a config YAML")
+        file = Path(cfg_file).expanduser()
+        file = file if file.is_absolute() else path.parent / file
+        if not file.is_file():
+            raise ConfigError(f"{path}: base.config: no such config file {file}")
+        tree = read_yaml(file)
+        _validate_partial(tree, str(file))
+    tree = _merge(tree, base)
+    _validate_partial(tree, f"{path}: base")
+
+    grid: dict[str, list[Any]] = {}
+    for key, values in spec.grid.items():
+        _check_key(path, "grid", key)
+        if not isinstance(values, list):
+            raise ConfigError(
+                f"{path}: grid.{key}: expected a list of values, e.g. [32, 512] (got {values!r})"
+            )
+        if not values:
+            raise ConfigError(f"{path}: grid.{key}: empty list; give at least one value")
+        grid[key] = values
+    for i, point in enumerate(spec.points):
+        for key in point:
+            _check_key(path, f"points[{i}]", key)
+    if not grid and not spec.points:
+        raise ConfigError(f"{path}: grid: no points; map dotted keys to lists of values")
+
+    out_dir = spec.out_dir if spec.out_dir is not None else Path("sweeps") / name
+    sweep = Sweep(
+        path=path,
+        name=name,
+        out_dir=Path(os.path.abspath(out_dir.expanduser())),
+        base=tree,
+        grid=grid,
+        points=[dict(p) for p in spec.points],
+        nproc=spec.nproc,
+        local=spec.local,
+        slurm=spec.slurm,
+    )
+    expand(sweep)  # validates every point; raises on unknown keys, bad values, duplicates
+    return sweep
+
+
+# --- expansion and naming ---------------------------------------------------------------------
+
+# Short tags for common keys ("" = the value alone); others use the key's last segment.
+_ABBREV = {
+    "schedule.method": "",
+    "model.name": "",
+    "data.name": "",
+    "adversarial.method": "",
+    "batch.size": "b",
+    "train.seed": "s",
+    "train.epochs": "e",
+    "optim.lr": "lr",
+    "optim.weight_decay": "wd",
+    "optim.momentum": "mom",
+    "model.width": "w",
+    "adversarial.eps": "eps",
+    "adversarial.fraction": "r",
+    "schedule.max_batch": "bmax",
+    "schedule.ref_batch": "bref",
+    "schedule.alpha": "alpha",
+    "schedule.growth_factor": "g",
+    "hessian.block": "hb",
+    "data.split_seed": "ss",
+}
+_MAX_NAME = 64
+
+
+def _tag(key: str) -> str:
+    if key in _ABBREV:
+        return _ABBREV[key]
+    last = key.split(".")[-1]
+    parts = [p for p in last.split("_") if p]
+    return "".join(p[0] for p in parts) if len(parts) > 1 else last
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:g}"
+    if v is None:
+        return "none"
+    if isinstance(v, list | tuple):
+        return "_".join(_fmt(x) for x in v) or "empty"
+    if isinstance(v, dict):
+        return "_".join(f"{k}{_fmt(x)}" for k, x in v.items()) or "empty"
+    return str(v)
+
+
+def _safe(text: str) -> str:
+    text = re.sub(r"[^A-Za-z0-9.+=_-]+", "_", text).strip("_")
+    return text.lstrip(".-") or "x"
+
+
+def _hash(values: dict[str, Any], n: int = 6) -> str:
+    blob = json.dumps(values, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:n]
+
+
+def point_name(values: dict[str, Any]) -> str:
+    """Filesystem-safe, deterministic name of a point from its values (``absa-b512-s0``)."""
+    pieces = [_safe(_tag(k) + _fmt(v)) for k, v in values.items()]
+    name = "-".join(pieces) or "base"
+    if len(name) > _MAX_NAME:
+        name = f"{name[: _MAX_NAME - 9].rstrip('-_.')}-{_hash(values, 8)}"
+    return name
+
+
+def _override_value(v: Any) -> str:
+    if isinstance(v, str) and "\n" not in v:
+        with contextlib.suppress(ConfigError):
+            if parse_yaml(v) == v:
+                return v
+    return json.dumps(v, default=str)  # JSON is YAML
+
+
+def _grid_values(sweep: Sweep) -> list[dict[str, Any]]:
+    keys = list(sweep.grid)
+    out = []
+    if keys:
+        for combo in itertools.product(*(sweep.grid[k] for k in keys)):
+            out.append(dict(zip(keys, combo, strict=True)))
+    out.extend(dict(p) for p in sweep.points)
+    return out
+
+
+def expand(sweep: Sweep) -> list[Point]:
+    """Every point of the sweep, validated, with unique run folders under ``runs/``."""
+    all_values = _grid_values(sweep)
+    names = [point_name(v) for v in all_values]
+    counts: dict[str, int] = {}
+    for n in names:
+        counts[n] = counts.get(n, 0) + 1
+    names = [
+        f"{n}-{_hash(v)}" if counts[n] > 1 else n for n, v in zip(names, all_values, strict=True)
+    ]
+
+    points: list[Point] = []
+    seen: dict[str, Point] = {}
+    for name, values in zip(names, all_values, strict=True):
+        overrides = [f"{k}={_override_value(v)}" for k, v in values.items()]
+        tree = _copy(sweep.base)
+        for k, v in values.items():
+            _set_dotted(tree, k, v)
+        where = f"{sweep.path}: point {name} ({', '.join(overrides) or 'base'})"
+        cfg = validate(tree, where)
+        key = json.dumps(to_dict(cfg), sort_keys=True)
+        if key in seen:
+            other = seen[key]
+            raise ConfigError(
+                f"{sweep.path}: points {other.name} ({', '.join(other.overrides) or 'base'}) and "
+                f"{name} ({', '.join(overrides) or 'base'}) resolve to the same config"
+            )
+        _set_dotted(tree, "train.out_dir", str(sweep.runs_dir))
+        _set_dotted(tree, "train.run_name", name)
+        point = Point(name, sweep.runs_dir / name, overrides, validate(tree, where), values)
+        seen[key] = point
+        points.append(point)
+    if len({p.name for p in points}) != len(points):  # only identical values could do this
+        raise ConfigError(f"{sweep.path}: two points share a run folder name")
+    return points
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def status(point: Point | Path) -> str:
+    """``done`` | ``failed`` | ``partial`` | ``pending`` from the files in the run folder."""
+    folder = point.folder if isinstance(point, Point) else Path(point)
+    if (folder / SUMMARY).is_file():
+        return "done"
+    if (folder / MARKER).is_file():
+        return "failed"
+    if (folder / LAST).is_file():
+        return "partial"
+    return "pending"
+
+
+def failure(point: Point | Path) -> str | None:
+    """The recorded error line of a failed point, else None."""
+    folder = point.folder if isinstance(point, Point) else Path(point)
+    try:
+        return str(json.loads((folder / MARKER).read_text()).get("error", "failed"))
+    except (OSError, ValueError):
+        return None
+
+
+# --- running one point (shared by the local executor and submitit jobs) -----------------------
+
+
+@dataclass(frozen=True)
+class PointTask:
+    """What a worker needs to run one point (picklable for submitit)."""
+
+    name: str
+    folder: str
+    runs_dir: str
+    nproc: int = 1
+    cwd: str = "."
+    threads: int | None = None  # OMP_NUM_THREADS for the child unless already set
+
+
+def command(task: PointTask, resume: bool, torchrun: bool) -> list[str]:
+    """``python -m absa train -c point.yaml [--resume DIR] train.out_dir=.. train.run_name=..``."""
+    folder = Path(task.folder)
+    if torchrun and task.nproc > 1:
+        head = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+        head += ["--nproc-per-node", str(task.nproc), "-m", "absa", "train"]
+    else:
+        head = [sys.executable, "-m", "absa", "train"]
+    cmd = head + ["-c", str(folder / POINT_CONFIG)]
+    if resume:
+        cmd += ["--resume", str(folder)]
+    return cmd + [f"train.out_dir={task.runs_dir}", f"train.run_name={task.name}"]
+
+
+def child_env(threads: int | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"  # keeps the log's order: the error line comes last
+    old = env.get("PYTHONPATH")
+    env["PYTHONPATH"] = _ROOT + (os.pathsep + old if old else "")
+    if threads is not None and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(threads)
+    return env
+
+
+def begin_attempt(task: PointTask, resume: bool, cmd: list[str]) -> tuple[Any, int]:
+    """Clear an old failure marker (and stale metrics of a fresh start); open the log."""
+    folder = Path(task.folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).unlink(missing_ok=True)
+    if not resume:  # a fresh start must not append to a dead attempt's metrics
+        (folder / "metrics.jsonl").unlink(missing_ok=True)
+    log = (folder / LOG).open("a")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    log.write(f"=== absa sweep {stamp}: {'resume' if resume else 'start'}: {shlex.join(cmd)}\n")
+    log.flush()
+    return log, log.tell()
+
+
+_ERROR_LINE = re.compile(r"^(error:|diverged:|\w+(Error|Exception|Interrupt)\b)")
+
+
+def _error_line(text: str) -> str:
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for ln in reversed(lines):
+        if _ERROR_LINE.match(ln):
+            return ln
+    for ln in reversed(lines):
+        if re.search(r"[A-Za-z0-9]", ln):
+            return ln
+    return "no output"
+
+
+def end_attempt(task: PointTask, returncode: int | None, log_offset: int, reason: str = "") -> str:
+    """Return "" when the point finished, else write the failure marker and return the error."""
+    folder = Path(task.folder)
+    if returncode == 0 and (folder / SUMMARY).is_file():
+        return ""
+    if not reason:
+        try:
+            with (folder / LOG).open("rb") as fh:
+                fh.seek(log_offset)
+                tail = fh.read().decode(errors="replace")
+        except OSError:
+            tail = ""
+        if returncode == 0:
+            reason = "exited 0 without writing summary.json"
+        else:
+            reason = f"{_error_line(tail)} (exit {returncode})"
+    marker = {
+        "state": "failed",
+        "error": reason,
+        "returncode": returncode,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "log": str(folder / LOG),
+    }
+    atomic_write_text(folder / MARKER, json.dumps(marker, indent=2) + "\n")
+    return reason
+
+
+class PointFailed(RuntimeError):
+    """Raised inside a submitit job so the scheduler records the failure too."""
+
+
+class PointJob:
+    """The callable submitted to submitit: runs one point as a subprocess.
+
+    On Slurm with several tasks per job, every task starts its own ``absa train`` process
+    (absa reads the SLURM_* variables); elsewhere ``nproc > 1`` goes through torchrun.
+    ``checkpoint`` stops the training process and requeues the same point, which then
+    resumes from its ``last.pt``.
+    """
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self._proc = None
+
+    def __call__(self, task: PointTask) -> dict[str, Any]:
+        import submitit
+
+        try:
+            job_env = submitit.JobEnvironment()
+            rank, ntasks, cluster = job_env.global_rank, job_env.num_tasks, job_env.cluster
+        except RuntimeError:  # called outside a job (tests, debugging)
+            rank, ntasks, cluster = 0, 1, "local"
+        per_task = cluster == "slurm" and ntasks > 1
+        folder = Path(task.folder)
+        if status(folder) == "done":
+            return _summary(folder)
+        resume = (folder / LAST).is_file()
+        cmd = command(task, resume, torchrun=not per_task)
+        if rank == 0:
+            log, offset = begin_attempt(task, resume, cmd)
+        else:
+            log, offset = (folder / f"log.rank{rank}.txt").open("a"), 0
+        try:
+            self._proc = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=task.cwd, env=child_env(task.threads)
+            )
+            rc = self._proc.wait()
+        finally:
+            _stop(self._proc)
+            self._proc = None
+            log.close()
+        if rank != 0:
+            if rc != 0:
+                raise PointFailed(f"{task.name}: rank {rank} exited with status {rc}")
+            return {}
+        error = end_attempt(task, rc, offset)
+        if error:
+            raise PointFailed(f"{task.name}: {error}")
+        return _summary(folder)
+
+    def checkpoint(self, task: PointTask) -> Any:
+        import submitit
+
+        _stop(self._proc)
+        return submitit.helpers.DelayedSubmission(PointJob(), task)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, group: bool = False, grace_s: float = 10.0) -> None:
+    """Terminate (then kill) a process we started, or its whole session when ``group``."""
+    if proc is None or proc.poll() is not None:
+        return
+
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if group:
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        send(signal.SIGKILL)
+        proc.wait()
+
+
+def _summary(folder: Path) -> dict[str, Any]:
+    try:
+        return json.loads((folder / SUMMARY).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# --- executors --------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    name: str
+    out_dir: Path
+    statuses: dict[str, str]  # every point's status before this call
+    done: list[str] = field(default_factory=list)  # finished during this call
+    failed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)  # already finished before this call
+    pending: list[str] = field(default_factory=list)  # dry run: would run; no-wait: submitted
+    errors: dict[str, str] = field(default_factory=dict)  # name -> error line
+    dry_run: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+
+def _threads(max_parallel: int) -> int | None:
+    """Share the cores between points running side by side on one machine."""
+    return max(1, (os.cpu_count() or 1) // max_parallel) if max_parallel > 1 else None
+
+
+def _task(point: Point, nproc: int, threads: int | None = None) -> PointTask:
+    folder = point.folder
+    return PointTask(point.name, str(folder), str(folder.parent), nproc, os.getcwd(), threads)
+
+
+def _done_line(name: str, folder: Path, seconds: float) -> str:
+    s = _summary(folder)
+    if not s:
+        return f"done {name} ({seconds:.0f}s)"
+    return (
+        f"done {name}: test acc {s.get('test_acc', float('nan')):.2f}% after "
+        f"{s.get('updates')} updates, final batch {s.get('final_batch')} ({seconds:.0f}s)"
+    )
+
+
+def _run_local(
+    points: list[Point], sweep: Sweep, max_parallel: int, say: Say, result: SweepResult
+) -> None:
+    with _terminate_as_interrupt():
+        _local_loop(points, sweep, max_parallel, say, result)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM raises KeyboardInterrupt while points run, so their processes are stopped."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        old = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _local_loop(
+    points: list[Point], sweep: Sweep, max_parallel: int, say: Say, result: SweepResult
+) -> None:
+    env = child_env(_threads(max_parallel))
+    timeout_s = sweep.local.timeout_min * 60
+    queue = list(points)
+    running: dict[str, tuple[Point, subprocess.Popen[bytes], Any, int, float]] = {}
+    try:
+        while queue or running:
+            while queue and len(running) < max_parallel:
+                p = queue.pop(0)
+                task = _task(p, sweep.nproc)
+                resume = (p.folder / LAST).is_file()
+                cmd = command(task, resume, torchrun=True)
+                log, offset = begin_attempt(task, resume, cmd)
+                proc = subprocess.Popen(
+                    cmd,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,  # one group: a timeout kills torchrun's workers too
+                )
+                running[p.name] = (p, proc, log, offset, time.monotonic())
+                say(f"start {p.name} ({'resume' if resume else 'fresh'}) -> {p.folder / LOG}")
+            time.sleep(0.2)
+            for name, (p, proc, log, offset, t0) in list(running.items()):
+                rc = proc.poll()
+                reason = ""
+                if rc is None:
+                    if time.monotonic() - t0 < timeout_s:
+                        continue
+                    _stop(proc, group=True)
+                    rc = proc.returncode
+                    reason = f"timeout after {sweep.local.timeout_min:g} min"
+                log.close()
+                del running[name]
+                _record(p, end_attempt(_task(p, sweep.nproc), rc, offset, reason), t0, say, result)
+    except BaseException:
+        for p, proc, log, _offset, _t0 in running.values():
+            _stop(proc, group=True)
+            log.close()
+            say(f"stopped {p.name}; run the sweep again to resume it")
+        raise
+
+
+def _record(p: Point, error: str, t0: float, say: Say, result: SweepResult) -> None:
+    if error:
+        result.failed.append(p.name)
+        result.errors[p.name] = error
+        say(f"FAILED {p.name}: {error} (log: {p.folder / LOG})")
+    else:
+        result.done.append(p.name)
+        say(_done_line(p.name, p.folder, time.monotonic() - t0))
+
+
+def _executor(sweep: Sweep, executor: str, max_parallel: int) -> Any:
+    """A configured submitit AutoExecutor; problems become one-line ConfigErrors."""
+    import submitit
+
+    setup = [f"export PYTHONPATH={shlex.quote(_ROOT)}${{PYTHONPATH:+:$PYTHONPATH}}"]
+    folder = sweep.out_dir / "submitit"
+    if executor == "submitit-local":
+        cluster = "local"
+        params: dict[str, Any] = {
+            "name": f"absa-{sweep.name}",
+            "timeout_min": max(1, math.ceil(sweep.local.timeout_min)),  # submitit's default: 2
+            "local_setup": setup,
+        }
+    else:
+        cluster = "slurm"
+        s = sweep.slurm
+        params = {
+            "name": f"absa-{sweep.name}",
+            "timeout_min": s.time_min,
+            "nodes": s.nodes,
+            "tasks_per_node": s.tasks_per_node or sweep.nproc,
+            "gpus_per_node": s.gpus_per_node,
+            "cpus_per_task": s.cpus_per_task,
+            "mem_gb": s.mem_gb,
+            "slurm_partition": s.partition,
+            "slurm_array_parallelism": max_parallel,
+            "slurm_setup": setup + list(s.setup),
+        }
+        params = {k: v for k, v in params.items() if v is not None}
+        params.update(s.extra)
+    try:
+        ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        ex.update_parameters(**params)
+    except (RuntimeError, ValueError, NameError, AssertionError, TypeError) as err:
+        text = str(err).strip()
+        first = text.splitlines()[0] if text else type(err).__name__
+        raise ConfigError(f"{sweep.path}: {cluster}: {first}") from None
+    return ex
+
+
+def _run_submitit(
+    ex: Any,
+    points: list[Point],
+    sweep: Sweep,
+    executor: str,
+    max_parallel: int,
+    wait: bool,
+    say: Say,
+    result: SweepResult,
+) -> None:
+    # submitit's LocalExecutor has no array throttle: submit local jobs in waves
+    waves = (
+        [points[i : i + max_parallel] for i in range(0, len(points), max_parallel)]
+        if executor == "submitit-local"
+        else [points]
+    )
+    for wave in waves:
+        threads = _threads(max_parallel) if executor == "submitit-local" else None
+        tasks = [_task(p, sweep.nproc, threads) for p in wave]
+        try:
+            jobs = ex.map_array(PointJob(), tasks)
+        except Exception as err:  # noqa: BLE001 - sbatch missing, rejected parameters...
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"{executor}: submission failed: {first}") from None
+        t0 = time.monotonic()
+        for p, job in zip(wave, jobs, strict=True):
+            atomic_write_text(
+                p.folder / "job.json",
+                json.dumps({"executor": executor, "job_id": job.job_id}, indent=2) + "\n",
+            )
+            say(f"submitted {p.name} as job {job.job_id}")
+        if not wait:
+            result.pending.extend(p.name for p in wave)
+            continue
+        left = dict(zip((p.name for p in wave), zip(wave, jobs, strict=True), strict=True))
+        while left:
+            time.sleep(1.0)
+            for name, (p, job) in list(left.items()):
+                if not job.done():
+                    continue
+                del left[name]
+                error = ""
+                if status(p) != "done":
+                    error = failure(p) or _job_error(job)
+                _record(p, error, t0, say, result)
+
+
+def _job_error(job: Any) -> str:
+    try:
+        exc = job.exception()
+    except Exception as err:  # noqa: BLE001 - job folder unreadable
+        exc = err
+    text = str(exc).strip() if exc is not None else ""
+    return _error_line(text) if text else f"job {job.job_id} ended without a summary"
+
+
+def _manifest(sweep: Sweep, points: list[Point]) -> None:
+    resolved = {
+        "name": sweep.name,
+        "out_dir": str(sweep.out_dir),
+        "base": sweep.base,
+        "grid": sweep.grid,
+        "points": sweep.points,
+        "nproc": sweep.nproc,
+        "local": sweep.local.model_dump(mode="json"),
+        "slurm": sweep.slurm.model_dump(mode="json"),
+    }
+    sweep.out_dir.mkdir(parents=True, exist_ok=True)
+    head = f"# resolved from {sweep.path.resolve()}; a valid sweep file itself\n"
+    text = head + yaml.safe_dump(resolved, sort_keys=False)
+    atomic_write_text(sweep.out_dir / "sweep.yaml", text)
+    rows = [
+        {"name": p.name, "folder": str(p.folder), "overrides": p.overrides, "values": p.values}
+        for p in points
+    ]
+    atomic_write_text(sweep.out_dir / "points.json", json.dumps(rows, indent=2, default=str) + "\n")
+
+
+def run_sweep(
+    sweep_path: str | Path,
+    executor: str = "local",
+    max_parallel: int | None = None,
+    dry_run: bool = False,
+    say: Say = print,
+    wait: bool = True,
+) -> SweepResult:
+    """Run every unfinished point of a sweep; finished points are skipped.
+
+    ``executor``: ``local`` (subprocesses, at most ``max_parallel`` at once, default
+    ``local.max_parallel``), ``slurm`` (a submitit job array; ``max_parallel`` overrides
+    ``slurm.array_parallelism``) or ``submitit-local`` (submitit's LocalExecutor, for testing).
+    ``wait=False`` (submitit only) returns right after submission with the points in
+    ``pending``. ``dry_run`` lists points, folders and status without writing anything.
+    """
+    if executor not in EXECUTORS:
+        raise ConfigError(f"executor: expected one of {', '.join(EXECUTORS)} (got {executor!r})")
+    if max_parallel is not None and max_parallel < 1:
+        raise ConfigError(f"max_parallel: must be >= 1 (got {max_parallel})")
+    sweep = load_sweep(sweep_path)
+    points = expand(sweep)
+    states = {p.name: status(p) for p in points}
+    result = SweepResult(sweep.name, sweep.out_dir, states, dry_run=dry_run)
+    counts = {s: sum(v == s for v in states.values()) for s in ("done", "partial", "failed")}
+    todo = [p for p in points if states[p.name] != "done"]
+    result.skipped = [p.name for p in points if states[p.name] == "done"]
+    say(
+        f"sweep {sweep.name}: {len(points)} points ({counts['done']} done, "
+        f"{counts['partial']} partial, {counts['failed']} failed, "
+        f"{len(points) - sum(counts.values())} pending); run folders in {sweep.runs_dir}"
+    )
+    if dry_run:
+        width = max(len(p.name) for p in points)
+        for p in points:
+            say(f"  {states[p.name]:<8} {p.name:<{width}}  {' '.join(p.overrides) or '(base)'}")
+            if states[p.name] == "failed":
+                say(f"           last error: {failure(p)}")
+        result.pending = [p.name for p in todo]
+        return result
+
+    limit = max_parallel or (
+        sweep.slurm.array_parallelism if executor == "slurm" else sweep.local.max_parallel
+    )
+    ex = _executor(sweep, executor, limit) if todo and executor != "local" else None
+    _manifest(sweep, points)
+    for p in todo:  # the resolved config each point trains with (never for finished points)
+        p.folder.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(
+            p.folder / POINT_CONFIG, yaml.safe_dump(to_dict(p.config), sort_keys=False)
+        )
+    if todo and ex is None:
+        _run_local(todo, sweep, limit, say, result)
+    elif todo:
+        _run_submitit(ex, todo, sweep, executor, limit, wait, say, result)
+    order = {p.name: i for i, p in enumerate(points)}  # completion order -> point order
+    for names in (result.done, result.failed, result.pending):
+        names.sort(key=order.__getitem__)
+    say(
+        f"sweep {sweep.name}: {len(result.done)} done, {len(result.failed)} failed, "
+        f"{len(result.skipped)} skipped (finished before)"
+        + (f", {len(result.pending)} submitted" if result.pending else "")
+    )
+    return result

@@ -1,0 +1,177 @@
+import csv
+import io
+import json
+import math
+
+import pytest
+from rich.console import Console
+
+from absa import config as C
+from absa import report as R
+
+# (method, starting batch) -> per seed: (final test acc, updates, final batch)
+RUNS = {
+    ("bl", 32): [(90.0, 100, 32), (92.0, 100, 32)],
+    ("bl", 512): [(80.0, 10, 512), (84.0, 10, 512)],
+    ("absa", 32): [(91.0, 40, 1024), (93.0, 44, 1024)],
+    ("absa", 512): [(89.5, 8, 2048), (90.5, 9, 4096)],
+}
+
+
+def _write_run(root, name, overrides, acc, updates, final_batch, epochs=3, finished=True):
+    folder = root / name
+    folder.mkdir(parents=True)
+    cfg = C.load(None, [f"train.epochs={epochs}", *overrides])
+    (folder / "config.yaml").write_text(C.dump_yaml(cfg))
+    start = cfg.batch.size
+    lines = []
+    for e in range(epochs):
+        last = e == epochs - 1
+        lines.append(
+            {
+                "epoch": e,
+                "method": cfg.schedule.method,
+                "updates": updates * (e + 1) // epochs,
+                "batch_size": final_batch if last else start,
+                "lr": 0.1 * (0.5**e),
+                "test_acc": acc if last else acc - 10 + e,
+                "test_loss": 0.5,
+                "lambda_max": 10.0 / (e + 1) if cfg.schedule.method == "absa" else None,
+            }
+        )
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    if finished:
+        summary = {
+            "run_dir": str(folder),
+            "epochs": epochs,
+            "updates": updates,
+            "final_batch": final_batch,
+            "test_loss": 0.5,
+            "test_acc": acc,
+            "best_test_acc": acc + 1.0,  # best differs from final: the table uses the final
+            "train_seconds": 1.0,
+            "hessian_seconds": 0.1,
+            "eval_seconds": 0.1,
+            "growths": [],
+        }
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    runs = tmp_path / "sweep" / "runs"
+    for (method, batch), seeds in RUNS.items():
+        for seed, (acc, updates, final) in enumerate(seeds):
+            over = [f"schedule.method={method}", f"batch.size={batch}", f"train.seed={seed}"]
+            if method == "absa":
+                over.append("schedule.max_batch=4096")
+            _write_run(runs, f"{method}-b{batch}-s{seed}", over, acc, updates, final)
+    _write_run(runs, "bl-b32-s2", ["batch.size=32", "train.seed=2"], 0.0, 1, 32, finished=False)
+    return tmp_path / "sweep"
+
+
+def test_collect_ignores_unfinished(sweep_dir):
+    recs = R.collect(sweep_dir)
+    assert len(recs) == 8
+    assert recs.unfinished == ["bl-b32-s2"]
+    r = next(r for r in recs if r.name == "absa-b512-s1")
+    assert (r.method, r.batch_size, r.seed, r.final_batch) == ("absa", 512, 1, 4096)
+    assert r.test_acc == 90.5 and r.best_test_acc == 91.5 and r.updates == 9
+    assert len(r.metrics) == 3
+
+
+def test_table_means_stds_updates(sweep_dir):
+    rows = R.table(R.collect(sweep_dir))
+    assert [(r["batch"], r["method"]) for r in rows] == [
+        (32, "bl"),
+        (32, "absa"),
+        (512, "bl"),
+        (512, "absa"),
+    ]
+    for row in rows:
+        seeds = RUNS[(row["method"], row["batch"])]
+        accs = [s[0] for s in seeds]
+        assert row["n_seeds"] == 2 and row["seeds"] == [0, 1]
+        assert row["variant"] == ""
+        assert row["acc_mean"] == pytest.approx(sum(accs) / 2, abs=1e-12)
+        assert row["acc_std"] == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2), abs=1e-12)
+        assert row["best_acc_mean"] == pytest.approx(sum(accs) / 2 + 1.0, abs=1e-12)
+        assert row["updates_mean"] == sum(s[1] for s in seeds) / 2
+        assert row["final_batch"] == max(s[2] for s in seeds)
+    by = {(r["method"], r["batch"]): r for r in rows}
+    assert by[("bl", 32)]["acc_mean"] == 91.0
+    assert by[("bl", 512)]["acc_std"] == pytest.approx(2 * math.sqrt(2))
+    assert by[("absa", 32)]["updates_mean"] == 42.0
+    assert by[("absa", 512)]["final_batch_min"] == 2048
+
+
+def test_markdown_cells(sweep_dir):
+    md = R.to_markdown(R.table(R.collect(sweep_dir)))
+    lines = md.splitlines()
+    assert lines[0] == "| batch | BL | ABSA |"
+    assert lines[2] == "| 32 | 91.00 ± 1.41 / 100 | 92.00 ± 1.41 / 42 → 1024 |"
+    assert lines[3] == "| 512 | 82.00 ± 2.83 / 10 | 90.00 ± 0.71 / 8.5 → 2048–4096 |"
+    assert "2 seeds" in md
+
+
+def test_csv_parses_back(sweep_dir):
+    rows = R.table(R.collect(sweep_dir))
+    back = list(csv.DictReader(io.StringIO(R.to_csv(rows))))
+    assert len(back) == 4
+    for got, want in zip(back, rows, strict=True):
+        assert int(got["batch"]) == want["batch"] and got["method"] == want["method"]
+        assert float(got["acc_mean"]) == want["acc_mean"]
+        assert float(got["acc_std"]) == want["acc_std"]
+        assert float(got["best_acc_mean"]) == want["best_acc_mean"]
+        assert float(got["updates_mean"]) == want["updates_mean"]
+        assert got["seeds"] == "0;1"
+
+
+def test_make_report_writes_files_and_plots(sweep_dir, tmp_path):
+    buf = io.StringIO()
+    res = R.make_report(sweep_dir, console=Console(file=buf, width=120))
+    out = sweep_dir / "report"
+    assert res.md_path == out / "report.md" and res.csv_path == out / "report.csv"
+    assert res.md_path.read_text() == res.markdown
+    assert "91.00 ± 1.41 / 100" in res.markdown
+    assert "1 unfinished runs ignored: bl-b32-s2" in res.markdown
+    assert res.n_runs == 8 and res.unfinished == ["bl-b32-s2"]
+    names = sorted(p.name for p in res.plots)
+    assert names == ["accuracy_vs_batch.png", "trajectories.png", "updates_vs_batch.png"]
+    for p in res.plots:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
+    assert "ABSA" in buf.getvalue() and "91.00 ± 1.41 / 100" in buf.getvalue()
+    other = R.make_report(sweep_dir, out_dir=tmp_path / "elsewhere")
+    assert other.csv_path.parent == tmp_path / "elsewhere"
+
+
+def test_varying_key_becomes_a_column(tmp_path):
+    runs = tmp_path / "s" / "runs"
+    _write_run(runs, "bl-s0", ["batch.size=64"], 80.0, 10, 64)
+    for i, eps in enumerate((0.005, 0.01)):
+        over = ["batch.size=64", "schedule.method=absa", "schedule.max_batch=512"]
+        _write_run(runs, f"absa-{i}", [*over, f"adversarial.eps={eps}"], 85.0 + i, 5, 512)
+    rows = R.table(R.collect(tmp_path / "s"))
+    assert [r["column"] for r in rows] == ["BL", "ABSA (eps=0.005)", "ABSA (eps=0.01)"]
+    assert (
+        R.to_markdown(rows).splitlines()[0] == "| batch | BL | ABSA (eps=0.005) | ABSA (eps=0.01) |"
+    )
+
+
+def test_no_finished_runs_is_one_line_error(tmp_path):
+    _write_run(tmp_path / "s" / "runs", "x", [], 1.0, 1, 128, finished=False)
+    with pytest.raises(R.ReportError, match=r"no finished runs .*1 unfinished"):
+        R.make_report(tmp_path / "s")
+
+
+def test_plot_spectra(tmp_path):
+    spectra = {
+        "B=32": [5.0, 3.0, 1.0, 0.5],
+        "B=4096": [50.0, 20.0, 8.0, 6.0],
+        "B=4096 + adversarial": [20.0, 9.0, 4.0, 2.0],
+    }
+    p = R.plot_spectra(spectra, tmp_path / "spectra.png")
+    assert p.stat().st_size > 5000
+    q = R.plot_spectra({"a": [3.0, -0.5], "b": [1.0, 0.0]}, tmp_path / "neg.png")
+    assert q.stat().st_size > 0

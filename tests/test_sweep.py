@@ -1,0 +1,318 @@
+import json
+import pickle
+
+import pytest
+import yaml
+
+from absa import sweep as S
+from absa.config import ConfigError
+
+TINY = {
+    "data": {"name": "digits"},
+    "model": {"name": "mlp", "width": 8},
+    "batch": {"size": 64, "max_micro_batch": 64},
+    "train": {"epochs": 1, "threads": 1},
+    "hessian": {"probe_size": 128},
+}
+
+
+def _write(tmp_path, spec, name="sweep.yaml"):
+    spec = {"out_dir": str(tmp_path / "out"), **spec}
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def _tiny(tmp_path, grid, **extra):
+    return _write(tmp_path, {"name": "tiny", "base": TINY, "grid": grid, **extra})
+
+
+# --- expansion ------------------------------------------------------------------------------
+
+
+def test_expand_order_overrides_and_folders(tmp_path):
+    path = _write(
+        tmp_path,
+        {
+            "name": "methods",
+            "base": {"schedule": {"max_batch": 1024}},
+            "grid": {
+                "schedule.method": ["bl", "absa"],
+                "batch.size": [32, 512],
+                "train.seed": [0, 1],
+                "adversarial.eps": [0.005],
+            },
+        },
+    )
+    sweep = S.load_sweep(path)
+    points = S.expand(sweep)
+    assert len(points) == 8
+    assert [p.name for p in points] == [
+        f"{m}-b{b}-s{s}-eps0.005" for m in ("bl", "absa") for b in (32, 512) for s in (0, 1)
+    ]
+    p = points[5]  # absa, 32, seed 1
+    assert p.overrides == [
+        "schedule.method=absa",
+        "batch.size=32",
+        "train.seed=1",
+        "adversarial.eps=0.005",
+    ]
+    assert p.folder == tmp_path / "out" / "runs" / p.name
+    cfg = p.config
+    assert (cfg.schedule.method, cfg.batch.size, cfg.train.seed) == ("absa", 32, 1)
+    assert cfg.schedule.max_batch == 1024  # from base
+    assert cfg.train.out_dir == tmp_path / "out" / "runs" and cfg.train.run_name == p.name
+    again = S.expand(S.load_sweep(path))
+    assert [(q.name, q.overrides) for q in again] == [(q.name, q.overrides) for q in points]
+    assert len({q.folder for q in points}) == 8
+
+
+def test_base_config_file_and_extra_points(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "base.yaml").write_text("model: {name: mlp, width: 4}\noptim: {lr: 0.2}\n")
+    path = _write(
+        tmp_path,
+        {
+            "base": {"config": "cfg/base.yaml", "model": {"width": 8}},
+            "grid": {"train.seed": [0, 1]},
+            "points": [{"schedule.method": "fb", "batch.size": 512, "schedule.ref_batch": 32}],
+        },
+    )
+    sweep = S.load_sweep(path)
+    assert sweep.name == "sweep"  # the file's stem
+    points = S.expand(sweep)
+    assert [p.name for p in points] == ["s0", "s1", "fb-b512-bref32"]
+    assert all(p.config.model.width == 8 and p.config.optim.lr == 0.2 for p in points)
+    assert points[2].config.schedule.ref_batch == 32 and points[2].config.train.seed == 0
+
+
+def test_default_out_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text("name: abc\ngrid: {train.seed: [0]}\n")
+    assert S.load_sweep(tmp_path / "s.yaml").out_dir == tmp_path / "sweeps" / "abc"
+
+
+def test_colliding_names_get_a_stable_hash(tmp_path):
+    path = _write(tmp_path, {"grid": {"model.name": ["a/b", "a b", "mlp"]}})
+    names = [p.name for p in S.expand(S.load_sweep(path))]
+    assert names[2] == "mlp"
+    assert names[0] != names[1] and all(n.startswith("a_b-") for n in names[:2])
+    assert names == [p.name for p in S.expand(S.load_sweep(path))]
+
+
+def test_long_names_are_shortened(tmp_path):
+    grid = {"optim.decay_epochs": [list(range(40)), list(range(41))]}
+    path = _write(tmp_path, {"base": {"train": {"epochs": 50}}, "grid": grid})
+    names = [p.name for p in S.expand(S.load_sweep(path))]
+    assert all(len(n) <= 64 for n in names) and len(set(names)) == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("gird: {batch.size: [1]}", "gird: unknown key; did you mean grid?"),
+        ("grid: {batch.size: [1]}\nslurm: {partitio: x}", "slurm.partitio: unknown key"),
+        ("base: {model: {widht: 3}}\ngrid: {batch.size: [1]}", "base: model.widht: unknown key"),
+        ("grid: {model.widht: [1]}", "grid.model.widht: unknown key"),
+        ("grid: {modle.width: [1]}", "grid.modle.width: unknown key modle; did you mean model?"),
+        ("grid: {}", "grid: no points"),
+        ("name: x", "grid: no points"),
+        ("grid: {batch.size: []}", "grid.batch.size: empty list"),
+        ("grid: {batch.size: 32}", "grid.batch.size: expected a list of values"),
+        ("grid: {batch.size: [32, 32.0]}", "resolve to the same config"),
+        ("grid: {batch.size: [64]}\npoints: [{batch.size: 64}]", "resolve to the same config"),
+        ("grid: {batch.size: [32, 0]}", "point b0 (batch.size=0): batch.size:"),
+        ("grid: {train.run_name: [a]}", "grid.train.run_name: set by the sweep"),
+        ("grid: {batch.size: [1]}\nlocal: {timeout_min: 0}", "local.timeout_min:"),
+        ("grid: {batch.size: [1]}\nbase: {config: nope.yaml}", "base.config: no such config"),
+    ],
+)
+def test_bad_sweep_files_give_one_line_errors(tmp_path, text, expected):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text + "\n")
+    with pytest.raises(ConfigError) as info:
+        S.load_sweep(path)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(str(path)), msg
+    assert expected in msg, msg
+
+
+def test_base_may_leave_cross_field_rules_to_the_grid(tmp_path):
+    # absa needs schedule.max_batch: the grid supplies it per point
+    path = _write(
+        tmp_path,
+        {"base": {"schedule": {"method": "absa"}}, "grid": {"schedule.max_batch": [256, 1024]}},
+    )
+    assert [p.config.schedule.max_batch for p in S.expand(S.load_sweep(path))] == [256, 1024]
+    path.write_text(path.read_text().replace("256", "64"))
+    with pytest.raises(ConfigError, match=r"point bmax64 .*schedule.max_batch: 64 is smaller"):
+        S.load_sweep(path)
+
+
+# --- status, dry run, skipping ----------------------------------------------------------------
+
+
+def test_status_from_files(tmp_path):
+    folder = tmp_path / "p"
+    folder.mkdir()
+    assert S.status(folder) == "pending"
+    (folder / "last.pt").write_bytes(b"x")
+    assert S.status(folder) == "partial"
+    (folder / "status.json").write_text(json.dumps({"state": "failed", "error": "boom"}))
+    assert S.status(folder) == "failed" and S.failure(folder) == "boom"
+    (folder / "summary.json").write_text("{}")
+    assert S.status(folder) == "done"
+
+
+def test_dry_run_lists_points_and_creates_nothing(tmp_path):
+    path = _tiny(tmp_path, {"train.seed": [0, 1], "batch.size": [32, 64]})
+    lines = []
+    res = S.run_sweep(path, dry_run=True, say=lines.append)
+    assert not (tmp_path / "out").exists()
+    text = "\n".join(lines)
+    for name in ("s0-b32", "s0-b64", "s1-b32", "s1-b64"):
+        assert f"pending  {name}" in text
+    assert str(tmp_path / "out" / "runs") in text
+    assert res.pending == ["s0-b32", "s0-b64", "s1-b32", "s1-b64"] and res.exit_code == 0
+
+
+def test_finished_points_are_skipped(tmp_path):
+    path = _tiny(tmp_path, {"train.seed": [0, 1]})
+    for p in S.expand(S.load_sweep(path)):
+        p.folder.mkdir(parents=True)
+        (p.folder / "summary.json").write_text('{"test_acc": 1.0}')
+    res = S.run_sweep(path, say=lambda _m: None)
+    assert res.skipped == ["s0", "s1"] and res.done == [] and res.failed == []
+    for p in S.expand(S.load_sweep(path)):
+        assert sorted(f.name for f in p.folder.iterdir()) == ["summary.json"]  # untouched
+    assert (tmp_path / "out" / "points.json").is_file()
+
+
+def test_bad_executor(tmp_path):
+    with pytest.raises(ConfigError, match="executor: expected one of"):
+        S.run_sweep(_tiny(tmp_path, {"train.seed": [0]}), executor="kubernetes")
+
+
+def test_slurm_executor_parameters(tmp_path, monkeypatch):
+    spec = {
+        "grid": {"train.seed": [0, 1]},
+        "nproc": 2,
+        "slurm": {
+            "partition": "gpu",
+            "time_min": 90,
+            "gpus_per_node": 2,
+            "cpus_per_task": 4,
+            "mem_gb": 32,
+            "setup": ["module load cuda"],
+            "extra": {"slurm_account": "abc"},
+        },
+    }
+    path = _write(tmp_path, spec)
+    with pytest.raises(ConfigError, match=r"slurm: Could not detect .srun"):
+        S.run_sweep(path, executor="slurm", say=lambda _m: None)
+    assert not (tmp_path / "out").exists()  # nothing written before the executor exists
+
+    import submitit.slurm.slurm as slurm
+
+    monkeypatch.setattr(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
+    ex = S._executor(S.load_sweep(path), "slurm", 8)
+    par = ex._executor.parameters
+    assert (par["partition"], par["time"], par["ntasks_per_node"]) == ("gpu", 90, 2)
+    assert (par["gpus_per_node"], par["cpus_per_task"], par["mem"]) == (2, 4, "32GB")
+    assert par["array_parallelism"] == 8 and par["account"] == "abc"
+    assert par["setup"][-1] == "module load cuda"
+
+
+def test_commands():
+    task = S.PointTask("a", "/r/a", "/r", nproc=2)
+    cmd = S.command(task, resume=True, torchrun=True)
+    assert cmd[1:5] == ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    assert cmd[cmd.index("--resume") + 1] == "/r/a"
+    assert cmd[-2:] == ["train.out_dir=/r", "train.run_name=a"]
+    assert cmd[cmd.index("-c") + 1] == "/r/a/point.yaml"
+    plain = S.command(task, resume=False, torchrun=False)
+    assert plain[1:4] == ["-m", "absa", "train"] and "--resume" not in plain
+
+
+def test_point_job_is_picklable_and_checkpoints():
+    task = S.PointTask("a", "/r/a", "/r")
+    job = pickle.loads(pickle.dumps(S.PointJob()))
+    delayed = job.checkpoint(task)
+    assert isinstance(delayed.function, S.PointJob) and delayed.args == (task,)
+
+
+# --- end to end (each `absa train` subprocess takes a few seconds) ---------------------------
+
+
+def _summary(point):
+    return json.loads((point.folder / "summary.json").read_text())
+
+
+def test_local_runs_points_skips_and_resumes(tmp_path):
+    path = _tiny(tmp_path, {"train.seed": [0, 1]}, local={"max_parallel": 2})
+    lines = []
+    res = S.run_sweep(path, say=lines.append)
+    assert res.done == ["s0", "s1"] and res.failed == [] and res.exit_code == 0, lines
+    points = S.expand(S.load_sweep(path))
+    for p in points:
+        assert S.status(p) == "done" and _summary(p)["epochs"] == 1
+        assert (p.folder / "log.txt").is_file() and (p.folder / "point.yaml").is_file()
+    resolved = S.load_sweep(tmp_path / "out" / "sweep.yaml")  # re-runnable as it stands
+    assert [(q.name, q.config) for q in S.expand(resolved)] == [(q.name, q.config) for q in points]
+    manifest = json.loads((tmp_path / "out" / "points.json").read_text())
+    assert [m["name"] for m in manifest] == ["s0", "s1"]
+    assert manifest[1]["overrides"] == ["train.seed=1"]
+
+    stamp = (points[0].folder / "summary.json").stat().st_mtime_ns
+    again = S.run_sweep(path, say=lambda _m: None)
+    assert again.skipped == ["s0", "s1"] and again.done == []
+    assert (points[0].folder / "summary.json").stat().st_mtime_ns == stamp
+
+    # s1 loses its summary (as if killed after its last checkpoint); train.epochs grows to 2
+    (points[1].folder / "summary.json").unlink()
+    assert S.status(points[1]) == "partial"
+    path = _tiny(
+        tmp_path, {"train.seed": [0, 1]}, base={**TINY, "train": {"epochs": 2, "threads": 1}}
+    )
+    res = S.run_sweep(path, say=lambda _m: None)
+    assert res.skipped == ["s0"] and res.done == ["s1"]
+    assert _summary(points[1])["epochs"] == 2 and _summary(points[0])["epochs"] == 1
+    assert "resumed" in (points[1].folder / "log.txt").read_text()
+    metrics = (points[1].folder / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(m)["epoch"] for m in metrics] == [0, 1]
+
+
+def test_failing_point_does_not_stop_the_others(tmp_path):
+    path = _tiny(tmp_path, {"model.name": ["bogus_net", "mlp"]}, local={"max_parallel": 2})
+    lines = []
+    res = S.run_sweep(path, say=lines.append)
+    assert res.failed == ["bogus_net"] and res.done == ["mlp"] and res.exit_code == 1
+    bad, good = S.expand(S.load_sweep(path))
+    assert S.status(bad) == "failed" and S.status(good) == "done"
+    assert "bogus_net" in S.failure(bad) and "bogus_net" in res.errors["bogus_net"]
+    assert any(line.startswith("FAILED bogus_net") for line in lines)
+    dry = []
+    S.run_sweep(path, dry_run=True, say=dry.append)
+    assert any("failed   bogus_net" in line for line in dry)
+    assert any("last error:" in line for line in dry)
+
+
+def test_local_timeout_marks_the_point_failed(tmp_path):
+    path = _tiny(tmp_path, {"train.seed": [0]}, local={"timeout_min": 0.005})
+    res = S.run_sweep(path, say=lambda _m: None)
+    assert res.failed == ["s0"] and res.errors["s0"] == "timeout after 0.005 min"
+    (point,) = S.expand(S.load_sweep(path))
+    assert S.failure(point) == "timeout after 0.005 min"
+
+
+def test_submitit_local_runs_two_points(tmp_path):
+    path = _tiny(tmp_path, {"train.seed": [0, 1]}, local={"max_parallel": 2, "timeout_min": 10})
+    lines = []
+    res = S.run_sweep(path, executor="submitit-local", say=lines.append)
+    assert res.done == ["s0", "s1"] and res.exit_code == 0, lines
+    for p in S.expand(S.load_sweep(path)):
+        assert S.status(p) == "done" and _summary(p)["epochs"] == 1
+        assert json.loads((p.folder / "job.json").read_text())["executor"] == "submitit-local"
+    assert (tmp_path / "out" / "submitit").is_dir()
+    again = S.run_sweep(path, executor="submitit-local", say=lambda _m: None)
+    assert again.skipped == ["s0", "s1"] and again.done == []
