@@ -9,7 +9,9 @@ CIFAR = DatasetInfo("c", 10, 3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), True)
 DIGITS = DatasetInfo("d", 10, 1, 8, (0.3,), (0.4,), False)
 
 
-@pytest.mark.parametrize("name", [n for n in MODELS if n not in ("resnet18", "wresnet16_4", "alexnet", "c1", "c2")])
+@pytest.mark.parametrize(
+    "name", [n for n in MODELS if n not in ("resnet18", "wresnet16_4", "alexnet", "c1", "c2")]
+)
 @pytest.mark.parametrize("info", [CIFAR, DIGITS], ids=["cifar", "digits"])
 def test_head_convention(name, info):
     torch.manual_seed(0)

@@ -37,7 +37,9 @@ class _Finder:
 
 @pytest.fixture
 def fake_torchvision(monkeypatch):
-    saved = {k: v for k, v in sys.modules.items() if k == "torchvision" or k.startswith("torchvision.")}
+    saved = {
+        k: v for k, v in sys.modules.items() if k == "torchvision" or k.startswith("torchvision.")
+    }
     for k in saved:
         monkeypatch.delitem(sys.modules, k)
     finders = []
