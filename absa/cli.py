@@ -142,7 +142,13 @@ def _relaunch(nproc: int) -> None:
         if a.startswith("--nproc="):
             continue
         args.append(a)
-    torchrun_main(["--standalone", f"--nproc-per-node={nproc}", "-m", "absa", *args])
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    try:
+        torchrun_main(["--standalone", f"--nproc-per-node={nproc}", "-m", "absa", *args])
+    except ChildFailedError as err:  # the workers printed their errors; add the summary
+        print(err.format_msg(), file=sys.stderr, flush=True)
+        raise typer.Exit(1) from None
 
 
 @app.command()
@@ -179,13 +185,15 @@ def train(
         stem = config.stem if config is not None else "run"
         run_dir = prepare_run_dir(cfg, stem, resume)
         env = D.setup(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_s)
+        ok = False
         try:
             with _progress_output() as (log, progress):
                 summary = run(
                     cfg, env, run_dir, resume=resume is not None, log=log, progress=progress
                 )
+            ok = True
         finally:
-            D.teardown(env)
+            D.teardown(env, ok)  # no barrier after an error: the peers may never reach it
         if env.is_main:
             _print_summary(summary)
             if json_out is not None:
@@ -524,7 +532,29 @@ def _say(msg: str) -> None:
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except BaseException as err:
+        dist_mod = sys.modules.get("absa.distributed")
+        if dist_mod is None or not dist_mod.joined():
+            raise
+        # a distributed worker (its group already torn down): end it without the
+        # interpreter's shutdown, where gloo's threads can abort a finished process
+        if isinstance(err, SystemExit):
+            code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+            if isinstance(err.code, str):
+                print(err.code, file=sys.stderr)
+        else:
+            import traceback
+
+            from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
+
+            rank = dist_mod.process_env()[0]
+            print(f"rank {rank} failed:", file=sys.stderr)
+            traceback.print_exc()
+            ErrorHandler().record_exception(err)  # torchrun's failure summary shows it
+            code = 1
+        dist_mod.exit_process(code)
 
 
 if __name__ == "__main__":

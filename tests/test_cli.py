@@ -98,3 +98,122 @@ def test_default_config_loads():
 
     cfg = C.load("configs/default.yaml")
     assert cfg.data.name == "digits"
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("hess")
+    res = _train(tmp, "train.run_name=h")
+    assert res.exit_code == 0, res.output
+    return tmp / "h"
+
+
+def test_hessian_command_json_matches_dense_and_writes_plots(trained_run, tmp_path):
+    import torch
+
+    from absa import checkpoint as ckpt_io
+    from absa import config as C
+    from absa.analysis import batches_of
+    from absa.data import load_data
+    from absa.hessian import last_layer_operator
+    from absa.models import build_model
+
+    out, plots = tmp_path / "h.json", tmp_path / "plots"
+    args = ["hessian", "--checkpoint", str(trained_run), "-k", "3", "--samples", "200"]
+    args += ["--trace-samples", "50", "--density-iter", "20", "--points", "7"]
+    res = runner.invoke(app, [*args, "--json", str(out), "--plot", str(plots)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    assert got["block"] == "last" and got["samples"] == 200 and got["converged"]
+    # the same 200 samples, dense Hessian of the last layer built column by column
+    ck = ckpt_io.load(trained_run)
+    cfg = C.from_dict(ck["config"])
+    data = load_data(cfg.data)
+    model = build_model(cfg.model.name, data.info, cfg.model.width)
+    model.load_state_dict(ck["model"])
+    model.eval()
+    op = last_layer_operator(model, batches_of(data.train, 200, 256, torch.device("cpu"), 0))
+    dense = torch.stack([op.matvec(e) for e in torch.eye(op.dim)]).double()
+    top = torch.linalg.eigvalsh((dense + dense.T) / 2).flip(0)[:3].tolist()
+    assert got["eigenvalues"] == pytest.approx(top, rel=1e-3)
+    assert got["trace"] == pytest.approx(float(dense.trace()), rel=0.25)
+    assert sorted(p.name for p in plots.iterdir()) == [
+        "density.png",
+        "landscape_1d.png",
+        "landscape_2d.png",
+    ]
+    curves = got["landscape"]["curves"]
+    assert set(curves) == {"train", "test"} and len(curves["train"]) == 7
+    mid = len(curves["train"]) // 2  # the trained weights sit in a valley along v1
+    assert curves["train"][mid] <= min(curves["train"][0], curves["train"][-1])
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--block", "nosuchlayer.*"], "nosuchlayer"),
+        (["-k", "100000"], "larger than the block size"),
+        (["model.name=small_cnn"], "do not fit model small_cnn"),
+        (["--split", "val"], "--split"),
+    ],
+)
+def test_hessian_bad_input_one_line(trained_run, extra, needle):
+    res = runner.invoke(
+        app, ["hessian", "--checkpoint", str(trained_run), "--samples", "64", *extra]
+    )
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_hessian_fresh_init_from_config(tmp_path):
+    out = tmp_path / "h.json"
+    res = runner.invoke(
+        app,
+        [
+            "hessian",
+            *TINY,
+            "--samples",
+            "64",
+            "--block",
+            "full",
+            "-k",
+            "2",
+            "--max-iter",
+            "40",
+            "--trace-samples",
+            "0",
+            "--density-iter",
+            "0",
+            "--json",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 2 and "--checkpoint" in res.output  # needs a model source
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  name: mlp\n  width: 4\n")
+    res = runner.invoke(
+        app,
+        [
+            "hessian",
+            "-c",
+            str(cfg),
+            "--samples",
+            "64",
+            "--block",
+            "full",
+            "-k",
+            "2",
+            "--max-iter",
+            "40",
+            "--trace-samples",
+            "0",
+            "--density-iter",
+            "0",
+            "--json",
+            str(out),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    assert got["block"] == "full" and len(got["eigenvalues"]) == 2
+    assert got["eigenvalues"][0] >= got["eigenvalues"][1]
