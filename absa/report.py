@@ -4,8 +4,9 @@
 itself when it has no ``runs/``): config.yaml, summary.json and metrics.jsonl. Runs without
 a summary.json are unfinished: ignored, but counted.
 
-``table`` groups the runs the way the paper's tables are laid out: one row per starting
-batch size, one column per method, each cell the final-epoch test accuracy as mean ± std
+``table`` groups the runs the way the paper's tables are laid out: one row per batch size B
+(the fixed batch of BL and FB, the maximum batch of GG, ABS and ABSA, which start from
+``batch.size`` and grow towards it), one column per method, each cell the final-epoch test accuracy as mean ± std
 over seeds (sample std, n-1; 0 for a single seed) and the mean number of SGD updates, plus
 the final batch size for adaptive methods. When runs of the same method and batch size
 differ in some other config key (say ``adversarial.eps``), that key becomes part of the
@@ -64,7 +65,7 @@ class RunRecord:
     name: str
     folder: Path
     method: str
-    batch_size: int  # the starting (logical) batch size, batch.size
+    batch_size: int  # the paper's row: batch.size (BL, FB) or schedule.max_batch (GG, ABS, ABSA)
     final_batch: int
     seed: int
     test_acc: float  # final epoch
@@ -92,6 +93,16 @@ def _run_folders(sweep_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.yaml").is_file())
 
 
+def _row_batch(cfg: dict[str, Any]) -> int:
+    """Row of the paper's table: the fixed batch of BL/FB, the maximum batch of GG/ABS/ABSA
+    (which start from batch.size and grow towards it)."""
+    method = str(cfg.get("schedule", {}).get("method", "bl"))
+    start = int(cfg.get("batch", {}).get("size", 128))
+    if method in ADAPTIVE:
+        return int(cfg.get("schedule", {}).get("max_batch") or start)
+    return start
+
+
 def _read_run(folder: Path) -> RunRecord:
     cfg = read_yaml(folder / "config.yaml")
     summary = json.loads((folder / "summary.json").read_text())
@@ -107,7 +118,7 @@ def _read_run(folder: Path) -> RunRecord:
         name=folder.name,
         folder=folder,
         method=str(cfg.get("schedule", {}).get("method", "bl")),
-        batch_size=int(cfg.get("batch", {}).get("size", 128)),
+        batch_size=_row_batch(cfg),
         final_batch=int(summary.get("final_batch") or last.get("batch_size") or 0),
         seed=int(cfg.get("train", {}).get("seed", 0)),
         test_acc=float(acc),
@@ -189,7 +200,7 @@ def _std(xs: list[float]) -> float:
 
 
 def table(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
-    """One row per (starting batch, method[, variant]) group, sorted by batch then method."""
+    """One row per (row batch, method[, variant]) group, sorted by batch then method."""
     records = list(records)
     keys = _variant_keys(records)
     groups: dict[tuple[int, str, str], list[RunRecord]] = {}
@@ -266,12 +277,13 @@ def caption(rows: list[dict[str, Any]]) -> str:
     )
     return (
         f"Final-epoch test accuracy (%), mean ± std over {seeds} / mean number of SGD updates; "
-        "→ final batch size of adaptive methods. Rows: starting batch size."
+        "→ final batch size of adaptive methods. Rows: batch size B (BL, FB: fixed at B; "
+        "GG, ABS, ABSA: growing from batch.size up to B), as in the paper's tables."
     )
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    """The paper-shaped table (rows: starting batch, columns: method) as Markdown."""
+    """The paper-shaped table (rows: batch size B, columns: method) as Markdown."""
     if not rows:
         return "_no finished runs_\n"
     cols, grid, _ = _grid(rows)
@@ -364,7 +376,7 @@ def _batch_axis(ax: Any, batches: list[int]) -> None:
 
 
 def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Final test accuracy vs starting batch size, one line per method, std error bars."""
+    """Final test accuracy vs batch size B, one line per method, std error bars."""
     cols = _columns(rows)
     styles = _styles(cols)
     batches = sorted({r["batch"] for r in rows})
@@ -383,7 +395,7 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pa
             **styles[c],
         )
     _batch_axis(ax, batches)
-    ax.set_xlabel("starting batch size (log2 scale)")
+    ax.set_xlabel("batch size B: fixed (BL, FB) or maximum (GG, ABS, ABSA), log2 scale")
     ax.set_ylabel("final test accuracy (%)")
     ax.set_title(f"Test accuracy vs batch size{f' ({title})' if title else ''}")
     ax.grid(alpha=0.3)
@@ -393,7 +405,7 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pa
 
 
 def plot_updates(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Mean number of SGD updates vs starting batch size (log-log)."""
+    """Mean number of SGD updates vs batch size B (log-log)."""
     cols = _columns(rows)
     styles = _styles(cols)
     batches = sorted({r["batch"] for r in rows})
@@ -410,7 +422,7 @@ def plot_updates(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pat
         )
     _batch_axis(ax, batches)
     ax.set_yscale("log")
-    ax.set_xlabel("starting batch size (log2 scale)")
+    ax.set_xlabel("batch size B: fixed (BL, FB) or maximum (GG, ABS, ABSA), log2 scale")
     ax.set_ylabel("SGD updates, mean over seeds (log scale)")
     ax.set_title(f"Number of SGD updates vs batch size{f' ({title})' if title else ''}")
     ax.grid(alpha=0.3, which="both")
