@@ -94,13 +94,14 @@ class BL(_Stateless):
     lr: float
     decay_epochs: list[int] = field(default_factory=list)
     decay_factor: float = 0.2
+    adv_fraction: float = 0.0  # constant r (adversarial training at a fixed batch)
     name = "bl"
 
     def lr_at(self, epoch: int, progress: float) -> float:
         return self.lr * step_decay(epoch, self.decay_epochs, self.decay_factor)
 
     def plan(self, epoch: int) -> EpochPlan:
-        return EpochPlan(self.batch_size, self.lr_at(epoch, 0.0), 0.0, False)
+        return EpochPlan(self.batch_size, self.lr_at(epoch, 0.0), self.adv_fraction, False)
 
 
 @dataclass
@@ -117,6 +118,7 @@ class FB(_Stateless):
     warmup_epochs: float = 5.0
     decay_epochs: list[int] = field(default_factory=list)
     decay_factor: float = 0.2
+    adv_fraction: float = 0.0  # constant r
     name = "fb"
 
     @property
@@ -131,7 +133,7 @@ class FB(_Stateless):
         return self.peak_lr * decay
 
     def plan(self, epoch: int) -> EpochPlan:
-        return EpochPlan(self.batch_size, self.lr_at(epoch, 0.0), 0.0, False)
+        return EpochPlan(self.batch_size, self.lr_at(epoch, 0.0), self.adv_fraction, False)
 
 
 @dataclass
@@ -148,6 +150,7 @@ class GG(_Stateless):
     lr: float
     decay_epochs: list[int] = field(default_factory=list)
     decay_factor: float = 0.2
+    adv_fraction: float = 0.0  # constant r
     name = "gg"
 
     def _at(self, epoch: int) -> tuple[int, float]:
@@ -162,7 +165,7 @@ class GG(_Stateless):
 
     def plan(self, epoch: int) -> EpochPlan:
         b, lr = self._at(epoch)
-        return EpochPlan(b, lr, 0.0, False)
+        return EpochPlan(b, lr, self.adv_fraction, False)
 
 
 @dataclass

@@ -678,3 +678,13 @@ def test_non_positive_eigenvalue_never_counts_as_dropped(reference):
     t = drive(p, 5, [-1.0, -2.0, 0.0, -0.5, 1.0])
     assert t.batches == [128, 128, 128, 128, 256]
     assert [g.trigger for g in t.growths if g] == ["duration"]
+
+
+def test_fixed_batch_methods_keep_a_constant_adversarial_fraction():
+    # adversarial training at a fixed batch (the robust models of the Hessian analysis)
+    bl = build_policy("bl", batch_size=32, lr=0.1, decay_epochs=[2], adv_fraction=0.3)
+    fb = build_policy("fb", batch_size=64, base_batch=32, lr=0.1, adv_fraction=0.3)
+    gg = build_policy("gg", base_batch=32, max_batch=64, lr=0.1, decay_epochs=[1], adv_fraction=0.3)
+    for p in (bl, fb, gg):
+        assert drive(p, 4).advs == [0.3, 0.3, 0.3, 0.3]
+    assert drive(build_policy("bl", batch_size=32, lr=0.1), 2).advs == [0.0, 0.0]
