@@ -73,7 +73,12 @@ class Summary:
 def make_policy(cfg: Config) -> Policy:
     """Map the config tree onto the pure schedule policies."""
     s, o, b = cfg.schedule, cfg.optim, cfg.batch
-    common = {"lr": o.lr, "decay_epochs": list(o.decay_epochs), "decay_factor": o.decay_factor}
+    common = {
+        "lr": o.lr,
+        "decay_epochs": list(o.decay_epochs),
+        "decay_factor": o.decay_factor,
+        "adv_fraction": cfg.adv_fraction,  # constant for BL/FB/GG; ABSA halves it per growth
+    }
     if s.method == "bl":
         return build_policy("bl", batch_size=b.size, **common)
     if s.method == "fb":
@@ -93,7 +98,6 @@ def make_policy(cfg: Config) -> Policy:
         lr_scaling=s.lr_scaling,
         reference=s.reference,
         duration=s.duration,
-        adv_fraction=cfg.adv_fraction,
         **common,
     )
 
