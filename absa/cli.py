@@ -142,6 +142,7 @@ def _relaunch(nproc: int) -> None:
         if a.startswith("--nproc="):
             continue
         args.append(a)
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     try:
@@ -149,6 +150,8 @@ def _relaunch(nproc: int) -> None:
     except ChildFailedError as err:  # the workers printed their errors; add the summary
         print(err.format_msg(), file=sys.stderr, flush=True)
         raise typer.Exit(1) from None
+    except SignalException as err:  # Ctrl-C: torchrun passed the signal to the workers
+        raise typer.Exit(128 + int(err.sigval)) from None
 
 
 @app.command()

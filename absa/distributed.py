@@ -1,9 +1,15 @@
 """Everything torch.distributed lives here; one process runs the same code path as N.
 
 The process environment comes from torchrun (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT)
-or Slurm's srun (SLURM_PROCID, SLURM_NTASKS, SLURM_LOCALID, with MASTER_ADDR/PORT taken from
-the environment or the first host of SLURM_JOB_NODELIST). Backend: nccl on CUDA, gloo on
-CPU, unless ``distributed.backend`` says otherwise.
+or a Slurm ``srun`` step (SLURM_PROCID, SLURM_STEP_NUM_TASKS, SLURM_LOCALID; MASTER_ADDR is
+taken from the environment or the first host of the step's node list, MASTER_PORT from the
+environment or derived from SLURM_JOB_ID). Backend: nccl on CUDA, gloo on CPU, unless
+``distributed.backend`` says otherwise.
+
+Lifecycle of a worker: ``setup`` joins the group; ``teardown(env, ok)`` leaves it (a barrier
+first only when every rank finished, so a failing rank never waits for peers that are stuck
+in a collective); ``exit_process`` then ends the process without the interpreter's shutdown,
+where gloo's threads can abort ("terminate called without an active exception").
 
 Functions marked "collective" must be called on all ranks, in the same order.
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -66,29 +73,45 @@ def _env_int(*names: str, default: int) -> int:
     return default
 
 
-def _first_slurm_host() -> str | None:
-    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
-    if not nodes:
-        return None
-    head = nodes.split(",")[0]
-    if "[" in head:  # node[01-04] -> node01
-        prefix, rest = head.split("[", 1)
-        head = prefix + rest.split("-")[0].split(",")[0].rstrip("]")
-    return head
+def first_host(nodelist: str) -> str:
+    """First host of a Slurm host list: ``gpu[03-04,07],cpu1`` -> ``gpu03``."""
+    head = nodelist.strip()
+    depth = 0
+    for i, ch in enumerate(head):  # cut at the first comma outside brackets
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            head = head[:i]
+            break
+    if "[" not in head:
+        return head
+    prefix, rest = head.split("[", 1)
+    inside, suffix = rest.split("]", 1) if "]" in rest else (rest, "")
+    return prefix + inside.split(",")[0].split("-")[0] + suffix
+
+
+def _slurm_master_host() -> str | None:
+    for name in ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST"):
+        if os.environ.get(name):
+            return first_host(os.environ[name])
+    return None
 
 
 def process_env() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun or Slurm variables; (0, 1, 0) otherwise."""
+    """(rank, world_size, local_rank) from torchrun or an srun step; (0, 1, 0) otherwise.
+
+    Slurm's world size is SLURM_STEP_NUM_TASKS (set by srun for its step), not
+    SLURM_NTASKS: the shell of an sbatch script sees SLURM_NTASKS > 1 but is one process.
+    """
     if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
         return (
             int(os.environ["RANK"]),
             int(os.environ["WORLD_SIZE"]),
             _env_int("LOCAL_RANK", default=0),
         )
-    if "SLURM_PROCID" in os.environ and _env_int("SLURM_NTASKS", default=1) > 1:
+    if "SLURM_PROCID" in os.environ and _env_int("SLURM_STEP_NUM_TASKS", default=1) > 1:
         return (
             int(os.environ["SLURM_PROCID"]),
-            _env_int("SLURM_NTASKS", default=1),
+            _env_int("SLURM_STEP_NUM_TASKS", default=1),
             _env_int("SLURM_LOCALID", default=0),
         )
     return 0, 1, 0
@@ -107,17 +130,35 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+_joined = False  # this process joined a process group (see ``exit_process``)
+
+
 def setup(device: str = "auto", backend: str = "auto", timeout_s: int = 1800) -> DistEnv:
-    """Read the process environment and, for more than one process, join the process group."""
+    """Read the process environment and, for more than one process, join the process group.
+
+    ``timeout_s`` bounds how long a collective waits for a rank that is alive but silent;
+    a rank that dies closes its connections, which gloo reports to its peers at once.
+    """
+    global _joined
     rank, world, local = process_env()
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is outside the world of {world} processes")
     dev = resolve_device(device, local)
     if world == 1:
         return DistEnv(0, 1, 0, dev, None)
     if backend == "auto":
         backend = "nccl" if dev.type == "cuda" else "gloo"
+    if backend == "nccl" and dev.type != "cuda":
+        raise ValueError(
+            f"distributed.backend: nccl needs CUDA devices but train.device is {dev}; "
+            "use gloo (or auto)"
+        )
     if "MASTER_ADDR" not in os.environ:
-        os.environ["MASTER_ADDR"] = _first_slurm_host() or "127.0.0.1"
-    os.environ.setdefault("MASTER_PORT", "29500")
+        os.environ["MASTER_ADDR"] = _slurm_master_host() or "127.0.0.1"
+    if "MASTER_PORT" not in os.environ:
+        job = os.environ.get("SLURM_JOB_ID", "")
+        # a port per Slurm job, so that jobs sharing a node do not collide
+        os.environ["MASTER_PORT"] = str(15000 + int(job) % 20000) if job.isdigit() else "29500"
     if not dist.is_initialized():
         dist.init_process_group(
             backend=backend,
@@ -126,15 +167,48 @@ def setup(device: str = "auto", backend: str = "auto", timeout_s: int = 1800) ->
             timeout=datetime.timedelta(seconds=timeout_s),
             device_id=dev if dev.type == "cuda" else None,
         )
+        _joined = True
     return DistEnv(rank, world, local, dev, backend)
 
 
-def teardown(env: DistEnv) -> None:
-    """Destroy the process group (safe to call twice or on a single process)."""
-    if env.distributed and dist.is_initialized():
-        with contextlib.suppress(Exception):
+def teardown(env: DistEnv, ok: bool = True) -> None:
+    """Leave the process group (safe to call twice or on a single process).
+
+    ``ok``: this rank finished normally, so all ranks meet at a barrier before the group is
+    destroyed. After an error or an interrupt the barrier is skipped: the peers may be
+    blocked in a collective this rank will never join, and waiting for them would hang
+    until the timeout. Destroying the group closes this rank's connections, so gloo peers
+    fail at once, and torchrun stops the remaining workers when this one exits non-zero.
+    """
+    if not (env.distributed and dist.is_initialized()):
+        return
+    try:
+        if ok:
             dist.barrier()
-        dist.destroy_process_group()
+    finally:
+        try:
+            dist.destroy_process_group()
+        except Exception:
+            if ok:
+                raise  # otherwise never mask the error that got us here
+
+
+def joined() -> bool:
+    """Whether this process joined a process group during its life."""
+    return _joined
+
+
+def exit_process(code: int) -> None:
+    """Flush stdout/stderr and end the process now with ``code`` (after ``teardown``).
+
+    Skips the interpreter's shutdown: with gloo, finished workers that exit normally abort
+    now and then while C++ threads are destroyed ("terminate called without an active
+    exception", status 134), which would turn a successful run into a failed job.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def wrap_model(model: nn.Module, env: DistEnv) -> nn.Module:

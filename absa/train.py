@@ -204,8 +204,7 @@ def train_epoch(
     if env.distributed and len(batches[-1]) < env.world_size:
         batches = batches[:-1]  # every rank needs at least one sample per step
     model.train()
-    stats = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, samples (local)
-    n_adv_total = 0
+    stats = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, samples, adv (local)
     for step, batch_pos in enumerate(batches):
         lr = policy.lr_at(epoch, step / len(batches))
         for group in optimizer.param_groups:
@@ -224,8 +223,8 @@ def train_epoch(
         out = accumulate_gradients(model, micro_iter(), len(batch_pos), env, cfg)
         _check_finite(out[0], env, epoch, step)
         optimizer.step()
-        stats += out
-        n_adv_total += int(adv_mask.sum())
+        stats[:3] += out
+        stats[3] += int(adv_mask.sum())
         if on_step is not None:
             on_step(step + 1, len(batches), lr)
     total = env.all_reduce_sum(stats.to(env.device)).cpu()
@@ -235,7 +234,7 @@ def train_epoch(
         acc=100.0 * total[1].item() / count,
         steps=len(batches),
         samples=int(total[2].item()),
-        adv_samples=n_adv_total,
+        adv_samples=int(total[3].item()),
     )
 
 
@@ -372,6 +371,20 @@ def check_resume_config(cfg: Config, stored: dict[str, Any], source: str) -> Non
         )
 
 
+def _check_divisible(cfg: Config, world: int) -> None:
+    """The global batch (and its cap, for growing methods) must split evenly over ranks."""
+    sizes = [("batch.size", cfg.batch.size)]
+    if cfg.schedule.method in ("gg", "abs", "absa") and cfg.schedule.max_batch is not None:
+        sizes.append(("schedule.max_batch", cfg.schedule.max_batch))
+    for key, b in sizes:
+        if world > 1 and b % world:
+            raise ConfigError(
+                f"{key}: {b} is not divisible by the world size {world}; the batch is "
+                f"global (each of the {world} processes takes 1/{world} of it), so choose a "
+                f"multiple of {world}"
+            )
+
+
 def prepare_run_dir(cfg: Config, stem: str, resume: Path | None) -> Path:
     if resume is not None:
         return Path(resume)
@@ -400,9 +413,7 @@ def run(
     run_dir = Path(run_dir) if run_dir is not None else prepare_run_dir(cfg, "run", None)
     say = log if (log is not None and env.is_main) else (lambda _msg: None)
     _seed_everything(cfg)
-    b = cfg.batch.size
-    if env.world_size > 1 and b % env.world_size:
-        raise ConfigError(f"batch.size: {b} is not divisible by the world size {env.world_size}")
+    _check_divisible(cfg, env.world_size)
 
     data = load_data(cfg.data)
     model = build_model(cfg.model.name, data.info, cfg.model.width).to(env.device)
