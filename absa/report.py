@@ -483,7 +483,7 @@ def plot_trajectories(records: list[RunRecord], path: Path, title: str = "") -> 
         ax.grid(alpha=0.3, which="both")
     handles = [Line2D([], [], color=colors[c], lw=2, label=c) for c in cols]
     if len(batches) > 1:
-        handles += [Line2D([], [], color="0.3", ls=ls[b], label=f"B0 = {b}") for b in batches]
+        handles += [Line2D([], [], color="0.3", ls=ls[b], label=f"B = {b}") for b in batches]
     axes[0].legend(handles=handles, fontsize=8, ncol=2, loc="best")
     axes[0].set_title(f"Per-run schedules{f' ({title})' if title else ''}")
     fig.tight_layout()
