@@ -183,8 +183,12 @@ class LinearSoftmaxHessian:
         self.dtype = head.weight.dtype
         self.device = head.weight.device
         self.dim = sum(p.numel() for p in self.params)
-        self.features = torch.cat([f.to(self.device, self.dtype) for f in features])
-        self.labels = torch.cat([y.to(self.device) for y in labels])
+        if features:
+            self.features = torch.cat([f.to(self.device, self.dtype) for f in features])
+            self.labels = torch.cat([y.to(self.device) for y in labels])
+        else:  # this rank's shard of a probe smaller than the world: contributes zero
+            self.features = torch.zeros(0, head.in_features, dtype=self.dtype, device=self.device)
+            self.labels = torch.zeros(0, dtype=torch.long, device=self.device)
         with torch.no_grad():
             self.probs = torch.softmax(F.linear(self.features, self.weight, self.bias), dim=1)
         count = torch.tensor([float(len(self.labels))], dtype=torch.float64, device=self.device)

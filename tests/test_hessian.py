@@ -619,6 +619,28 @@ def test_reduce_two_simulated_ranks_equal_full_data(kind, mlp_case, tanh_head):
     assert torch.equal(per_rank[0]["hv"], per_rank[1]["hv"])
 
 
+@pytest.mark.parametrize("kind", ["full", "last_fast", "last_fallback"])
+def test_rank_with_an_empty_shard_contributes_zero(kind, mlp_case, tanh_head):
+    """A probe smaller than the world leaves some rank no samples: it must still take part."""
+    model, x, y = tanh_head if kind == "last_fallback" else (mlp_case.model, mlp_case.x, mlp_case.y)
+
+    def build(data, reduce=None):
+        if kind == "full":
+            return H.HessianOperator(model, H.select_params(model, "full"), data, reduce=reduce)
+        return H.last_layer_operator(model, data, reduce=reduce)
+
+    whole = build((x, y))
+    v = rand_vec(whole.dim, 0)
+    ref = whole.matvec(v)
+    shards = [[(x, y)], []]
+    world = ThreadWorld(2)
+    out = world.run(lambda rank, reduce: build(shards[rank], reduce).matvec(v))
+    for hv in out:
+        torch.testing.assert_close(hv, ref, rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="no samples"):
+        build([])
+
+
 def test_reduce_applies_to_count_and_hvp(mlp_case):
     """A reduce that sums two identical ranks: the count doubles with the HVP, H unchanged."""
     x, y = mlp_case.x[:50], mlp_case.y[:50]
