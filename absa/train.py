@@ -526,7 +526,8 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
         grow = f" -> batch {g['new_batch']} ({g['trigger']})"
     adv = f" adv {r['adv_fraction']:.3g}" if r["adv_fraction"] else ""
     return (
-        f"epoch {r['epoch'] + 1}/{epochs} batch {r['batch_size']} lr {r['lr']:.4g}{adv} "
+        f"epoch {r['epoch'] + 1}/{epochs} {r['method']} batch {r['batch_size']} "
+        f"lr {r['lr']:.4g}{adv} "
         f"updates {r['updates']} train {r['train_loss']:.4f}/{r['train_acc']:.2f}% "
         f"test {r['test_loss']:.4f}/{r['test_acc']:.2f}%{lam}{grow} "
         f"[{r['train_seconds']:.1f}s train, {r['hessian_seconds']:.1f}s hessian, "
