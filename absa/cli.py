@@ -52,7 +52,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from absa.models import ModelError
     from absa.train import RunFolderError
 
-    return (ConfigError, DataError, CheckpointError, ModelError, RunFolderError, ValueError)
+    # OSError: unwritable out_dir, a file where a folder should be, a full disk...
+    return (
+        ConfigError,
+        DataError,
+        CheckpointError,
+        ModelError,
+        RunFolderError,
+        ValueError,
+        OSError,
+    )
 
 
 @contextmanager
@@ -154,6 +163,27 @@ def _relaunch(nproc: int) -> None:
         raise typer.Exit(128 + int(err.sigval)) from None
 
 
+def _check_before_launch(
+    config: Path | None, overrides: list[str], resume: Path | None, nproc: int
+) -> None:
+    from absa import config as C
+    from absa.train import check_divisible, prepare_run_dir
+
+    if config is None and resume is not None:
+        config = resume / "config.yaml"
+    cfg = C.load(config, overrides)
+    prepare_run_dir(cfg, config.stem if config is not None else "run", resume)
+    check_divisible(cfg, nproc)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomically write ``obj`` as JSON, creating the parent folder."""
+    from absa.checkpoint import atomic_write_text
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
 @app.command()
 def train(
     config: ConfigOpt = None,
@@ -175,6 +205,8 @@ def train(
     from the last completed epoch and ends with the same weights as an uninterrupted run.
     """
     if nproc is not None and nproc > 1 and "RANK" not in os.environ:
+        with _handled():  # errors every worker would hit: report them once, before launching
+            _check_before_launch(config, overrides or [], resume, nproc)
         _relaunch(nproc)
         return
     with _handled():
@@ -200,7 +232,7 @@ def train(
         if env.is_main:
             _print_summary(summary)
             if json_out is not None:
-                json_out.write_text(json.dumps(summary.__dict__, indent=2) + "\n")
+                _write_json(json_out, summary.__dict__)
 
 
 def _print_summary(summary: Any) -> None:
@@ -259,9 +291,7 @@ def eval_cmd(
             out = [
                 {"attack": n, "eps": e, "loss": r.loss, "acc": r.acc, "n": r.n} for n, e, r in rows
             ]
-            json_out.write_text(
-                json.dumps({"checkpoint": str(checkpoint), "results": out}, indent=2) + "\n"
-            )
+            _write_json(json_out, {"checkpoint": str(checkpoint), "results": out})
 
 
 def _not_yet(name: str) -> None:
@@ -300,9 +330,13 @@ def _model_for(
         try:
             model.load_state_dict(ck["model"])
         except RuntimeError as err:
+            lines = [ln.strip() for ln in str(err).strip().splitlines()]
+            detail = next((ln for ln in lines[1:] if ln), lines[0])  # first missing/mismatch
+            if len(detail) > 200:
+                detail = detail[:200] + "..."
             raise CliError(
                 f"{checkpoint}: weights do not fit model {cfg.model.name} "
-                f"({str(err).strip().splitlines()[0]})"
+                f"(width {cfg.model.width}): {detail}"
             ) from None
     return cfg, env, data, model, ck
 
@@ -363,7 +397,6 @@ def hessian_cmd(
         import math
 
         from absa import analysis as A
-        from absa.checkpoint import atomic_write_text
 
         if checkpoint is None and config is None:
             raise CliError("give --checkpoint RUN_DIR|last.pt or --config CONFIG (fresh init)")
@@ -471,7 +504,7 @@ def hessian_cmd(
             table.add_row("plots", "\n".join(str(f) for f in files))
         console.print(table)
         if json_out is not None:
-            atomic_write_text(json_out, json.dumps(result, indent=2) + "\n")
+            _write_json(json_out, result)
 
 
 @app.command()

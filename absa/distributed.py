@@ -118,12 +118,25 @@ def process_env() -> tuple[int, int, int]:
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``train.device`` -> a torch device (``auto``: CUDA when available, else CPU)."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(
+            f"train.device: {name!r} is not a device (use auto, cpu, cuda, cuda:N or mps)"
+        ) from err
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("train.device: mps requested but not available on this machine")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device: cuda requested but no CUDA device is available")
+            raise ValueError("train.device: cuda requested but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"train.device: {name} requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) are visible"
+            )
         if device.index is None:
             device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)

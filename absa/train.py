@@ -252,7 +252,10 @@ def _check_finite(step_loss: torch.Tensor, env: D.DistEnv, epoch: int, step: int
     """Collective: stop every rank if any rank's loss is NaN/inf."""
     bad = torch.tensor([0.0 if math.isfinite(step_loss.item()) else 1.0], device=env.device)
     if env.all_reduce_sum(bad).item() > 0:
-        raise TrainingDiverged(f"non-finite loss at epoch {epoch}, step {step}")
+        raise TrainingDiverged(  # 1-based, as in the epoch log lines
+            f"non-finite loss at epoch {epoch + 1}, step {step + 1}; last.pt keeps the last "
+            "completed epoch"
+        )
 
 
 # --- Hessian probe ------------------------------------------------------------------------
@@ -371,7 +374,7 @@ def check_resume_config(cfg: Config, stored: dict[str, Any], source: str) -> Non
         )
 
 
-def _check_divisible(cfg: Config, world: int) -> None:
+def check_divisible(cfg: Config, world: int) -> None:
     """The global batch (and its cap, for growing methods) must split evenly over ranks."""
     sizes = [("batch.size", cfg.batch.size)]
     if cfg.schedule.method in ("gg", "abs", "absa") and cfg.schedule.max_batch is not None:
@@ -413,10 +416,15 @@ def run(
     run_dir = Path(run_dir) if run_dir is not None else prepare_run_dir(cfg, "run", None)
     say = log if (log is not None and env.is_main) else (lambda _msg: None)
     _seed_everything(cfg)
-    _check_divisible(cfg, env.world_size)
+    check_divisible(cfg, env.world_size)
 
     data = load_data(cfg.data)
     model = build_model(cfg.model.name, data.info, cfg.model.width).to(env.device)
+    if cfg.schedule.method in ("abs", "absa"):  # a bad block fails now, not after an epoch
+        try:
+            select_params(model, cfg.hessian.block)
+        except ValueError as err:
+            raise ConfigError(f"hessian.block: {err}") from None
     optimizer = make_optimizer(model, cfg)
     policy = make_policy(cfg)
     st = TrainState()
@@ -524,7 +532,7 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
     if r["growth"]:
         g = r["growth"]
         grow = f" -> batch {g['new_batch']} ({g['trigger']})"
-    adv = f" adv {r['adv_fraction']:.3g}" if r["adv_fraction"] else ""
+    adv = f" adv {r['adv_fraction']:.3g}" if r["adv_fraction"] or r["method"] == "absa" else ""
     return (
         f"epoch {r['epoch'] + 1}/{epochs} {r['method']} batch {r['batch_size']} "
         f"lr {r['lr']:.4g}{adv} "

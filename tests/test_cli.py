@@ -84,6 +84,40 @@ def test_bad_override_and_missing_data(tmp_path):
     assert res.exit_code == 2 and "cifar-10-batches-py" in res.output
 
 
+def test_output_path_errors_and_json_folder_created(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    res = _train(tmp_path, f"train.out_dir={afile}")
+    assert res.exit_code == 2 and str(afile) in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    out = tmp_path / "new" / "folder" / "summary.json"
+    res = _train(tmp_path, "train.run_name=j", "train.epochs=1", "optim.decay_epochs=[]",
+                 "--json", str(out))  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["epochs"] == 1
+
+
+def test_bad_hessian_block_fails_before_training(tmp_path):
+    res = _train(tmp_path, "train.run_name=b", "schedule.method=abs", "schedule.max_batch=512",
+                 "hessian.block=nosuch.*")  # fmt: skip
+    assert res.exit_code == 2 and "hessian.block" in res.output and "nosuch" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["batch.size=127"], "batch.size: 127 is not divisible by the world size 2"),
+        (["optim.lrr=0.1"], "did you mean optim.lr"),
+    ],
+)
+def test_nproc_checks_config_once_before_launching(tmp_path, extra, needle):
+    res = runner.invoke(app, ["train", "--nproc", "2", *TINY, f"train.out_dir={tmp_path}", *extra])
+    assert res.exit_code == 2 and needle in res.output
+    assert len(res.output.strip().splitlines()) == 1  # once, not once per worker
+
+
 def test_eval_bad_checkpoint(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"garbage")
@@ -153,7 +187,7 @@ def test_hessian_command_json_matches_dense_and_writes_plots(trained_run, tmp_pa
     [
         (["--block", "nosuchlayer.*"], "nosuchlayer"),
         (["-k", "100000"], "larger than the block size"),
-        (["model.name=small_cnn"], "do not fit model small_cnn"),
+        (["model.name=small_cnn"], "do not fit model small_cnn (width 8): Missing key"),
         (["--split", "val"], "--split"),
     ],
 )
