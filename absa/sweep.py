@@ -129,6 +129,12 @@ class Point:
     values: dict[str, Any] = field(default_factory=dict)
 
 
+def _did_you_mean(word: str, valid: list[str], prefix: str = "") -> str:
+    """``; did you mean <prefix><closest>?`` (same matching as absa.config), or ""."""
+    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
+
+
 def _spec_error(path: Path, exc: ValidationError) -> ConfigError:
     err = exc.errors()[0]
     loc = tuple(str(p) for p in err["loc"])
@@ -142,8 +148,7 @@ def _spec_error(path: Path, exc: ValidationError) -> ConfigError:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 model = ann
         valid = list(model.model_fields)
-        close = difflib.get_close_matches(loc[-1], valid, n=1, cutoff=0.6)
-        hint = f"; did you mean {'.'.join(loc[:-1] + (close[0],))}?" if close else ""
+        hint = _did_you_mean(loc[-1], valid, "".join(f"{p}." for p in loc[:-1]))
         return ConfigError(
             f"{path}: {dotted}: unknown key{hint} (valid: {', '.join(valid)}){extra}"
         )
@@ -163,10 +168,8 @@ def _check_key(path: Path, where: str, key: Any) -> None:
     for i, part in enumerate(parts):
         valid = list(model.model_fields)
         if part not in model.model_fields:
-            here = ".".join(parts[:i])
-            close = difflib.get_close_matches(part, valid, n=1, cutoff=0.6)
-            prefix = f"{here}." if here else ""
-            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            prefix = "".join(f"{p}." for p in parts[:i])
+            hint = _did_you_mean(part, valid, prefix)
             raise ConfigError(
                 f"{path}: {where}.{key}: unknown key {prefix}{part}{hint} (valid: {', '.join(valid)})"
             )
@@ -231,6 +234,13 @@ def load_sweep(path: str | Path) -> Sweep:
         raise ConfigError(f"{path}: name: use letters, digits, '.', '_' and '-' (got {name!r})")
 
     base = dict(spec.base)
+    valid = ["config", *Config.model_fields]  # base: an optional config file + config sections
+    for key in base:
+        if key not in valid:
+            raise ConfigError(
+                f"{path}: base.{key}: unknown key{_did_you_mean(str(key), valid, 'base.')} "
+                f"(valid: {', '.join(valid)})"
+            )
     tree: dict[str, Any] = {}
     cfg_file = base.pop("config", None)
     if cfg_file is not None:
@@ -355,19 +365,22 @@ def _override_value(v: Any) -> str:
     return json.dumps(v, default=str)  # JSON is YAML
 
 
-def _grid_values(sweep: Sweep) -> list[dict[str, Any]]:
+def _grid_values(sweep: Sweep) -> list[tuple[str, dict[str, Any]]]:
+    """Every point's values with where it comes from in the sweep file, in point order:
+    ``grid point #<n>`` (1-based, product order), then ``points[<i>]`` (0-based, file order)."""
     keys = list(sweep.grid)
     out = []
     if keys:
-        for combo in itertools.product(*(sweep.grid[k] for k in keys)):
-            out.append(dict(zip(keys, combo, strict=True)))
-    out.extend(dict(p) for p in sweep.points)
+        for n, combo in enumerate(itertools.product(*(sweep.grid[k] for k in keys)), 1):
+            out.append((f"grid point #{n}", dict(zip(keys, combo, strict=True))))
+    out.extend((f"points[{i}]", dict(p)) for i, p in enumerate(sweep.points))
     return out
 
 
 def expand(sweep: Sweep) -> list[Point]:
     """Every point of the sweep, validated, with unique run folders under ``runs/``."""
-    all_values = _grid_values(sweep)
+    labelled = _grid_values(sweep)
+    all_values = [values for _, values in labelled]
     names = [point_name(v) for v in all_values]
     counts: dict[str, int] = {}
     for n in names:
@@ -377,8 +390,8 @@ def expand(sweep: Sweep) -> list[Point]:
     ]
 
     points: list[Point] = []
-    seen: dict[str, Point] = {}
-    for name, values in zip(names, all_values, strict=True):
+    seen: dict[str, str] = {}  # resolved config -> "<origin> (<overrides>)" of its first point
+    for name, (origin, values) in zip(names, labelled, strict=True):
         overrides = [f"{k}={_override_value(v)}" for k, v in values.items()]
         tree = _copy(sweep.base)
         for k, v in values.items():
@@ -386,16 +399,13 @@ def expand(sweep: Sweep) -> list[Point]:
         where = f"{sweep.path}: point {name} ({', '.join(overrides) or 'base'})"
         cfg = validate(tree, where)
         key = json.dumps(to_dict(cfg), sort_keys=True)
+        this = f"{origin} ({', '.join(overrides) or 'base'})"
         if key in seen:
-            other = seen[key]
-            raise ConfigError(
-                f"{sweep.path}: points {other.name} ({', '.join(other.overrides) or 'base'}) and "
-                f"{name} ({', '.join(overrides) or 'base'}) resolve to the same config"
-            )
+            raise ConfigError(f"{sweep.path}: {seen[key]} and {this} resolve to the same config")
         _set_dotted(tree, "train.out_dir", str(sweep.runs_dir))
         _set_dotted(tree, "train.run_name", name)
         point = Point(name, sweep.runs_dir / name, overrides, validate(tree, where), values)
-        seen[key] = point
+        seen[key] = this
         points.append(point)
     if len({p.name for p in points}) != len(points):  # only identical values could do this
         raise ConfigError(f"{sweep.path}: two points share a run folder name")

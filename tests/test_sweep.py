@@ -93,10 +93,10 @@ def test_default_out_dir(tmp_path, monkeypatch):
 
 
 def test_colliding_names_get_a_stable_hash(tmp_path):
-    path = _write(tmp_path, {"grid": {"model.name": ["a/b", "a b", "mlp"]}})
+    path = _write(tmp_path, {"grid": {"data.root": ["a/b", "a b", "x"]}})
     names = [p.name for p in S.expand(S.load_sweep(path))]
-    assert names[2] == "mlp"
-    assert names[0] != names[1] and all(n.startswith("a_b-") for n in names[:2])
+    assert names[2] == "rootx"
+    assert names[0] != names[1] and all(n.startswith("roota_b-") for n in names[:2])
     assert names == [p.name for p in S.expand(S.load_sweep(path))]
 
 
@@ -119,8 +119,31 @@ def test_long_names_are_shortened(tmp_path):
         ("name: x", "grid: no points"),
         ("grid: {batch.size: []}", "grid.batch.size: empty list"),
         ("grid: {batch.size: 32}", "grid.batch.size: expected a list of values"),
-        ("grid: {batch.size: [32, 32.0]}", "resolve to the same config"),
-        ("grid: {batch.size: [64]}\npoints: [{batch.size: 64}]", "resolve to the same config"),
+        (
+            "grid: {train.seed: [0, 1, 0]}",
+            ": grid point #1 (train.seed=0) and grid point #3 (train.seed=0) resolve to the same config",
+        ),
+        (
+            "grid: {train.seed: [0, 1]}\npoints: [{train.seed: 0}]",
+            ": grid point #1 (train.seed=0) and points[0] (train.seed=0) resolve to the same config",
+        ),
+        (
+            "grid: {batch.size: [64]}\npoints: [{batch.size: 32}, {train.seed: 1}, {batch.size: 32}]",
+            ": points[0] (batch.size=32) and points[2] (batch.size=32) resolve to the same config",
+        ),
+        (
+            "points: [{train.seed: 0}, {}]",
+            ": points[0] (train.seed=0) and points[1] (base) resolve to the same config",
+        ),
+        (
+            "base: {confg: ../default.yaml}\ngrid: {train.seed: [0]}",
+            ": base.confg: unknown key; did you mean base.config? (valid: config, data, model, ",
+        ),
+        (
+            "base: {modle: {width: 3}}\npoints: [{}]",
+            "base.modle: unknown key; did you mean base.model?",
+        ),
+        ("base: {xyz: 1}\npoints: [{}]", "base.xyz: unknown key (valid: config, data, "),
         ("grid: {batch.size: [32, 0]}", "point b0 (batch.size=0): batch.size:"),
         ("grid: {train.run_name: [a]}", "grid.train.run_name: set by the sweep"),
         ("grid: {batch.size: [1]}\nlocal: {timeout_min: 0}", "local.timeout_min:"),
@@ -283,17 +306,23 @@ def test_local_runs_points_skips_and_resumes(tmp_path):
 
 
 def test_failing_point_does_not_stop_the_others(tmp_path):
-    path = _tiny(tmp_path, {"model.name": ["bogus_net", "mlp"]}, local={"max_parallel": 2})
+    path = _tiny(
+        tmp_path,
+        {"data.name": ["cifar10", "digits"]},
+        base={**TINY, "data": {**TINY.get("data", {}), "root": str(tmp_path / "none")}},
+        local={"max_parallel": 2},
+    )
     lines = []
     res = S.run_sweep(path, say=lines.append)
-    assert res.failed == ["bogus_net"] and res.done == ["mlp"] and res.exit_code == 1
+    assert res.failed == ["cifar10"] and res.done == ["digits"] and res.exit_code == 1
     bad, good = S.expand(S.load_sweep(path))
     assert S.status(bad) == "failed" and S.status(good) == "done"
-    assert "bogus_net" in S.failure(bad) and "bogus_net" in res.errors["bogus_net"]
-    assert any(line.startswith("FAILED bogus_net") for line in lines)
+    assert "cifar-10-batches-py" in S.failure(bad)
+    assert "cifar-10-batches-py" in res.errors["cifar10"]
+    assert any(line.startswith("FAILED cifar10") for line in lines)
     dry = []
     S.run_sweep(path, dry_run=True, say=dry.append)
-    assert any("failed   bogus_net" in line for line in dry)
+    assert any("failed   cifar10" in line for line in dry)
     assert any("last error:" in line for line in dry)
 
 
