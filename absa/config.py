@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "svhn", "mnist", "imagefolder")
 METHODS = ("bl", "fb", "gg", "abs", "absa")
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]+)?")  # what distributed.resolve_device takes
 
 
 class ConfigError(ValueError):
@@ -24,12 +25,15 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    """Strict types: no bools as numbers, numbers as bools or quoted numbers (ints may fill
+    float fields); path and tuple fields are lax only in their container (str, list)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
 
 
 class DataConfig(Section):
     name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
-    root: Path = Path("data")  # folder holding the on-disk datasets
+    root: Path = Field(Path("data"), strict=False)  # folder holding the on-disk datasets
     download: bool = False  # opt-in torchvision download (needs internet)
     augment: Literal["auto", "none", "crop", "crop_flip"] = "auto"  # auto: no flip for digit sets
     image_size: int | None = Field(None, ge=4)  # resize/upsample to this side length
@@ -50,7 +54,8 @@ class OptimConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0)
     nesterov: bool = False
-    decay_epochs: tuple[int, ...] = ()  # 0-based epochs from which lr *= decay_factor
+    # 0-based epochs from which lr *= decay_factor
+    decay_epochs: tuple[int, ...] = Field((), strict=False)
     decay_factor: float = Field(0.2, gt=0, le=1)  # rho
 
     @field_validator("decay_epochs")
@@ -69,12 +74,19 @@ class BatchConfig(Section):
 class TrainConfig(Section):
     epochs: int = Field(30, ge=1)
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    out_dir: Path = Path("runs")
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (availability checked at run time)
+    out_dir: Path = Field(Path("runs"), strict=False)
     run_name: str | None = None  # default: <config stem>-<method>-b<batch>-s<seed>
     eval_batch: int = Field(512, ge=1)
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only)
     threads: int | None = Field(None, ge=1)  # torch.set_num_threads
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not _DEVICE.fullmatch(v):
+            raise ValueError("must be auto, cpu, cuda, cuda:N or mps")
+        return v
 
 
 class ScheduleConfig(Section):
@@ -106,7 +118,8 @@ class AdversarialConfig(Section):
     pgd_steps: int = Field(10, ge=1)
     pgd_step_size: float | None = Field(None, gt=0)  # [0,1] pixels; default 2.5 * eps / steps
     model_mode: Literal["eval", "train"] = "eval"  # module mode while crafting examples
-    eval_eps: tuple[float, ...] = (0.005, 0.01, 0.02)  # robust accuracy in `absa eval`
+    # robust accuracy in `absa eval`
+    eval_eps: tuple[float, ...] = Field((0.005, 0.01, 0.02), strict=False)
 
 
 class DistributedConfig(Section):
@@ -261,14 +274,28 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{dotted}: {msg}{shown}" if dotted else f"{msg}{shown}"
 
 
+def _check_model_name(name: str, source: str) -> None:
+    """``model.name`` must be in the model registry (imported here: models imports config)."""
+    from absa.models import MODELS
+
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, list(MODELS), n=1)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise ConfigError(
+            f"{source}: model.name: unknown model {name!r}{hint} (valid: {', '.join(MODELS)})"
+        )
+
+
 def validate(tree: dict[str, Any], source: str = "config") -> Config:
     try:
-        return Config.model_validate(tree)
+        cfg = Config.model_validate(tree)
     except ValidationError as exc:
         first = exc.errors()[0]
         more = len(exc.errors()) - 1
         extra = f" (+{more} more)" if more else ""
         raise ConfigError(f"{source}: {_describe(first)}{extra}") from None
+    _check_model_name(cfg.model.name, source)
+    return cfg
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

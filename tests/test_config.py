@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
@@ -122,3 +125,86 @@ def test_adv_fraction_default_per_method():
     assert C.load(None, ["schedule.method=absa", "schedule.max_batch=512"]).adv_fraction == 0.2
     assert C.load(None, ["schedule.method=abs", "schedule.max_batch=512"]).adv_fraction == 0.0
     assert C.load(None, ["adversarial.fraction=0.3"]).adv_fraction == 0.3
+
+
+@pytest.mark.parametrize("device", ["auto", "cpu", "cuda", "cuda:0", "cuda:3", "mps"])
+def test_device_forms_accepted(device):
+    assert C.load(None, [f"train.device={device}"]).train.device == device
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "CPU", "cuda0", "tpu", "mps:0 "])
+def test_device_typo_names_field_and_valid_forms(tmp_path, device):
+    p = write(tmp_path, f"train:\n  device: '{device}'\n")
+    with pytest.raises(C.ConfigError) as e:
+        C.load(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: train.device: ") and "auto, cpu, cuda, cuda:N or mps" in msg
+    assert repr(device) in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize(
+    "text, field, kind",
+    [
+        ("batch:\n  size: true\n", "batch.size", "integer"),
+        ("batch:\n  size: '64'\n", "batch.size", "integer"),
+        ("batch:\n  size: 64.0\n", "batch.size", "integer"),
+        ("optim:\n  lr: '0.1'\n", "optim.lr", "number"),
+        ("optim:\n  lr: true\n", "optim.lr", "number"),
+        ("optim:\n  nesterov: 1\n", "optim.nesterov", "boolean"),
+        ("train:\n  deterministic: 'false'\n", "train.deterministic", "boolean"),
+        ("train:\n  threads: false\n", "train.threads", "integer"),
+        ("optim:\n  decay_epochs: [true]\n", "optim.decay_epochs.0", "integer"),
+        ("adversarial:\n  eval_eps: ['0.01']\n", "adversarial.eval_eps.0", "number"),
+    ],
+)
+def test_no_lax_coercion(tmp_path, text, field, kind):
+    p = write(tmp_path, text)
+    with pytest.raises(C.ConfigError, match=rf"^{p}: {re.escape(field)}: .*valid {kind}"):
+        C.load(p)
+
+
+def test_no_lax_coercion_in_overrides():
+    for item in ["batch.size=true", "batch.size='64'", "optim.lr='0.1'", "optim.nesterov=1"]:
+        with pytest.raises(C.ConfigError, match=rf"^overrides: {item.split('=')[0]}: "):
+            C.load(None, [item])
+
+
+def test_accepted_types_stay_usable(tmp_path):
+    p = write(tmp_path, "optim:\n  lr: 1\n  weight_decay: 0\ndata:\n  root: some/where\n")
+    cfg = C.load(p)
+    assert cfg.optim.lr == 1.0 and isinstance(cfg.optim.lr, float)
+    assert isinstance(cfg.optim.weight_decay, float)
+    assert cfg.data.root == Path("some/where")
+    cfg = C.load(
+        p,
+        [
+            "optim.lr=0.2",
+            "batch.size=512",
+            "train.deterministic=false",
+            "optim.decay_epochs=[]",
+            "train.out_dir=/tmp/r",
+            "adversarial.eval_eps=[0, 0.5]",
+            "optim.weight_decay=1e-4",
+        ],
+    )
+    assert cfg.optim.lr == 0.2 and cfg.batch.size == 512 and cfg.train.deterministic is False
+    assert cfg.optim.decay_epochs == () and cfg.train.out_dir == Path("/tmp/r")
+    assert cfg.adversarial.eval_eps == (0.0, 0.5) and cfg.optim.weight_decay == 1e-4
+
+
+def test_unknown_model_suggests_closest(tmp_path):
+    p = write(tmp_path, "model:\n  name: resnet19\n")
+    with pytest.raises(C.ConfigError) as e:
+        C.load(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: model.name: unknown model 'resnet19'; did you mean resnet18?")
+    assert "(valid: mlp, small_cnn," in msg and "\n" not in msg
+    with pytest.raises(C.ConfigError, match=r"^overrides: model\.name: unknown model 'zzz' \("):
+        C.load(None, ["model.name=zzz"])
+
+
+def test_every_registered_model_is_accepted():
+    from absa.models import MODELS
+
+    for name in MODELS:
+        assert C.load(None, [f"model.name={name}"]).model.name == name
