@@ -24,15 +24,21 @@ they do not depend on batch size, micro-batching or the number of processes.
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from absa.config import DataConfig
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 class DataError(RuntimeError):
@@ -71,6 +77,19 @@ class TensorSplit:
         return self.y
 
 
+def _load_image(path: str) -> Image.Image:
+    """ImageFolder's PIL loader (RGB), with a one-line DataError naming an unreadable file."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file PIL can decode") from None
+    except Exception as err:  # noqa: BLE001 - truncated or corrupt data: OSError, SyntaxError...
+        raise DataError(f"{path}: unreadable image ({_first_line(err)})") from None
+
+
 class FolderSplit:
     """An ImageFolder split decoded lazily (PIL), resized and center-cropped to ``size``."""
 
@@ -88,7 +107,7 @@ class FolderSplit:
                 v2.ToDtype(torch.uint8),
             ]
         )
-        self.folder = ImageFolder(str(root), transform=tf)
+        self.folder = ImageFolder(str(root), transform=tf, loader=_load_image)
         self.num_workers = num_workers
         self.y = torch.tensor(self.folder.targets, dtype=torch.long)
 
@@ -101,7 +120,14 @@ class FolderSplit:
             batch_size=len(idx),
             num_workers=self.num_workers,
         )
-        x, y = next(iter(loader))
+        try:
+            x, y = next(iter(loader))
+        except Exception:
+            if self.num_workers == 0:
+                raise
+            for i in idx.tolist():  # a worker's error spans lines: find the file again here
+                _load_image(self.folder.samples[i][0])
+            raise
         return x.float().div_(255.0), y.long()
 
     @property
@@ -120,6 +146,11 @@ class Data:
 
 
 # --- readers of the standard formats ------------------------------------------------------
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
 
 def _missing(name: str, where: Path, what: str) -> DataError:
@@ -150,9 +181,18 @@ def read_cifar(root: Path, fine: bool, train: bool) -> TensorSplit:
             try:
                 batch = pickle.load(fh, encoding="bytes")
             except Exception as err:  # noqa: BLE001 - any unpickling failure is bad data
-                raise DataError(f"{path}: not a CIFAR pickle batch ({err})") from None
-        xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(batch[key], dtype=np.int64))
+                raise DataError(f"{path}: not a CIFAR pickle batch ({_first_line(err)})") from None
+        if not isinstance(batch, dict) or b"data" not in batch or key not in batch:
+            raise DataError(f"{path}: not a CIFAR pickle batch (no b'data' and {key!r} entries)")
+        try:
+            x = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            y = np.asarray(batch[key], dtype=np.int64).reshape(-1)
+        except (TypeError, ValueError, OverflowError) as err:
+            raise DataError(f"{path}: malformed CIFAR batch ({_first_line(err)})") from None
+        if len(x) != len(y):
+            raise DataError(f"{path}: malformed CIFAR batch ({len(x)} images, {len(y)} labels)")
+        xs.append(x)
+        ys.append(y)
     return TensorSplit(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
 
 
@@ -163,37 +203,64 @@ def read_svhn(root: Path, train: bool) -> TensorSplit:
     path = root / ("train_32x32.mat" if train else "test_32x32.mat")
     if not path.is_file():
         raise _missing("svhn", root, f"file {path.name}")
-    mat = loadmat(str(path))
-    x = torch.from_numpy(np.ascontiguousarray(mat["X"].transpose(3, 2, 0, 1)))
-    y = torch.from_numpy(mat["y"].astype(np.int64).reshape(-1) % 10)
-    return TensorSplit(x, y)
+    try:
+        mat = loadmat(str(path))
+    except Exception as err:  # noqa: BLE001 - MatReadError, ValueError, ... all mean bad data
+        raise DataError(f"{path}: not a readable .mat file ({_first_line(err)})") from None
+    X, y = mat.get("X"), mat.get("y")
+    if not isinstance(X, np.ndarray) or X.ndim != 4 or X.shape[2] != 3:
+        raise DataError(f"{path}: expected an SVHN array X of shape 32x32x3xN")
+    if not isinstance(y, np.ndarray) or y.size != X.shape[3]:
+        raise DataError(f"{path}: expected an SVHN label array y with {X.shape[3]} entries")
+    x = torch.from_numpy(np.ascontiguousarray(X.transpose(3, 2, 0, 1)))
+    return TensorSplit(x, torch.from_numpy(y.astype(np.int64).reshape(-1) % 10))
 
 
-def _read_idx(path: Path) -> np.ndarray:
+def _read_idx(path: Path, ndim: int) -> np.ndarray:
+    """An unsigned-byte idx file of ``ndim`` dimensions; DataError if truncated or malformed."""
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as fh:
-        raw = fh.read()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+    try:
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError, zlib.error) as err:  # bad or truncated gzip
+        raise DataError(f"{path}: unreadable ({_first_line(err)})") from None
+    if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
         raise DataError(f"{path}: not an unsigned-byte idx file")
-    ndim = raw[3]
-    dims = np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)
-    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+    if raw[3] != ndim:
+        raise DataError(f"{path}: expected {ndim}-dimensional idx data, found {raw[3]}")
+    start = 4 + 4 * ndim
+    if len(raw) < start:
+        raise DataError(f"{path}: truncated idx file ({len(raw)} bytes, header needs {start})")
+    dims = [int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4)]
+    need = math.prod(dims)
+    if min(dims) < 0 or len(raw) - start != need:
+        shape = "x".join(map(str, dims))
+        raise DataError(
+            f"{path}: truncated or malformed idx file (shape {shape} needs {need} data bytes, "
+            f"found {len(raw) - start})"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=start).reshape(dims)
 
 
 def read_mnist(root: Path, train: bool) -> TensorSplit:
     """MNIST idx files (optionally .gz) under ``root/MNIST/raw``, as torchvision lays them out."""
     raw = root / "MNIST" / "raw"
     prefix = "train" if train else "t10k"
-    arrays = []
-    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+    arrays, paths = [], []
+    for kind, ndim in (("images-idx3-ubyte", 3), ("labels-idx1-ubyte", 1)):
         path = next(
             (p for p in (raw / f"{prefix}-{kind}", raw / f"{prefix}-{kind}.gz") if p.is_file()),
             None,
         )
         if path is None:
             raise _missing("mnist", raw, f"file {prefix}-{kind}")
-        arrays.append(_read_idx(path))
+        arrays.append(_read_idx(path, ndim))
+        paths.append(path)
     images, labels = arrays
+    if len(images) != len(labels):
+        raise DataError(
+            f"{paths[0]}: {len(images)} images but {paths[1].name} has {len(labels)} labels"
+        )
     x = torch.from_numpy(images.copy()).unsqueeze(1)
     return TensorSplit(x, torch.from_numpy(labels.astype(np.int64)))
 
@@ -433,7 +500,9 @@ def apply_augment(x: torch.Tensor, params: AugmentParams | None) -> torch.Tensor
     cols = torch.where(params.flips[:, None], cols.flip(1), cols)
     batch = torch.arange(n)[:, None, None]
     out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]
-    return out.permute(0, 3, 1, 2).contiguous()
+    # clone, not .contiguous(): with one channel the permuted tensor already counts as
+    # contiguous but keeps channels-last strides, which DDP's gradient buckets then warn about
+    return out.permute(0, 3, 1, 2).clone(memory_format=torch.contiguous_format)
 
 
 def global_batches(n: int, batch_size: int) -> list[torch.Tensor]:

@@ -132,6 +132,131 @@ def test_corrupt_cifar_file(tmp_path):
         D.load_data(DataConfig(name="cifar10", root=tmp_path))
 
 
+def _one_line_naming(err, path):
+    msg = str(err.value)
+    assert str(path) in msg and "\n" not in msg
+    return msg
+
+
+@pytest.mark.parametrize(
+    "content, expect",
+    [
+        ([1, 2, 3], "not a CIFAR pickle batch"),
+        ({b"data": np.zeros((2, 3072), np.uint8)}, "not a CIFAR pickle batch"),
+        ({b"data": np.zeros((2, 100), np.uint8), b"labels": [0, 1]}, "malformed CIFAR batch"),
+        ({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, "2 images, 1 labels"),
+    ],
+)
+def test_cifar_pickle_with_wrong_content(tmp_path, content, expect):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / f).write_bytes(pickle.dumps(content))
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="cifar10", root=tmp_path))
+    assert expect in _one_line_naming(e, folder / "data_batch_1")
+
+
+def test_truncated_cifar_pickle(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        _cifar_batch(folder / f, 2, 0, b"labels")
+    whole = (folder / "data_batch_3").read_bytes()
+    (folder / "data_batch_3").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="cifar10", root=tmp_path))
+    assert "not a CIFAR pickle batch" in _one_line_naming(e, folder / "data_batch_3")
+
+
+def test_garbage_svhn_mat(tmp_path):
+    (tmp_path / "train_32x32.mat").write_bytes(b"this is not a MATLAB file at all" * 8)
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="svhn", root=tmp_path))
+    assert "not a readable .mat file" in _one_line_naming(e, tmp_path / "train_32x32.mat")
+
+
+def test_svhn_mat_without_images(tmp_path):
+    from scipy.io import savemat
+
+    savemat(tmp_path / "train_32x32.mat", {"y": np.ones((3, 1), np.uint8)})
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="svhn", root=tmp_path))
+    assert "32x32x3xN" in _one_line_naming(e, tmp_path / "train_32x32.mat")
+
+
+def _mnist_files(tmp_path, gz=False):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    ext = ".gz" if gz else ""
+    for prefix, n in (("train", 5), ("t10k", 2)):
+        _write_idx(raw / f"{prefix}-images-idx3-ubyte{ext}", np.zeros((n, 28, 28)), gz)
+        _write_idx(raw / f"{prefix}-labels-idx1-ubyte{ext}", np.arange(n), gz)
+    return raw
+
+
+@pytest.mark.parametrize(
+    "damage, expect",
+    [
+        (lambda b: b[: len(b) - 100], "shape 5x28x28 needs 3920 data bytes, found 3820"),
+        (lambda b: b + b"extra", "shape 5x28x28 needs 3920 data bytes, found 3925"),
+        (lambda b: b[:10], "truncated idx file (10 bytes, header needs 16)"),
+        (lambda b: b[:3] + b"\x01" + b[4:], "expected 3-dimensional idx data, found 1"),
+        (lambda b: b"\x00\x00\x0d" + b[3:], "not an unsigned-byte idx file"),
+    ],
+)
+def test_malformed_mnist_idx(tmp_path, damage, expect):
+    path = _mnist_files(tmp_path) / "train-images-idx3-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="mnist", root=tmp_path))
+    assert expect in _one_line_naming(e, path)
+
+
+def test_truncated_mnist_gzip(tmp_path):
+    path = _mnist_files(tmp_path, gz=True) / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:40])
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="mnist", root=tmp_path))
+    assert "unreadable" in _one_line_naming(e, path)
+
+
+def test_mnist_image_and_label_counts_differ(tmp_path):
+    raw = _mnist_files(tmp_path)
+    _write_idx(raw / "train-labels-idx1-ubyte", np.arange(4), False)
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="mnist", root=tmp_path))
+    msg = _one_line_naming(e, raw / "train-images-idx3-ubyte")
+    assert "5 images but train-labels-idx1-ubyte has 4 labels" in msg
+
+
+@pytest.mark.parametrize(
+    "damage, expect, workers",
+    [
+        (lambda b: b"not a png at all", "not an image file PIL can decode", 0),
+        (lambda b: b[: len(b) // 2], "unreadable image (image file is truncated", 0),
+        (lambda b: b"not a png at all", "not an image file PIL can decode", 1),  # in a worker
+    ],
+)
+def test_unreadable_image_in_folder(tmp_path, damage, expect, workers):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("n01", "n02"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            arr = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / split / cls / "0.png")
+    bad = tmp_path / "train" / "n02" / "0.png"
+    bad.write_bytes(damage(bad.read_bytes()))
+    d = D.load_data(
+        DataConfig(name="imagefolder", root=tmp_path, image_size=8, num_workers=workers)
+    )
+    assert d.train.get(torch.tensor([0]))[0].shape == (1, 3, 8, 8)  # lazy: good files still load
+    with pytest.raises(D.DataError) as e:
+        d.train.get(torch.tensor([0, 1]))
+    assert _one_line_naming(e, bad).startswith(f"{bad}: {expect}")
+
+
 def test_digits_embedded_fixed_split():
     a = D.load_data(DataConfig(name="digits"))
     b = D.load_data(DataConfig(name="digits"))
@@ -171,6 +296,16 @@ def test_augment_crop_flip_exact():
     assert torch.equal(out[0, 0, 0], torch.zeros(4))
     assert torch.equal(out[0, 0, 1:, :3], x[0, 0, :3, 1:])
     assert torch.equal(out[1, 0, :3, 1:], x[1, 0, 1:, :3])
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_augmented_batch_has_standard_strides(channels):
+    """Channels-last strides on 1-channel images would give conv weight gradients whose
+    layout differs from the parameters' (DDP's bucket views warn and copy)."""
+    x = torch.rand(4, channels, 8, 8)
+    params = D.augment_params(4, 0, 0, "crop_flip", 8)
+    out = D.apply_augment(x, params)
+    assert out.stride() == torch.empty(out.shape).stride()
 
 
 def test_augment_params_depend_only_on_seed_and_epoch():
