@@ -9,7 +9,9 @@ training and are not stored.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,21 @@ LAST = "last.pt"
 
 
 class CheckpointError(RuntimeError):
-    pass
+    """A missing or unusable checkpoint, phrased as one line for the user."""
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where /proc allows (thread-safe)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read by setting, then restore at once
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: Path, write: Any) -> None:
@@ -33,6 +49,7 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide shared run folders
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -62,6 +79,30 @@ def save(path: Path, payload: dict[str, Any]) -> None:
     atomic_write_bytes(Path(path), lambda fh: torch.save(payload, fh))
 
 
+def _why(path: Path, err: Exception) -> str:
+    """Why torch.load failed, in a few words, without its advice to drop weights_only."""
+    if isinstance(err, OSError) and err.strerror:
+        return f"cannot read: {err.strerror}"
+    with path.open("rb") as fh:
+        head = fh.read(4)
+    text = str(err)
+    if not head:
+        return "empty file"
+    if not head.startswith((b"PK", b"\x80")):  # neither torch's zip nor its legacy pickle
+        return "not a torch checkpoint: unrecognized file format"
+    if "WeightsUnpickler error:" in text:  # drop the advice before it and the links after it
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0]
+        detail = detail.split(". ")[0].rstrip(".")
+        if detail.startswith("Unsupported global"):
+            return f"it stores Python objects that safe loading refuses: {detail}"
+        return f"not a torch checkpoint: {detail}"
+    first = re.split(r"\.\s", text.strip(), maxsplit=1)[0].strip().splitlines()
+    reason = first[0] if first and "weights_only" not in first[0] else type(err).__name__
+    if "PytorchStreamReader" in text or isinstance(err, EOFError):
+        return f"corrupt or truncated torch checkpoint: {reason}"
+    return reason
+
+
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``; one-line errors for missing/bad files."""
     path = Path(path)
@@ -70,10 +111,13 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # a stray pickle would also warn about its protocol
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - truncated, not a zip, unpickling refused...
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{path}: not a readable absa checkpoint ({first})") from None
+        raise CheckpointError(
+            f"{path}: not a readable absa checkpoint ({_why(path, err)})"
+        ) from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise CheckpointError(f"{path}: not an absa checkpoint (no format_version)")
     if ckpt["format_version"] > FORMAT_VERSION:
