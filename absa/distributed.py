@@ -143,6 +143,18 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def set_local_env(rank: int, world: int, port: int, addr: str = "127.0.0.1") -> None:
+    """The variables torchrun would set, for a worker started with torch.multiprocessing
+    (one node): ``setup`` then joins the group like under torchrun."""
+    os.environ.update(
+        MASTER_ADDR=addr,
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+    )
+
+
 _joined = False  # this process joined a process group (see ``exit_process``)
 
 

@@ -82,13 +82,7 @@ def _cfg(a: argparse.Namespace) -> C.Config:
 
 
 def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
+    D.set_local_env(rank, world, port)
     torch.set_num_threads(1)
     base = D.setup("cpu", "gloo", timeout_s=600)
     env = TimedEnv(base)

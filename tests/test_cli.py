@@ -201,52 +201,13 @@ def test_hessian_bad_input_one_line(trained_run, extra, needle):
 
 def test_hessian_fresh_init_from_config(tmp_path):
     out = tmp_path / "h.json"
-    res = runner.invoke(
-        app,
-        [
-            "hessian",
-            *TINY,
-            "--samples",
-            "64",
-            "--block",
-            "full",
-            "-k",
-            "2",
-            "--max-iter",
-            "40",
-            "--trace-samples",
-            "0",
-            "--density-iter",
-            "0",
-            "--json",
-            str(out),
-        ],
-    )
+    opts = ["--samples", "64", "--block", "full", "-k", "2", "--max-iter", "40",
+            "--trace-samples", "0", "--density-iter", "0", "--json", str(out)]  # fmt: skip
+    res = runner.invoke(app, ["hessian", *TINY, *opts])
     assert res.exit_code == 2 and "--checkpoint" in res.output  # needs a model source
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model:\n  name: mlp\n  width: 4\n")
-    res = runner.invoke(
-        app,
-        [
-            "hessian",
-            "-c",
-            str(cfg),
-            "--samples",
-            "64",
-            "--block",
-            "full",
-            "-k",
-            "2",
-            "--max-iter",
-            "40",
-            "--trace-samples",
-            "0",
-            "--density-iter",
-            "0",
-            "--json",
-            str(out),
-        ],
-    )
+    res = runner.invoke(app, ["hessian", "-c", str(cfg), *opts])
     assert res.exit_code == 0, res.output
     got = json.loads(out.read_text())
     assert got["block"] == "full" and len(got["eigenvalues"]) == 2

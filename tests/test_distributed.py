@@ -123,13 +123,7 @@ def _count_syncs(env: D.DistEnv, out: Path) -> dict:
 
 
 def _session_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        WORLD_SIZE=str(world),
-        LOCAL_RANK=str(rank),
-    )
+    D.set_local_env(rank, world, port)
     torch.set_num_threads(1)
     out = Path(out_dir)
     env = D.setup("cpu", "auto", timeout_s=60)
