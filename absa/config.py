@@ -214,31 +214,41 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 def apply_overrides(tree: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Set dotted ``key=value`` pairs into a nested dict; values are parsed as YAML."""
-    out = _deep_copy(tree)
+    out = deep_copy(tree)
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override {item!r}: expected dotted key=value, e.g. optim.lr=0.2")
         value = parse_yaml(raw, f"override {key}") if raw.strip() else None
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-                node[part] = child
-            node = child
-        node[parts[-1]] = value
+        set_dotted(out, key, value)
     return out
 
 
-def _deep_copy(tree: Any) -> Any:
+def set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    """``tree[a][b][c] = copy of value`` for ``key = "a.b.c"``, creating sections as needed."""
+    node = tree
+    parts = key.split(".")
+    for part in parts[:-1]:
+        if not isinstance(node.get(part), dict):
+            node[part] = {}
+        node = node[part]
+    node[parts[-1]] = deep_copy(value)
+
+
+def deep_copy(tree: Any) -> Any:
+    """Copy of a YAML tree (nested dicts and lists; leaves shared)."""
     if isinstance(tree, dict):
-        return {k: _deep_copy(v) for k, v in tree.items()}
+        return {k: deep_copy(v) for k, v in tree.items()}
     if isinstance(tree, list):
-        return [_deep_copy(v) for v in tree]
+        return [deep_copy(v) for v in tree]
     return tree
+
+
+def did_you_mean(word: str, valid: list[str], prefix: str = "") -> str:
+    """``; did you mean <prefix><closest>?`` for a misspelt key or name, or ""."""
+    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
+    return f"; did you mean {prefix}{close[0]}?" if close else ""
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -261,8 +271,7 @@ def _describe(err: dict[str, Any]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         valid = _fields_at(loc[:-1])
-        close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.6)
-        hint = f"; did you mean {'.'.join(map(str, loc[:-1] + (close[0],)))}?" if close else ""
+        hint = did_you_mean(str(loc[-1]), valid, "".join(f"{p}." for p in loc[:-1]))
         return f"{dotted}: unknown key{hint} (valid: {', '.join(valid)})"
     msg = err["msg"]
     if msg.startswith("Value error, "):
@@ -276,14 +285,12 @@ def _describe(err: dict[str, Any]) -> str:
 
 def _check_model_name(name: str, source: str) -> None:
     """``model.name`` must be in the model registry (imported here: models imports config)."""
-    from absa.models import MODELS
+    from absa.models import ModelError, check_model_name
 
-    if name not in MODELS:
-        close = difflib.get_close_matches(name, list(MODELS), n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise ConfigError(
-            f"{source}: model.name: unknown model {name!r}{hint} (valid: {', '.join(MODELS)})"
-        )
+    try:
+        check_model_name(name)
+    except ModelError as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def validate(tree: dict[str, Any], source: str = "config") -> Config:

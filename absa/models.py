@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from absa import tv
+from absa.config import did_you_mean
 from absa.data import DatasetInfo
 
 _resnet = tv.load("torchvision.models.resnet")
@@ -240,14 +241,16 @@ class ModelError(ValueError):
     pass
 
 
+def check_model_name(name: str) -> None:
+    """Raise ModelError unless ``name`` is in the registry (with the closest name)."""
+    if name not in MODELS:
+        hint = did_you_mean(name, list(MODELS))
+        raise ModelError(f"model.name: unknown model {name!r}{hint} (valid: {', '.join(MODELS)})")
+
+
 def build_model(name: str, info: DatasetInfo, width: int = 16) -> ImageClassifier:
     """Build a registered model for a dataset (channels, classes, normalization from ``info``)."""
-    if name not in MODELS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(MODELS), n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise ModelError(f"model.name: unknown model {name!r}{hint} (valid: {', '.join(MODELS)})")
+    check_model_name(name)
     return MODELS[name](info, width)
 
 

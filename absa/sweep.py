@@ -32,7 +32,6 @@ ones that left a last.pt) and starts the rest fresh; finished points are never t
 from __future__ import annotations
 
 import contextlib
-import difflib
 import hashlib
 import itertools
 import json
@@ -53,7 +52,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from absa.checkpoint import atomic_write_text
-from absa.config import Config, ConfigError, parse_yaml, read_yaml, to_dict, validate
+from absa.config import (
+    Config,
+    ConfigError,
+    deep_copy,
+    did_you_mean,
+    parse_yaml,
+    read_yaml,
+    set_dotted,
+    to_dict,
+    validate,
+)
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 SUMMARY = "summary.json"
@@ -129,12 +138,6 @@ class Point:
     values: dict[str, Any] = field(default_factory=dict)
 
 
-def _did_you_mean(word: str, valid: list[str], prefix: str = "") -> str:
-    """``; did you mean <prefix><closest>?`` (same matching as absa.config), or ""."""
-    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
-    return f"; did you mean {prefix}{close[0]}?" if close else ""
-
-
 def _spec_error(path: Path, exc: ValidationError) -> ConfigError:
     err = exc.errors()[0]
     loc = tuple(str(p) for p in err["loc"])
@@ -148,7 +151,7 @@ def _spec_error(path: Path, exc: ValidationError) -> ConfigError:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 model = ann
         valid = list(model.model_fields)
-        hint = _did_you_mean(loc[-1], valid, "".join(f"{p}." for p in loc[:-1]))
+        hint = did_you_mean(loc[-1], valid, "".join(f"{p}." for p in loc[:-1]))
         return ConfigError(
             f"{path}: {dotted}: unknown key{hint} (valid: {', '.join(valid)}){extra}"
         )
@@ -169,7 +172,7 @@ def _check_key(path: Path, where: str, key: Any) -> None:
         valid = list(model.model_fields)
         if part not in model.model_fields:
             prefix = "".join(f"{p}." for p in parts[:i])
-            hint = _did_you_mean(part, valid, prefix)
+            hint = did_you_mean(part, valid, prefix)
             raise ConfigError(
                 f"{path}: {where}.{key}: unknown key {prefix}{part}{hint} (valid: {', '.join(valid)})"
             )
@@ -184,31 +187,13 @@ def _check_key(path: Path, where: str, key: Any) -> None:
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = {k: _copy(v) for k, v in base.items()}
+    out = {k: deep_copy(v) for k, v in base.items()}
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict):
             out[k] = _merge(out[k], v)
         else:
-            out[k] = _copy(v)
+            out[k] = deep_copy(v)
     return out
-
-
-def _copy(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {k: _copy(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_copy(x) for x in v]
-    return v
-
-
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    node = tree
-    parts = key.split(".")
-    for part in parts[:-1]:
-        if not isinstance(node.get(part), dict):
-            node[part] = {}
-        node = node[part]
-    node[parts[-1]] = _copy(value)
 
 
 def _validate_partial(tree: dict[str, Any], source: str) -> None:
@@ -238,7 +223,7 @@ def load_sweep(path: str | Path) -> Sweep:
     for key in base:
         if key not in valid:
             raise ConfigError(
-                f"{path}: base.{key}: unknown key{_did_you_mean(str(key), valid, 'base.')} "
+                f"{path}: base.{key}: unknown key{did_you_mean(str(key), valid, 'base.')} "
                 f"(valid: {', '.join(valid)})"
             )
     tree: dict[str, Any] = {}
@@ -393,17 +378,17 @@ def expand(sweep: Sweep) -> list[Point]:
     seen: dict[str, str] = {}  # resolved config -> "<origin> (<overrides>)" of its first point
     for name, (origin, values) in zip(names, labelled, strict=True):
         overrides = [f"{k}={_override_value(v)}" for k, v in values.items()]
-        tree = _copy(sweep.base)
+        tree = deep_copy(sweep.base)
         for k, v in values.items():
-            _set_dotted(tree, k, v)
+            set_dotted(tree, k, v)
         where = f"{sweep.path}: point {name} ({', '.join(overrides) or 'base'})"
         cfg = validate(tree, where)
         key = json.dumps(to_dict(cfg), sort_keys=True)
         this = f"{origin} ({', '.join(overrides) or 'base'})"
         if key in seen:
             raise ConfigError(f"{sweep.path}: {seen[key]} and {this} resolve to the same config")
-        _set_dotted(tree, "train.out_dir", str(sweep.runs_dir))
-        _set_dotted(tree, "train.run_name", name)
+        set_dotted(tree, "train.out_dir", str(sweep.runs_dir))
+        set_dotted(tree, "train.run_name", name)
         point = Point(name, sweep.runs_dir / name, overrides, validate(tree, where), values)
         seen[key] = this
         points.append(point)
