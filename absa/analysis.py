@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from absa import hessian as H
 from absa import landscape as L
+from absa.attacks import model_mode
 
 Batches = list[tuple[Tensor, Tensor]]
 
@@ -82,9 +83,7 @@ def spectrum(
     say: Callable[[str], None] = lambda _m: None,
 ) -> Spectrum:
     """Top-k eigenvalues, trace and density of the Hessian of the mean loss over ``batches``."""
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model, train=False):
         op, _ = operator_for(model, req.block, batches)
         if req.k > op.dim:
             raise ValueError(f"k={req.k} is larger than the block size {op.dim} ({req.block})")
@@ -117,8 +116,6 @@ def spectrum(
             out.density = {"nodes": den.nodes, "weights": den.weights, "mean": den.mean()}
             out.density_seconds = time.perf_counter() - t0
         return out
-    finally:
-        model.train(was_training)
 
 
 @torch.no_grad()
@@ -140,9 +137,7 @@ def landscape(
     points_2d: int = 11,
 ) -> dict[str, Any]:
     """Loss along the top eigenvector (each split) and on the plane of the top two (first split)."""
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model, train=False):
         params = [p for _, p in H.select_params(model, block)]
         alphas = torch.linspace(-radius, radius, points_1d).tolist()
         out: dict[str, Any] = {"alphas": alphas, "curves": {}}
@@ -158,5 +153,3 @@ def landscape(
             )
             out["surface"] = {"split": first, "alphas": grid, "betas": grid, "loss": surf.tolist()}
         return out
-    finally:
-        model.train(was_training)

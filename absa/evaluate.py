@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from absa.attacks import make_adversarial, model_mode
 from absa.data import Split
 from absa.distributed import DistEnv
 
@@ -39,18 +40,16 @@ def evaluate(
 
     The model's mode is restored afterwards.
     """
-    was_training = model.training
-    model.eval()
     n = len(split) if limit is None else min(limit, len(split))
     loss_sum, correct, count = 0.0, 0.0, 0
-    for idx in _shard(n, env).split(batch_size):
-        x, y = split.get(idx)
-        x, y = x.to(env.device), y.to(env.device)
-        out = model(x)
-        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-        correct += (out.argmax(1) == y).sum().item()
-        count += len(y)
-    model.train(was_training)
+    with model_mode(model, train=False):
+        for idx in _shard(n, env).split(batch_size):
+            x, y = split.get(idx)
+            x, y = x.to(env.device), y.to(env.device)
+            out = model(x)
+            loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+            correct += (out.argmax(1) == y).sum().item()
+            count += len(y)
     return _reduced(loss_sum, correct, count, env, env.device)
 
 
@@ -66,27 +65,23 @@ def robust_accuracy(
     **attack_kw: float,
 ) -> dict[float, EvalResult]:
     """Collective: accuracy under ``method`` (fgsm | pgd | fast_fgsm) at each eps, model in eval mode."""
-    from absa.attacks import make_adversarial
-
-    was_training = model.training
-    model.eval()
     n = len(split) if limit is None else min(limit, len(split))
     results: dict[float, EvalResult] = {}
     gen = torch.Generator(device=env.device).manual_seed(seed)
-    for eps in eps_list:
-        loss_sum, correct, count = 0.0, 0.0, 0
-        for idx in _shard(n, env).split(batch_size):
-            x, y = split.get(idx)
-            x, y = x.to(env.device), y.to(env.device)
-            kw = dict(attack_kw)
-            if method in ("pgd", "fast_fgsm"):
-                kw["generator"] = gen
-            x_adv = make_adversarial(model, x, y, method, eps, **kw)
-            with torch.no_grad():
-                out = model(x_adv)
-                loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-                correct += (out.argmax(1) == y).sum().item()
-            count += len(y)
-        results[eps] = _reduced(loss_sum, correct, count, env, env.device)
-    model.train(was_training)
+    with model_mode(model, train=False):
+        for eps in eps_list:
+            loss_sum, correct, count = 0.0, 0.0, 0
+            for idx in _shard(n, env).split(batch_size):
+                x, y = split.get(idx)
+                x, y = x.to(env.device), y.to(env.device)
+                kw = dict(attack_kw)
+                if method in ("pgd", "fast_fgsm"):
+                    kw["generator"] = gen
+                x_adv = make_adversarial(model, x, y, method, eps, **kw)
+                with torch.no_grad():
+                    out = model(x_adv)
+                    loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+                    correct += (out.argmax(1) == y).sum().item()
+                count += len(y)
+            results[eps] = _reduced(loss_sum, correct, count, env, env.device)
     return results

@@ -292,9 +292,7 @@ def probe_eigenvalue(
         x, y = data.train.get(chunk)
         batches.append((x.to(env.device), y.to(env.device)))
     gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed * 1_009 + epoch)
-    was_training = model.training
-    model.eval()
-    try:
+    with model_mode(model, train=False):
         if h.block == "last":
             op = last_layer_operator(model, batches, reduce=env.all_reduce_sum, device=env.device)
         else:
@@ -311,8 +309,6 @@ def probe_eigenvalue(
             generator=gen,
             init=init if h.warm_start else None,
         )
-    finally:
-        model.train(was_training)
     return ProbeResult(res.values[0], time.perf_counter() - t0, res.n_hvp, res.vectors[0])
 
 

@@ -43,6 +43,7 @@ from torch import nn
 
 from absa import config as C
 from absa import train as T
+from absa.attacks import model_mode
 from absa.data import Data, load_data, probe_indices
 from absa.distributed import DistEnv
 from absa.hessian import (
@@ -154,20 +155,6 @@ def _chunks(data: Data, idx: torch.Tensor, size: int) -> list[tuple[torch.Tensor
     return [data.train.get(c) for c in idx.split(size)]
 
 
-class eval_mode:
-    """BatchNorm in eval mode (running statistics) for the Hessian; restores the mode."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-
-    def __enter__(self) -> None:
-        self.was_training = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        self.model.train(self.was_training)
-
-
 def time_epoch(model: nn.Module, data: Data, cfg: C.Config) -> tuple[float, float]:
     """One absa training epoch over the probe samples (train mode), after a warm-up step."""
     warm = copy.deepcopy(model)
@@ -230,7 +217,7 @@ def bench_model(name: str, data: Data, args: argparse.Namespace) -> ModelReport:
     rep.last_probe = len(idx)
 
     # 2a. last layer, fast path
-    with eval_mode(model):
+    with model_mode(model, train=False):
         clock = Clock()
         batches = _chunks(data, idx, args.micro)
         op = last_layer_operator(model, batches)
@@ -263,7 +250,7 @@ def bench_model(name: str, data: Data, args: argparse.Namespace) -> ModelReport:
         del op, batches
 
     # 2b / 3. full model
-    with eval_mode(model):
+    with model_mode(model, train=False):
         if heavy:
             bench_full_heavy(model, data, idx, args, rep)
         else:
