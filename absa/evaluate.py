@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from absa.attacks import make_adversarial, model_mode
-from absa.data import Split
+from absa.data import Split, local_positions
 from absa.distributed import DistEnv
 
 
@@ -21,7 +21,7 @@ class EvalResult:
 
 
 def _shard(n: int, env: DistEnv) -> torch.Tensor:
-    return torch.arange(n)[env.rank :: env.world_size]
+    return local_positions(torch.arange(n), env.rank, env.world_size)
 
 
 def _reduced(loss_sum: float, correct: float, n: int, env: DistEnv, device) -> EvalResult:

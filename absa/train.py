@@ -286,7 +286,7 @@ def probe_eigenvalue(
     """
     h = cfg.hessian
     t0 = time.perf_counter()
-    shard = probe_idx[env.rank :: env.world_size]
+    shard = local_positions(probe_idx, env.rank, env.world_size)
     batches = []
     for chunk in shard.split(cfg.batch.max_micro_batch):
         x, y = data.train.get(chunk)
