@@ -254,8 +254,8 @@ def did_you_mean(word: str, valid: list[str], prefix: str = "") -> str:
 # --- validation -----------------------------------------------------------------------------
 
 
-def _fields_at(path: tuple[Any, ...]) -> list[str]:
-    model: type[BaseModel] = Config
+def _fields_at(path: tuple[Any, ...], root: type[BaseModel]) -> list[str]:
+    model = root
     for part in path:
         field = model.model_fields.get(str(part))
         ann = field.annotation if field else None
@@ -265,12 +265,20 @@ def _fields_at(path: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(err: dict[str, Any]) -> str:
+def describe_error(exc: ValidationError, root: type[BaseModel]) -> str:
+    """One line for a pydantic error on a tree validated as ``root``: the first error, with
+    the dotted field, the closest key for an unknown one, and how many more there are."""
+    errors = exc.errors()
+    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+    return _describe(errors[0], root) + more
+
+
+def _describe(err: Any, root: type[BaseModel]) -> str:
     loc = tuple(err["loc"])
     dotted = ".".join(str(p) for p in loc)
     kind = err["type"]
     if kind == "extra_forbidden":
-        valid = _fields_at(loc[:-1])
+        valid = _fields_at(loc[:-1], root)
         hint = did_you_mean(str(loc[-1]), valid, "".join(f"{p}." for p in loc[:-1]))
         return f"{dotted}: unknown key{hint} (valid: {', '.join(valid)})"
     msg = err["msg"]
@@ -297,10 +305,7 @@ def validate(tree: dict[str, Any], source: str = "config") -> Config:
     try:
         cfg = Config.model_validate(tree)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        more = len(exc.errors()) - 1
-        extra = f" (+{more} more)" if more else ""
-        raise ConfigError(f"{source}: {_describe(first)}{extra}") from None
+        raise ConfigError(f"{source}: {describe_error(exc, Config)}") from None
     _check_model_name(cfg.model.name, source)
     return cfg
 

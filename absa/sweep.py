@@ -56,6 +56,7 @@ from absa.config import (
     Config,
     ConfigError,
     deep_copy,
+    describe_error,
     did_you_mean,
     parse_yaml,
     read_yaml,
@@ -139,25 +140,7 @@ class Point:
 
 
 def _spec_error(path: Path, exc: ValidationError) -> ConfigError:
-    err = exc.errors()[0]
-    loc = tuple(str(p) for p in err["loc"])
-    dotted = ".".join(loc)
-    more = len(exc.errors()) - 1
-    extra = f" (+{more} more)" if more else ""
-    if err["type"] == "extra_forbidden":
-        model: type[BaseModel] = SweepSpec
-        for part in loc[:-1]:
-            ann = model.model_fields[part].annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                model = ann
-        valid = list(model.model_fields)
-        hint = did_you_mean(loc[-1], valid, "".join(f"{p}." for p in loc[:-1]))
-        return ConfigError(
-            f"{path}: {dotted}: unknown key{hint} (valid: {', '.join(valid)}){extra}"
-        )
-    got = err.get("input")
-    shown = "" if isinstance(got, dict) or err["type"] == "missing" else f" (got {got!r})"
-    return ConfigError(f"{path}: {dotted}: {err['msg']}{shown}{extra}")
+    return ConfigError(f"{path}: {describe_error(exc, SweepSpec)}")
 
 
 def _check_key(path: Path, where: str, key: Any) -> None:
