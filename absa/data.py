@@ -13,6 +13,9 @@ in [0, 1] pixel units too.
   ``cifar-100-python/``) under ``data.root``.
 - ``svhn``: ``train_32x32.mat`` / ``test_32x32.mat`` under ``data.root``.
 - ``mnist``: idx files under ``data.root/MNIST/raw`` (torchvision's layout).
+- ``fashion_mnist``: the four idx files directly in ``data.root`` (the Debian package's
+  layout) or in ``data.root/FashionMNIST/raw``; with the default root, the Debian package's
+  folder ``/usr/share/datasets/fashion-mnist`` when it is installed.
 - ``imagefolder``: ``data.root/train/<class>/*`` and ``data.root/val/<class>/*`` (or ``test``),
   the ImageNet / TinyImageNet layout; decoded lazily and resized to ``image_size`` (default 64).
 
@@ -246,20 +249,57 @@ def read_mnist(root: Path, train: bool) -> TensorSplit:
     """MNIST idx files (optionally .gz) under ``root/MNIST/raw``, as torchvision lays them out."""
     raw = root / "MNIST" / "raw"
     prefix = "train" if train else "t10k"
-    arrays, paths = [], []
-    for kind, ndim in (("images-idx3-ubyte", 3), ("labels-idx1-ubyte", 1)):
-        path = next(
-            (p for p in (raw / f"{prefix}-{kind}", raw / f"{prefix}-{kind}.gz") if p.is_file()),
-            None,
-        )
+    paths = []
+    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"):
+        path = _idx_file(raw, f"{prefix}-{kind}")
         if path is None:
             raise _missing("mnist", raw, f"file {prefix}-{kind}")
-        arrays.append(_read_idx(path, ndim))
         paths.append(path)
-    images, labels = arrays
+    return _idx_pair(paths[0], paths[1])
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    """``folder/stem`` or ``folder/stem.gz``, whichever exists."""
+    return next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
+
+
+# where `apt-get install dataset-fashion-mnist` puts the four idx files
+FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+_DEFAULT_ROOT = Path("data")
+
+
+def fashion_folders(root: Path) -> list[Path]:
+    """Where ``fashion_mnist`` looks, in order: ``root`` itself (flat, as the Debian package
+    lays the files out), torchvision's ``root/FashionMNIST/raw``, and, when ``data.root`` is
+    left at its default, the Debian package's folder."""
+    folders = [root, root / "FashionMNIST" / "raw"]
+    if root == _DEFAULT_ROOT:
+        folders.append(FASHION_DEBIAN)
+    return folders
+
+
+def read_fashion_mnist(root: Path, train: bool) -> TensorSplit:
+    """Fashion-MNIST idx files (28x28 grey, 10 classes) from the first folder that has both."""
+    prefix = "train" if train else "t10k"
+    stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    for folder in fashion_folders(root):
+        found = [_idx_file(folder, s) for s in stems]
+        if all(p is not None for p in found):
+            return _idx_pair(found[0], found[1])
+    searched = ", ".join(str(f) for f in fashion_folders(root))
+    raise DataError(
+        f"fashion_mnist: {stems[0]}[.gz] and {stems[1]}[.gz] not found in {searched}; install "
+        f"them with `apt-get install dataset-fashion-mnist` (into {FASHION_DEBIAN}) or put "
+        "them under data.root (flat, or in torchvision's FashionMNIST/raw/ layout)"
+    )
+
+
+def _idx_pair(images_path: Path, labels_path: Path) -> TensorSplit:
+    """An idx3 image file and its idx1 label file -> uint8 [N, 1, H, W] and int64 labels."""
+    images, labels = _read_idx(images_path, 3), _read_idx(labels_path, 1)
     if len(images) != len(labels):
         raise DataError(
-            f"{paths[0]}: {len(images)} images but {paths[1].name} has {len(labels)} labels"
+            f"{images_path}: {len(images)} images but {labels_path.name} has {len(labels)} labels"
         )
     x = torch.from_numpy(images.copy()).unsqueeze(1)
     return TensorSplit(x, torch.from_numpy(labels.astype(np.int64)))
@@ -279,6 +319,9 @@ def _download(cfg: DataConfig) -> None:
         ds.SVHN(root, split="train", download=True), ds.SVHN(root, split="test", download=True)
     elif cfg.name == "mnist":
         ds.MNIST(root, train=True, download=True), ds.MNIST(root, train=False, download=True)
+    elif cfg.name == "fashion_mnist":
+        ds.FashionMNIST(root, train=True, download=True)
+        ds.FashionMNIST(root, train=False, download=True)
     else:
         raise DataError(f"data.download: not available for {cfg.name}")
 
@@ -357,6 +400,7 @@ _CONSTANTS = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     "svhn": ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     "mnist": ((0.1307,), (0.3081,)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
     "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 
@@ -404,6 +448,8 @@ def _read_pair(cfg: DataConfig) -> tuple[TensorSplit, TensorSplit]:
         return read_svhn(root, True), read_svhn(root, False)
     if cfg.name == "mnist":
         return read_mnist(root, True), read_mnist(root, False)
+    if cfg.name == "fashion_mnist":
+        return read_fashion_mnist(root, True), read_fashion_mnist(root, False)
     raise DataError(f"data.name: unknown dataset {cfg.name}")
 
 

@@ -327,3 +327,62 @@ def test_batches_cover_permutation_once_and_shard_exactly():
     p = D.epoch_permutation(10, 0, 1)
     assert sorted(p.tolist()) == list(range(10))
     assert torch.equal(p, D.epoch_permutation(10, 0, 1))
+
+
+def _fashion_files(folder, gz, n_train=6, n_test=3, seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    ext = ".gz" if gz else ""
+    imgs = rng.integers(0, 256, (n_train + n_test, 28, 28))
+    labels = rng.integers(0, 10, n_train + n_test)
+    _write_idx(folder / f"train-images-idx3-ubyte{ext}", imgs[:n_train], gz)
+    _write_idx(folder / f"train-labels-idx1-ubyte{ext}", labels[:n_train], gz)
+    _write_idx(folder / f"t10k-images-idx3-ubyte{ext}", imgs[n_train:], gz)
+    _write_idx(folder / f"t10k-labels-idx1-ubyte{ext}", labels[n_train:], gz)
+    return imgs, labels
+
+
+@pytest.mark.parametrize("layout", ["flat", "torchvision"])
+@pytest.mark.parametrize("gz", [True, False])
+def test_fashion_mnist_layouts(tmp_path, layout, gz):
+    folder = tmp_path if layout == "flat" else tmp_path / "FashionMNIST" / "raw"
+    imgs, labels = _fashion_files(folder, gz)
+    d = D.load_data(DataConfig(name="fashion_mnist", root=tmp_path))
+    assert len(d.train) == 6 and len(d.test) == 3
+    x, y = d.train.get(torch.arange(6))
+    assert x.shape == (6, 1, 28, 28) and y.tolist() == labels[:6].tolist()
+    assert torch.equal(x[4, 0], torch.from_numpy(imgs[4] / 255.0).float())
+    xt, yt = d.test.get(torch.arange(3))
+    assert yt.tolist() == labels[6:].tolist()
+    assert torch.equal(xt[1, 0], torch.from_numpy(imgs[7] / 255.0).float())
+    # garments are left-right symmetric: flips allowed; grey with its own normalization
+    assert d.info.flip and d.info.channels == 1 and d.info.num_classes == 10
+    assert d.info.mean == (0.2860,) and d.info.std == (0.3530,)
+
+
+def test_fashion_mnist_flat_layout_wins_over_torchvision(tmp_path):
+    _fashion_files(tmp_path, gz=True, n_train=4)
+    _fashion_files(tmp_path / "FashionMNIST" / "raw", gz=True, n_train=5)
+    assert len(D.load_data(DataConfig(name="fashion_mnist", root=tmp_path)).train) == 4
+
+
+def test_fashion_mnist_missing_names_folders_and_fixes(tmp_path):
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="fashion_mnist", root=tmp_path / "nowhere"))
+    msg = str(e.value)
+    assert "\n" not in msg and "train-images-idx3-ubyte" in msg
+    assert str(tmp_path / "nowhere") in msg and "FashionMNIST/raw" in msg
+    assert "apt-get install dataset-fashion-mnist" in msg
+    # an explicit root is searched alone (not the system folder)
+    assert str(D.FASHION_DEBIAN) not in msg.split(";")[0]
+
+
+def test_fashion_mnist_default_root_falls_back_to_debian_folder(tmp_path, monkeypatch):
+    system = tmp_path / "usr-share-datasets-fashion-mnist"
+    _fashion_files(system, gz=True, n_train=5)
+    monkeypatch.setattr(D, "FASHION_DEBIAN", system)
+    monkeypatch.chdir(tmp_path)  # no ./data here
+    cfg = DataConfig(name="fashion_mnist")
+    assert cfg.root == D._DEFAULT_ROOT
+    assert len(D.load_data(cfg).train) == 5
+    assert D.fashion_folders(D._DEFAULT_ROOT)[-1] == system
