@@ -267,30 +267,41 @@ def eval_cmd(
 ) -> None:
     """Test loss and accuracy of a checkpoint, plus robust accuracy under FGSM and PGD."""
     with _handled():
-        from absa.evaluate import evaluate, robust_accuracy
+        from absa.evaluate import evaluate, robustness
 
         overrides = [f"data.root={data_dir}"] if data_dir is not None else []
         cfg, env, data, model, ck = _model_for(checkpoint, None, overrides)
-        clean = evaluate(model, data.test, env, cfg.train.eval_batch, limit)
-        rows = [("clean", 0.0, clean)]
         if robust:
             eps_list = list(eps) if eps else list(cfg.adversarial.eval_eps)
-            kw = {"steps": cfg.adversarial.pgd_steps}
-            for method, extra in (("fgsm", {}), ("pgd", kw)):
-                res = robust_accuracy(model, data.test, env, eps_list, method, limit=limit, **extra)
-                rows += [(method, e, r) for e, r in res.items()]
+            out = robustness(
+                model,
+                data.test,
+                env,
+                eps_list,
+                cfg.adversarial.pgd_steps,
+                cfg.train.eval_batch,
+                limit,
+            )
+        else:
+            clean = evaluate(model, data.test, env, cfg.train.eval_batch, limit)
+            out = [
+                {"attack": "clean", "eps": 0.0, "loss": clean.loss, "acc": clean.acc, "n": clean.n}
+            ]
         table = Table(
             title=f"absa eval: {checkpoint} (epoch {ck['epoch']}, {ck['updates']} updates)"
         )
         for col in ("attack", "eps", "loss", "accuracy %", "samples"):
             table.add_column(col, justify="right" if col != "attack" else "left")
-        for name, e, r in rows:
-            table.add_row(name, f"{e:g}", f"{r.loss:.4f}", f"{r.acc:.2f}", str(r.n))
+        for r in out:
+            table.add_row(
+                str(r["attack"]),
+                f"{r['eps']:g}",
+                f"{r['loss']:.4f}",
+                f"{r['acc']:.2f}",
+                str(r["n"]),
+            )
         console.print(table)
         if json_out is not None:
-            out = [
-                {"attack": n, "eps": e, "loss": r.loss, "acc": r.acc, "n": r.n} for n, e, r in rows
-            ]
             _write_json(json_out, {"checkpoint": str(checkpoint), "results": out})
 
 
@@ -306,7 +317,7 @@ def _model_for(
     from absa import config as C
     from absa.data import load_data
     from absa.distributed import DistEnv, resolve_device
-    from absa.models import build_model
+    from absa.models import build_from_config
 
     ck = None
     if checkpoint is not None:
@@ -325,7 +336,7 @@ def _model_for(
         torch_seed(cfg.train.seed)
     env = DistEnv(device=resolve_device(cfg.train.device))
     data = load_data(cfg.data)
-    model = build_model(cfg.model.name, data.info, cfg.model.width).to(env.device)
+    model = build_from_config(cfg.model, data.info).to(env.device)
     if ck is not None:
         try:
             model.load_state_dict(ck["model"])

@@ -15,8 +15,17 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-DATASETS = ("digits", "synthetic", "cifar10", "cifar100", "svhn", "mnist", "imagefolder")
-METHODS = ("bl", "fb", "gg", "abs", "absa")
+DATASETS = (
+    "digits",
+    "synthetic",
+    "cifar10",
+    "cifar100",
+    "svhn",
+    "mnist",
+    "fashion_mnist",
+    "imagefolder",
+)
+METHODS = ("bl", "fb", "gg", "abs", "absa", "replay")
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]+)?")  # what distributed.resolve_device takes
 
 
@@ -47,6 +56,8 @@ class DataConfig(Section):
 class ModelConfig(Section):
     name: str = "small_cnn"
     width: int = Field(16, ge=1)  # base channel width of the small models
+    # extra keyword arguments of the model's factory, e.g. {pool: 4} for small_cnn
+    kwargs: dict[str, Any] = Field(default_factory=dict)
 
 
 class OptimConfig(Section):
@@ -99,6 +110,9 @@ class ScheduleConfig(Section):
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     reference: Literal["peak", "first"] = "peak"  # first = the authors' rule
     duration: int = Field(10, ge=1)  # abs: grow anyway after this many epochs
+    eigenvalue_trigger: bool = True  # abs/absa: false = duration-only growth, no Hessian
+    # replay: a finished run folder whose metrics.jsonl gives batch, lr and adv fraction
+    replay_from: Path | None = Field(None, strict=False)
 
 
 class HessianConfig(Section):
@@ -118,8 +132,10 @@ class AdversarialConfig(Section):
     pgd_steps: int = Field(10, ge=1)
     pgd_step_size: float | None = Field(None, gt=0)  # [0,1] pixels; default 2.5 * eps / steps
     model_mode: Literal["eval", "train"] = "eval"  # module mode while crafting examples
-    # robust accuracy in `absa eval`
+    # robust accuracy in `absa eval` and the final evaluation of a run
     eval_eps: tuple[float, ...] = Field((0.005, 0.01, 0.02), strict=False)
+    final_eval: bool = False  # clean/FGSM/PGD accuracy of the final model -> summary.json
+    eval_limit: int | None = Field(None, ge=1)  # final_eval: first N test samples
 
 
 class DistributedConfig(Section):
@@ -148,6 +164,8 @@ class Config(Section):
                 raise ValueError(
                     f"schedule.max_batch: {s.max_batch} is smaller than batch.size {b.size}"
                 )
+        if s.method == "replay" and s.replay_from is None:
+            raise ValueError("schedule.replay_from: required for method replay (a run folder)")
         for e in self.optim.decay_epochs:
             if e >= self.train.epochs:
                 raise ValueError(
@@ -207,6 +225,42 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     return data
+
+
+BASE_KEY = "base"  # top-level key of a config file: the file it extends
+
+
+def read_config_tree(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file's tree with inheritance resolved: a top-level ``base: other.yaml``
+    (relative to the file) is read first and the file's own keys are merged over it,
+    mapping by mapping (lists and scalars are replaced). Chains are allowed; a cycle or a
+    missing base is a one-line error naming the file."""
+    path = Path(path)
+    tree = read_yaml(path)
+    base = tree.pop(BASE_KEY, None)
+    if base is None:
+        return tree
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: {BASE_KEY}: expected the path of a config file to extend")
+    parent = (path.parent / base).resolve()
+    chain = (*_seen, path.resolve())
+    if parent in chain:
+        cycle = " -> ".join(str(p.name) for p in (*chain, parent))
+        raise ConfigError(f"{path}: {BASE_KEY}: inheritance cycle ({cycle})")
+    if not parent.is_file():
+        raise ConfigError(f"{path}: {BASE_KEY}: no such config file {parent}")
+    return merge_trees(read_config_tree(parent, chain), tree)
+
+
+def merge_trees(under: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``over`` merged onto a copy of ``under``: nested mappings merge, other values replace."""
+    out = deep_copy(under)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge_trees(out[key], value)
+        else:
+            out[key] = deep_copy(value)
+    return out
 
 
 # --- overrides ------------------------------------------------------------------------------
@@ -291,12 +345,13 @@ def _describe(err: Any, root: type[BaseModel]) -> str:
     return f"{dotted}: {msg}{shown}" if dotted else f"{msg}{shown}"
 
 
-def _check_model_name(name: str, source: str) -> None:
-    """``model.name`` must be in the model registry (imported here: models imports config)."""
-    from absa.models import ModelError, check_model_name
+def _check_model_name(name: str, kwargs: dict[str, Any], source: str) -> None:
+    """``model.name`` must be in the model registry and take ``model.kwargs`` (imported here:
+    models imports config)."""
+    from absa.models import ModelError, check_model_args
 
     try:
-        check_model_name(name)
+        check_model_args(name, kwargs)
     except ModelError as err:
         raise ConfigError(f"{source}: {err}") from None
 
@@ -306,13 +361,13 @@ def validate(tree: dict[str, Any], source: str = "config") -> Config:
         cfg = Config.model_validate(tree)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {describe_error(exc, Config)}") from None
-    _check_model_name(cfg.model.name, source)
+    _check_model_name(cfg.model.name, cfg.model.kwargs, source)
     return cfg
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load defaults < YAML ``path`` < dotted ``overrides`` into a validated, frozen Config."""
-    tree = read_yaml(path) if path is not None else {}
+    tree = read_config_tree(path) if path is not None else {}
     source = str(path) if path is not None else "config"
     if overrides:
         validate(tree, source)  # blame the file for its own errors

@@ -85,3 +85,23 @@ def robust_accuracy(
                 count += len(y)
             results[eps] = _reduced(loss_sum, correct, count, env, env.device)
     return results
+
+
+def robustness(
+    model: nn.Module,
+    split: Split,
+    env: DistEnv,
+    eps_list: list[float],
+    pgd_steps: int,
+    batch_size: int = 512,
+    limit: int | None = None,
+) -> list[dict[str, float | str | int]]:
+    """Collective: clean accuracy, then FGSM and PGD-``pgd_steps`` (L-inf, eps in [0,1]
+    pixels) accuracy at each eps, on the first ``limit`` samples of ``split``: the rows of
+    ``absa eval`` and of a run's final robust evaluation (``adversarial.final_eval``)."""
+    clean = evaluate(model, split, env, batch_size, limit)
+    rows = [("clean", 0.0, clean)]
+    for method, extra in (("fgsm", {}), ("pgd", {"steps": pgd_steps})):
+        res = robust_accuracy(model, split, env, eps_list, method, limit=limit, **extra)
+        rows += [(method, e, r) for e, r in res.items()]
+    return [{"attack": a, "eps": e, "loss": r.loss, "acc": r.acc, "n": r.n} for a, e, r in rows]

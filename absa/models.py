@@ -12,7 +12,9 @@ Every model has the same outer shape, which the Hessian code relies on:
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -20,6 +22,9 @@ from torch import nn
 from absa import tv
 from absa.config import did_you_mean
 from absa.data import DatasetInfo
+
+if TYPE_CHECKING:
+    from absa.config import ModelConfig
 
 _resnet = tv.load("torchvision.models.resnet")
 BasicBlock = _resnet.BasicBlock
@@ -70,16 +75,19 @@ def mlp(info: DatasetInfo, width: int) -> ImageClassifier:
     return ImageClassifier(body, h, info, "mlp")
 
 
-def small_cnn(info: DatasetInfo, width: int) -> ImageClassifier:
-    """conv-bn-relu x3 (width, 2w, 4w; stride 2 after the first) + global average pool."""
+def small_cnn(info: DatasetInfo, width: int, pool: int = 1) -> ImageClassifier:
+    """conv-bn-relu x3 (width, 2w, 4w; stride 2 after the first) + average pool to a
+    ``pool`` x ``pool`` grid (1: global pooling), so the classifier sees 4w * pool^2 features."""
     w = width
+    if not isinstance(pool, int) or isinstance(pool, bool) or pool < 1:
+        raise ModelError(f"model.kwargs.pool: expected a positive integer (got {pool!r})")
     body = nn.Sequential(
         *_conv_bn(info.channels, w),
         *_conv_bn(w, 2 * w, stride=2),
         *_conv_bn(2 * w, 4 * w, stride=2),
-        nn.AdaptiveAvgPool2d(1),
+        nn.AdaptiveAvgPool2d(pool),
     )
-    return ImageClassifier(body, 4 * w, info, "small_cnn")
+    return ImageClassifier(body, 4 * w * pool * pool, info, "small_cnn")
 
 
 def c1(info: DatasetInfo, width: int) -> ImageClassifier:
@@ -224,7 +232,7 @@ def wresnet16_4(info: DatasetInfo, width: int, dropout: float = 0.0) -> ImageCla
     return ImageClassifier(nn.Sequential(*layers), cin, info, "wresnet16_4")
 
 
-MODELS: dict[str, Callable[[DatasetInfo, int], ImageClassifier]] = {
+MODELS: dict[str, Callable[..., ImageClassifier]] = {
     "mlp": mlp,
     "small_cnn": small_cnn,
     "c1": c1,
@@ -248,10 +256,29 @@ def check_model_name(name: str) -> None:
         raise ModelError(f"model.name: unknown model {name!r}{hint} (valid: {', '.join(MODELS)})")
 
 
-def build_model(name: str, info: DatasetInfo, width: int = 16) -> ImageClassifier:
-    """Build a registered model for a dataset (channels, classes, normalization from ``info``)."""
+def build_model(name: str, info: DatasetInfo, width: int = 16, **kwargs: Any) -> ImageClassifier:
+    """Build a registered model for a dataset (channels, classes, normalization from ``info``);
+    ``kwargs`` are the factory's extra arguments (``model.kwargs``)."""
+    check_model_args(name, kwargs)
+    return MODELS[name](info, width, **kwargs)
+
+
+def check_model_args(name: str, kwargs: dict[str, Any]) -> None:
+    """Raise ModelError unless ``name`` is registered and takes every key of ``kwargs``."""
     check_model_name(name)
-    return MODELS[name](info, width)
+    params = inspect.signature(MODELS[name]).parameters
+    valid = [p for p in params if p not in ("info", "width")]
+    for key in kwargs:
+        if key not in valid:
+            raise ModelError(
+                f"model.kwargs.{key}: {name} takes no argument {key!r}"
+                f"{did_you_mean(key, valid)} (valid: {', '.join(valid) or 'none'})"
+            )
+
+
+def build_from_config(cfg: ModelConfig, info: DatasetInfo) -> ImageClassifier:
+    """The model that ``cfg`` (the ``model`` section) describes, for dataset ``info``."""
+    return build_model(cfg.name, info, cfg.width, **cfg.kwargs)
 
 
 def count_params(model: nn.Module) -> int:

@@ -1,4 +1,4 @@
-"""Batch-size / learning-rate / adversarial-fraction policies: BL, FB, GG, ABS, ABSA.
+"""Batch-size / learning-rate / adversarial-fraction policies: BL, FB, GG, ABS, ABSA, replay.
 
 Pure and counter-driven: a policy is asked for the plan of an epoch (batch size B, lr eta,
 adversarial fraction r, whether to probe the Hessian), for the lr at a point inside an epoch,
@@ -203,6 +203,7 @@ class ABS:
     reference: str = "peak"
     duration: int = 10
     adv_fraction: float = 0.0
+    eigenvalue_trigger: bool = True  # False: duration-only growth, no probing (ablation)
     name: str = "abs"
     segments: list[_Segment] = field(default_factory=list)
     ref_value: float | None = None
@@ -230,7 +231,8 @@ class ABS:
     def plan(self, epoch: int) -> EpochPlan:
         seg = self._segment(epoch)
         adv = 0.0 if epoch >= self.total_epochs / 2 else seg.adv_fraction
-        return EpochPlan(seg.batch, self.lr_at(epoch, 0.0), adv, seg.batch < self.max_batch)
+        probe = self.eigenvalue_trigger and seg.batch < self.max_batch
+        return EpochPlan(seg.batch, self.lr_at(epoch, 0.0), adv, probe)
 
     def observe(self, epoch: int, eigenvalue: float | None) -> Growth | None:
         """End of ``epoch``: update lambda_ref and decide whether epoch + 1 uses a larger batch."""
@@ -238,7 +240,7 @@ class ABS:
         if seg.batch >= self.max_batch or epoch < seg.start:
             return None
         trigger = None
-        if eigenvalue is not None:
+        if eigenvalue is not None and self.eigenvalue_trigger:
             if self.ref_value is None:
                 self.ref_value = eigenvalue
             elif self.reference == "peak":
@@ -284,6 +286,34 @@ class ABS:
         self.ref_value = state["reference"]
 
 
+@dataclass
+class Replay(_Stateless):
+    """Plays back a recorded trajectory: epoch e runs at ``batches[e]`` with lr ``lrs[e]``
+    and adversarial fraction ``adv_fractions[e]``, as logged by a finished run, with no
+    Hessian. Isolates the schedule's shape from the signal that chose it (ablation)."""
+
+    batches: list[int]
+    lrs: list[float]
+    adv_fractions: list[float]
+    name = "replay"
+
+    def __post_init__(self) -> None:
+        if not (len(self.batches) == len(self.lrs) == len(self.adv_fractions) > 0):
+            raise ValueError("replay: batches, lrs and adv_fractions need one entry per epoch")
+
+    def _epoch(self, epoch: int) -> int:
+        if not 0 <= epoch < len(self.batches):
+            raise ValueError(f"replay: epoch {epoch} is past the {len(self.batches)} recorded")
+        return epoch
+
+    def lr_at(self, epoch: int, progress: float) -> float:
+        return self.lrs[self._epoch(epoch)]
+
+    def plan(self, epoch: int) -> EpochPlan:
+        e = self._epoch(epoch)
+        return EpochPlan(self.batches[e], self.lrs[e], self.adv_fractions[e], False)
+
+
 def build_policy(method: str, **kw: Any) -> Policy:
     """Policy by config name: bl | fb | gg | abs | absa (keyword arguments as the classes)."""
     if method == "bl":
@@ -292,8 +322,10 @@ def build_policy(method: str, **kw: Any) -> Policy:
         return FB(**kw)
     if method == "gg":
         return GG(**kw)
+    if method == "replay":
+        return Replay(**kw)
     if method in ("abs", "absa"):
         if method == "abs":
             kw["adv_fraction"] = 0.0 if kw.get("adv_fraction") is None else kw["adv_fraction"]
         return ABS(name=method, **kw)
-    raise ValueError(f"unknown schedule method {method!r} (valid: bl, fb, gg, abs, absa)")
+    raise ValueError(f"unknown schedule method {method!r} (valid: bl, fb, gg, abs, absa, replay)")

@@ -17,6 +17,9 @@ A sweep file is YAML::
     local: {max_parallel: 1, timeout_min: 1440}
     slurm: {partition: gpu, time_min: 1440, gpus_per_node: 1, array_parallelism: 16}
 
+``grid`` may also be a list of such mappings (blocks), expanded one after the other, and
+``outer`` (same shape as one block) wraps them all: for each combination of the outer
+values, every block in order, e.g. ``outer: {train.seed: [0, 1]}`` runs all of seed 0 first.
 Grid points come first, in product order (the first key varies slowest, the last fastest),
 then the extra ``points`` in file order. Each point's run folder is
 ``<out_dir>/runs/<name>``, the name built from the point's values (``absa-b512-s0``) with a
@@ -58,7 +61,9 @@ from absa.config import (
     deep_copy,
     describe_error,
     did_you_mean,
+    merge_trees,
     parse_yaml,
+    read_config_tree,
     read_yaml,
     set_dotted,
     to_dict,
@@ -106,7 +111,8 @@ class SweepSpec(_Section):
     name: str | None = None
     out_dir: Path | None = None
     base: dict[str, Any] = {}
-    grid: dict[str, Any] = {}
+    grid: dict[str, Any] | list[Any] = {}  # one cartesian block, or a list of blocks
+    outer: dict[str, Any] = {}  # keys varied slowest, around every grid block (e.g. seeds)
     points: list[dict[str, Any]] = []
     nproc: int = Field(1, ge=1)
     local: LocalSection = LocalSection()
@@ -119,7 +125,8 @@ class Sweep:
     name: str
     out_dir: Path  # absolute
     base: dict[str, Any]  # the base config tree: file (base.config) merged with inline keys
-    grid: dict[str, list[Any]]
+    grid: list[dict[str, list[Any]]]  # cartesian blocks, expanded one after the other
+    outer: dict[str, list[Any]]  # product around all blocks: outermost loop
     points: list[dict[str, Any]]
     nproc: int
     local: LocalSection
@@ -169,16 +176,6 @@ def _check_key(path: Path, where: str, key: Any) -> None:
         model = ann
 
 
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = {k: deep_copy(v) for k, v in base.items()}
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = deep_copy(v)
-    return out
-
-
 def _validate_partial(tree: dict[str, Any], source: str) -> None:
     """Check keys and values of a base tree, but not cross-field rules (such as
     schedule.max_batch for adaptive methods): the grid may complete those per point."""
@@ -187,6 +184,23 @@ def _validate_partial(tree: dict[str, Any], source: str) -> None:
     except ValidationError as exc:
         if any(err["loc"] for err in exc.errors()):
             validate(tree, source)  # raises the one-line error
+
+
+def _grid_block(path: Path, where: str, block: Any) -> dict[str, list[Any]]:
+    """One cartesian block: dotted config key -> non-empty list of values."""
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: {where}: expected a mapping of dotted keys to lists of values")
+    out: dict[str, list[Any]] = {}
+    for key, values in block.items():
+        _check_key(path, where, key)
+        if not isinstance(values, list):
+            raise ConfigError(
+                f"{path}: {where}.{key}: expected a list of values, e.g. [32, 512] (got {values!r})"
+            )
+        if not values:
+            raise ConfigError(f"{path}: {where}.{key}: empty list; give at least one value")
+        out[key] = values
+    return out
 
 
 def load_sweep(path: str | Path) -> Sweep:
@@ -218,21 +232,24 @@ def load_sweep(path: str | Path) -> Sweep:
         file = file if file.is_absolute() else path.parent / file
         if not file.is_file():
             raise ConfigError(f"{path}: base.config: no such config file {file}")
-        tree = read_yaml(file)
+        tree = read_config_tree(file)
         _validate_partial(tree, str(file))
-    tree = _merge(tree, base)
+    tree = merge_trees(tree, base)
     _validate_partial(tree, f"{path}: base")
 
-    grid: dict[str, list[Any]] = {}
-    for key, values in spec.grid.items():
-        _check_key(path, "grid", key)
-        if not isinstance(values, list):
-            raise ConfigError(
-                f"{path}: grid.{key}: expected a list of values, e.g. [32, 512] (got {values!r})"
-            )
-        if not values:
-            raise ConfigError(f"{path}: grid.{key}: empty list; give at least one value")
-        grid[key] = values
+    blocks = spec.grid if isinstance(spec.grid, list) else [spec.grid]
+    grid = [
+        _grid_block(
+            path,
+            "grid" if len(blocks) == 1 and isinstance(spec.grid, dict) else f"grid[{i}]",
+            block,
+        )
+        for i, block in enumerate(blocks)
+    ]
+    grid = [g for g in grid if g]
+    outer = _grid_block(path, "outer", spec.outer)
+    if outer and not grid:
+        raise ConfigError(f"{path}: outer: needs a grid to wrap")
     for i, point in enumerate(spec.points):
         for key in point:
             _check_key(path, f"points[{i}]", key)
@@ -246,6 +263,7 @@ def load_sweep(path: str | Path) -> Sweep:
         out_dir=Path(os.path.abspath(out_dir.expanduser())),
         base=tree,
         grid=grid,
+        outer=outer,
         points=[dict(p) for p in spec.points],
         nproc=spec.nproc,
         local=spec.local,
@@ -278,6 +296,8 @@ _ABBREV = {
     "schedule.growth_factor": "g",
     "hessian.block": "hb",
     "data.split_seed": "ss",
+    "schedule.replay_from": "of-",
+    "schedule.eigenvalue_trigger": "eigtrig-",
 }
 _MAX_NAME = 64
 
@@ -316,9 +336,14 @@ def _hash(values: dict[str, Any], n: int = 6) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:n]
 
 
+def _short(key: str, value: Any) -> Any:
+    """A path value is named by its last component (``replay_from: .../absa-s0`` -> absa-s0)."""
+    return Path(value).name if key.endswith("replay_from") and isinstance(value, str) else value
+
+
 def point_name(values: dict[str, Any]) -> str:
     """Filesystem-safe, deterministic name of a point from its values (``absa-b512-s0``)."""
-    pieces = [_safe(_tag(k) + _fmt(v)) for k, v in values.items()]
+    pieces = [_safe(_tag(k) + _fmt(_short(k, v))) for k, v in values.items()]
     name = "-".join(pieces) or "base"
     if len(name) > _MAX_NAME:
         name = f"{name[: _MAX_NAME - 9].rstrip('-_.')}-{_hash(values, 8)}"
@@ -336,11 +361,18 @@ def _override_value(v: Any) -> str:
 def _grid_values(sweep: Sweep) -> list[tuple[str, dict[str, Any]]]:
     """Every point's values with where it comes from in the sweep file, in point order:
     ``grid point #<n>`` (1-based, product order), then ``points[<i>]`` (0-based, file order)."""
-    keys = list(sweep.grid)
     out = []
-    if keys:
-        for n, combo in enumerate(itertools.product(*(sweep.grid[k] for k in keys)), 1):
-            out.append((f"grid point #{n}", dict(zip(keys, combo, strict=True))))
+    n = 0
+    okeys = list(sweep.outer)
+    for ocombo in itertools.product(*(sweep.outer[k] for k in okeys)):
+        around = dict(zip(okeys, ocombo, strict=True))
+        for block in sweep.grid:
+            keys = list(block)
+            for combo in itertools.product(*(block[k] for k in keys)):
+                n += 1
+                values = dict(zip(keys, combo, strict=True))
+                values.update({k: v for k, v in around.items() if k not in values})
+                out.append((f"grid point #{n}", values))
     out.extend((f"points[{i}]", dict(p)) for i, p in enumerate(sweep.points))
     return out
 
@@ -812,6 +844,7 @@ def _manifest(sweep: Sweep, points: list[Point]) -> None:
         "out_dir": str(sweep.out_dir),
         "base": sweep.base,
         "grid": sweep.grid,
+        "outer": sweep.outer,
         "points": sweep.points,
         "nproc": sweep.nproc,
         "local": sweep.local.model_dump(mode="json"),

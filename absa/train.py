@@ -37,9 +37,9 @@ from absa.data import (
     probe_indices,
     resolve_augment,
 )
-from absa.evaluate import evaluate
+from absa.evaluate import evaluate, robustness
 from absa.hessian import HessianOperator, last_layer_operator, select_params, top_eigen
-from absa.models import build_model
+from absa.models import build_from_config
 from absa.runlog import RunLog, environment, read_metrics
 from absa.schedules import Growth, Policy, build_policy
 
@@ -65,6 +65,7 @@ class Summary:
     hessian_seconds: float
     eval_seconds: float
     growths: list[dict[str, Any]] = field(default_factory=list)
+    robust: list[dict[str, Any]] = field(default_factory=list)  # adversarial.final_eval rows
 
 
 # --- construction -------------------------------------------------------------------------
@@ -88,6 +89,8 @@ def make_policy(cfg: Config) -> Policy:
         )
     if s.method == "gg":
         return build_policy("gg", base_batch=b.size, max_batch=s.max_batch, **common)
+    if s.method == "replay":
+        return build_policy("replay", **replay_trajectory(s.replay_from, cfg.train.epochs))
     return build_policy(
         s.method,
         base_batch=b.size,
@@ -98,8 +101,31 @@ def make_policy(cfg: Config) -> Policy:
         lr_scaling=s.lr_scaling,
         reference=s.reference,
         duration=s.duration,
+        eigenvalue_trigger=s.eigenvalue_trigger,
         **common,
     )
+
+
+def replay_trajectory(run_dir: Path | None, epochs: int) -> dict[str, list[Any]]:
+    """Batch size, lr and adversarial fraction per epoch from a finished run's metrics."""
+    key = "schedule.replay_from"
+    if run_dir is None or not (Path(run_dir) / "summary.json").is_file():
+        raise ConfigError(f"{key}: {run_dir} is not a finished run folder (no summary.json)")
+    records = sorted(read_metrics(Path(run_dir)), key=lambda r: r.get("epoch", -1))
+    if [r.get("epoch") for r in records[:epochs]] != list(range(epochs)):
+        raise ConfigError(
+            f"{key}: {run_dir}/metrics.jsonl records {len(records)} epochs, train.epochs "
+            f"asks for {epochs}"
+        )
+    try:
+        return {
+            "batches": [int(r["batch_size"]) for r in records[:epochs]],
+            "lrs": [float(r["lr"]) for r in records[:epochs]],
+            "adv_fractions": [float(r["adv_fraction"]) for r in records[:epochs]],
+        }
+    except (KeyError, TypeError, ValueError):
+        msg = f"{key}: {run_dir}/metrics.jsonl lacks batch_size/lr/adv_fraction"
+        raise ConfigError(msg) from None
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
@@ -415,7 +441,7 @@ def run(
     check_divisible(cfg, env.world_size)
 
     data = load_data(cfg.data)
-    model = build_model(cfg.model.name, data.info, cfg.model.width).to(env.device)
+    model = build_from_config(cfg.model, data.info).to(env.device)
     if cfg.schedule.method in ("abs", "absa"):  # a bad block fails now, not after an epoch
         try:
             select_params(model, cfg.hessian.block)
@@ -481,6 +507,7 @@ def run(
             "lr": plan.lr,
             "lr_end": optimizer.param_groups[0]["lr"],
             "adv_fraction": plan.adv_fraction,
+            "samples": tr.samples,  # forward+backward passes of training (all ranks)
             "adv_samples": tr.adv_samples,
             "train_loss": tr.loss,
             "train_acc": tr.acc,
@@ -505,6 +532,18 @@ def run(
 
     if test is None:  # nothing left to train (resumed a finished run)
         test = evaluate(model, data.test, env, cfg.train.eval_batch)
+    adv = cfg.adversarial
+    robust = []
+    if adv.final_eval:
+        robust = robustness(
+            model,
+            data.test,
+            env,
+            list(adv.eval_eps),
+            adv.pgd_steps,
+            cfg.train.eval_batch,
+            adv.eval_limit,
+        )
     summary = Summary(
         run_dir=str(run_dir),
         epochs=st.epoch,
@@ -517,6 +556,7 @@ def run(
         hessian_seconds=totals["hessian"],
         eval_seconds=totals["eval"],
         growths=st.growths,
+        robust=robust,
     )
     runlog.write_summary(asdict(summary))
     return summary

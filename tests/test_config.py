@@ -208,3 +208,42 @@ def test_every_registered_model_is_accepted():
 
     for name in MODELS:
         assert C.load(None, [f"model.name={name}"]).model.name == name
+
+
+def test_config_base_inheritance_merges_sections(tmp_path):
+    (tmp_path / "root.yaml").write_text(
+        "data: {name: synthetic, train_size: 64}\noptim: {lr: 0.3, decay_epochs: [2, 4]}\n"
+        "train: {epochs: 6}\n"
+    )
+    (tmp_path / "mid.yaml").write_text("base: root.yaml\noptim: {lr: 0.2}\n")
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    (sub / "leaf.yaml").write_text(
+        "base: ../mid.yaml\noptim: {decay_epochs: [3]}\nschedule: {method: bl}\n"
+    )
+    cfg = C.load(sub / "leaf.yaml", ["train.seed=4"])
+    assert cfg.data.name == "synthetic" and cfg.data.train_size == 64  # from root
+    assert cfg.optim.lr == 0.2  # mid over root
+    assert cfg.optim.decay_epochs == (3,)  # lists are replaced, not merged
+    assert cfg.train.epochs == 6 and cfg.train.seed == 4
+
+
+@pytest.mark.parametrize(
+    "files, expect",
+    [
+        (
+            {"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"},
+            "inheritance cycle (a.yaml -> b.yaml -> a.yaml)",
+        ),
+        ({"a.yaml": "base: a.yaml\n"}, "inheritance cycle (a.yaml -> a.yaml)"),
+        ({"a.yaml": "base: gone.yaml\n"}, "base: no such config file"),
+        ({"a.yaml": "base: [x]\n"}, "base: expected the path of a config file"),
+    ],
+)
+def test_config_base_errors_are_one_line(tmp_path, files, expect):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(C.ConfigError) as e:
+        C.load(tmp_path / "a.yaml")
+    assert expect in str(e.value) and "\n" not in str(e.value)
+    assert str(e.value).startswith(str(tmp_path))
