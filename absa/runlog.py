@@ -80,9 +80,22 @@ class RunLog:
         if self.enabled:
             atomic_write_text(self.dir / CONFIG, dump_yaml(cfg))
 
-    def write_env(self, env: dict[str, Any]) -> None:
-        if self.enabled:
-            atomic_write_text(self.dir / ENV, json.dumps(env, indent=2) + "\n")
+    def write_env(self, env: dict[str, Any], append: bool = False) -> None:
+        """env.json: the first start's environment at the top level (its command and start
+        time are never lost) and ``starts``, one entry per start; ``append`` adds a resume."""
+        if not self.enabled:
+            return
+        first, starts = env, []
+        if append:
+            try:
+                old = json.loads((self.dir / ENV).read_text())
+            except (OSError, ValueError):
+                old = None
+            if isinstance(old, dict):
+                first = {k: v for k, v in old.items() if k != "starts"}
+                starts = old.get("starts") if isinstance(old.get("starts"), list) else [first]
+        doc = {**first, "starts": [*starts, env]}
+        atomic_write_text(self.dir / ENV, json.dumps(doc, indent=2) + "\n")
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         if self.enabled:
@@ -95,12 +108,23 @@ class RunLog:
             fh.write(json.dumps(_clean(record)) + "\n")
             fh.flush()
 
-    def truncate_metrics(self, before_epoch: int) -> None:
-        """Keep only metric lines of epochs < ``before_epoch`` (used on resume)."""
+    def restore_metrics(self, epochs: int, last: dict[str, Any] | None) -> None:
+        """Make metrics.jsonl hold exactly epochs 0..epochs-1, once each, as the checkpoint
+        does: drop lines past it (and duplicates), and put back ``last`` (the checkpoint's
+        own record of its final epoch) when a kill came between checkpoint and line."""
         if not self.enabled:
             return
-        kept = [r for r in read_metrics(self.dir) if r.get("epoch", -1) < before_epoch]
-        atomic_write_text(self.dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+        by_epoch: dict[int, dict[str, Any]] = {}
+        for r in read_metrics(self.dir):
+            e = r.get("epoch")
+            if isinstance(e, int) and 0 <= e < epochs:
+                by_epoch[e] = r
+        if last is not None and epochs > 0 and epochs - 1 not in by_epoch:
+            by_epoch[epochs - 1] = last
+        kept = [by_epoch[e] for e in sorted(by_epoch)]
+        path = self.dir / METRICS
+        if kept or path.exists():
+            atomic_write_text(path, "".join(json.dumps(_clean(r)) + "\n" for r in kept))
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
@@ -109,9 +133,11 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     records = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(rec, dict):
+            records.append(rec)
     return records

@@ -37,19 +37,16 @@ from absa.data import (
     probe_indices,
     resolve_augment,
 )
-from absa.evaluate import evaluate, robustness
+from absa.evaluate import EvalResult, evaluate, robustness
 from absa.hessian import HessianOperator, last_layer_operator, select_params, top_eigen
 from absa.models import build_from_config
+from absa.rundir import RunFolderError, RunLock, clean_temps, holder, state
 from absa.runlog import RunLog, environment, read_metrics
 from absa.schedules import Growth, Policy, build_policy
 
 
 class TrainingDiverged(RuntimeError):
     """Loss became NaN/inf; the message names epoch and step."""
-
-
-class RunFolderError(RuntimeError):
-    pass
 
 
 @dataclass
@@ -278,9 +275,13 @@ def _check_finite(step_loss: torch.Tensor, env: D.DistEnv, epoch: int, step: int
     """Collective: stop every rank if any rank's loss is NaN/inf."""
     bad = torch.tensor([0.0 if math.isfinite(step_loss.item()) else 1.0], device=env.device)
     if env.all_reduce_sum(bad).item() > 0:
+        kept = (
+            f"last.pt keeps epoch {epoch} (the last completed one)"
+            if epoch > 0
+            else "no epoch was completed, so there is no checkpoint"
+        )
         raise TrainingDiverged(  # 1-based, as in the epoch log lines
-            f"non-finite loss at epoch {epoch + 1}, step {step + 1}; last.pt keeps the last "
-            "completed epoch"
+            f"non-finite loss at epoch {epoch + 1}, step {step + 1}; {kept}"
         )
 
 
@@ -378,8 +379,16 @@ def _checkpoint_payload(
     }
 
 
-def check_resume_config(cfg: Config, stored: dict[str, Any], source: str) -> None:
-    """A resumed run must use the stored config; only train.epochs may be extended."""
+def check_resume_config(
+    cfg: Config, stored: dict[str, Any], source: str, done_epochs: int | None = None
+) -> None:
+    """A resumed run must use the stored config; only train.epochs may change, and never to
+    fewer epochs than the checkpoint has completed (config and summary would disagree)."""
+    if done_epochs is not None and cfg.train.epochs < done_epochs:
+        raise ConfigError(
+            f"{source}: train.epochs={cfg.train.epochs} is fewer than the {done_epochs} epochs "
+            "this run has completed; a run can be extended, not shortened"
+        )
     old = to_dict(from_dict(stored, source))
     new = to_dict(cfg)
     diffs = []
@@ -411,18 +420,48 @@ def check_divisible(cfg: Config, world: int) -> None:
 
 
 def prepare_run_dir(cfg: Config, stem: str, resume: Path | None) -> Path:
-    if resume is not None:
-        return Path(resume)
-    run_dir = Path(cfg.train.out_dir) / (cfg.train.run_name or default_run_name(cfg, stem))
-    if (run_dir / ckpt_io.LAST).exists():
+    """The run folder to use, checked: a fresh start needs an empty one, a resume one that
+    holds a run; neither may be in use by a live process (see absa.rundir)."""
+    run_dir = (
+        Path(resume)
+        if resume is not None
+        else Path(cfg.train.out_dir) / (cfg.train.run_name or default_run_name(cfg, stem))
+    )
+    pid = holder(run_dir)
+    if pid is not None:
+        who = f"pid {pid}" if pid > 0 else "another process"
+        raise RunFolderError(f"{run_dir}: in use by {who} (a run writing this folder)")
+    now = state(run_dir)
+    if resume is None and now != "empty":
+        what = "a finished run (summary.json)" if now == "finished" else "a run (last.pt)"
         raise RunFolderError(
-            f"{run_dir}: already holds a run (last.pt); pass --resume {run_dir} to continue "
+            f"{run_dir}: already holds {what}; pass --resume {run_dir} to continue or extend "
             "it, or choose another train.run_name"
+        )
+    if resume is not None and now == "finished" and not (run_dir / ckpt_io.LAST).is_file():
+        raise RunFolderError(
+            f"{run_dir}: holds a finished run whose last.pt was deleted; it cannot be resumed"
         )
     return run_dir
 
 
 ProgressFactory = Callable[[int, int], Callable[[int, int, float], None] | None]
+
+
+@dataclass
+class _Run:
+    """What one run holds while it trains (built by ``_open``)."""
+
+    cfg: Config
+    env: D.DistEnv
+    run_dir: Path
+    data: Data
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    policy: Policy
+    st: TrainState
+    runlog: RunLog
+    totals: dict[str, float]
 
 
 def run(
@@ -433,28 +472,56 @@ def run(
     log: Callable[[str], None] | None = None,
     progress: ProgressFactory | None = None,
 ) -> Summary:
-    """Train per ``cfg``; write metrics and checkpoints into ``run_dir`` (rank 0 only)."""
+    """Train per ``cfg``; write metrics and checkpoints into ``run_dir`` (rank 0 only).
+
+    Rank 0 holds the run folder's lock (absa.rundir) from before the first write to the end.
+    """
     env = env or D.setup(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_s)
     run_dir = Path(run_dir) if run_dir is not None else prepare_run_dir(cfg, "run", None)
     say = log if (log is not None and env.is_main) else (lambda _msg: None)
     _seed_everything(cfg)
     check_divisible(cfg, env.world_size)
-
-    data = load_data(cfg.data)
+    data = load_data(cfg.data)  # bad data fails before anything is written
     model = build_from_config(cfg.model, data.info).to(env.device)
     if cfg.schedule.method in ("abs", "absa"):  # a bad block fails now, not after an epoch
         try:
             select_params(model, cfg.hessian.block)
         except ValueError as err:
             raise ConfigError(f"hessian.block: {err}") from None
+    lock = RunLock(run_dir).acquire() if env.is_main else None
+    try:
+        r = _open(cfg, env, run_dir, data, model, resume, say)
+        test = _train_epochs(r, progress, say)
+        return _finish(r, test)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _open(
+    cfg: Config,
+    env: D.DistEnv,
+    run_dir: Path,
+    data: Data,
+    model: nn.Module,
+    resume: bool,
+    say: Callable[[str], None],
+) -> _Run:
+    """Bring the run folder (lock held) to a consistent start: restore or clean, then write
+    the resolved config and append this start to env.json."""
     optimizer = make_optimizer(model, cfg)
     policy = make_policy(cfg)
-    st = TrainState()
     runlog = RunLog(run_dir, enabled=env.is_main)
-
+    st = TrainState()
+    if env.is_main:
+        clean_temps(run_dir)
+    last = run_dir / ckpt_io.LAST
+    if resume and not last.is_file():
+        say(f"{run_dir}: no checkpoint yet (no epoch was completed); starting at epoch 0")
+        resume = False
     if resume:
-        ck = ckpt_io.load(run_dir / ckpt_io.LAST, map_location=env.device)
-        check_resume_config(cfg, ck["config"], str(run_dir / ckpt_io.LAST))
+        ck = ckpt_io.load(last, map_location=env.device)
+        check_resume_config(cfg, ck["config"], str(last), ck["epoch"])
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
         policy.load_state_dict(ck["policy"])
@@ -462,36 +529,47 @@ def run(
             ck["epoch"], ck["updates"], ck["best_test_acc"], ck["hessian_vector"], ck["growths"]
         )
         ckpt_io.set_rng_state(ck["rng"])
-        runlog.truncate_metrics(before_epoch=st.epoch)
+        runlog.restore_metrics(st.epoch, ck.get("record"))
         say(f"resumed {run_dir} at epoch {st.epoch} ({st.updates} updates)")
+    else:
+        if env.is_main and state(run_dir) != "empty":  # a run appeared since the CLI checked
+            raise RunFolderError(f"{run_dir}: already holds a run; pass --resume {run_dir}")
+        runlog.restore_metrics(0, None)  # leftovers of a start that completed no epoch
     runlog.write_config(cfg)
-    runlog.write_env(environment(env.world_size))
-
-    ddp_model = D.wrap_model(model, env)
-    probe_idx = probe_indices(len(data.train), cfg.hessian.probe_size, cfg.train.seed)
+    runlog.write_env(environment(env.world_size), append=resume)
     totals = {"train": 0.0, "hessian": 0.0, "eval": 0.0}
-    for r in read_metrics(run_dir) if resume and env.is_main else []:
+    for rec in read_metrics(run_dir) if resume and env.is_main else []:
         for k in totals:
-            totals[k] += r.get(f"{k}_seconds", 0.0) or 0.0
+            totals[k] += rec.get(f"{k}_seconds", 0.0) or 0.0
+    return _Run(cfg, env, run_dir, data, model, optimizer, policy, st, runlog, totals)
+
+
+def _train_epochs(
+    r: _Run, progress: ProgressFactory | None, say: Callable[[str], None]
+) -> EvalResult | None:
+    """The epoch loop: train, probe, let the policy decide, evaluate, checkpoint, log."""
+    cfg, env, st, totals = r.cfg, r.env, r.st, r.totals
+    ddp_model = D.wrap_model(r.model, env)
+    probe_idx = probe_indices(len(r.data.train), cfg.hessian.probe_size, cfg.train.seed)
     test = None
     for epoch in range(st.epoch, cfg.train.epochs):
-        plan = policy.plan(epoch)
+        plan = r.policy.plan(epoch)
         on_step = progress(epoch, cfg.train.epochs) if progress and env.is_main else None
         t0 = time.perf_counter()
-        tr = train_epoch(ddp_model, optimizer, data, cfg, env, policy, epoch, on_step)
+        tr = train_epoch(ddp_model, r.optimizer, r.data, cfg, env, r.policy, epoch, on_step)
         t_train = time.perf_counter() - t0
         st.updates += tr.steps
 
         probe = None
         if plan.probe and _probe_allowed(cfg, totals, env):
-            probe = probe_eigenvalue(model, data, cfg, env, probe_idx, epoch, st.hessian_vector)
+            probe = probe_eigenvalue(r.model, r.data, cfg, env, probe_idx, epoch, st.hessian_vector)
             st.hessian_vector = probe.vector
-        growth: Growth | None = policy.observe(epoch, probe.eigenvalue if probe else None)
+        growth: Growth | None = r.policy.observe(epoch, probe.eigenvalue if probe else None)
         if growth is not None:
             st.growths.append(asdict(growth))
 
         t1 = time.perf_counter()
-        test = evaluate(model, data.test, env, cfg.train.eval_batch)
+        test = evaluate(r.model, r.data.test, env, cfg.train.eval_batch)
         t_eval = time.perf_counter() - t1
         st.best_test_acc = max(st.best_test_acc, test.acc)
         st.epoch = epoch + 1
@@ -499,45 +577,64 @@ def run(
         totals["train"] += t_train
         totals["hessian"] += t_hess
         totals["eval"] += t_eval
-        record = {
-            "epoch": epoch,
-            "method": cfg.schedule.method,
-            "updates": st.updates,
-            "batch_size": plan.batch_size,
-            "lr": plan.lr,
-            "lr_end": optimizer.param_groups[0]["lr"],
-            "adv_fraction": plan.adv_fraction,
-            "samples": tr.samples,  # forward+backward passes of training (all ranks)
-            "adv_samples": tr.adv_samples,
-            "train_loss": tr.loss,
-            "train_acc": tr.acc,
-            "test_loss": test.loss,
-            "test_acc": test.acc,
-            "lambda_max": probe.eigenvalue if probe else None,
-            "hessian_hvps": probe.n_hvp if probe else 0,
-            "probe_skipped": plan.probe and probe is None,
-            "growth": asdict(growth) if growth else None,
-            "train_seconds": t_train,
-            "hessian_seconds": t_hess,
-            "eval_seconds": t_eval,
-            "seconds": t_train + t_hess + t_eval,
-        }
-        runlog.append_metrics(record)
-        if env.is_main:
-            ckpt_io.save(
-                run_dir / ckpt_io.LAST, _checkpoint_payload(model, optimizer, policy, cfg, st)
-            )
+        times = {"train": t_train, "hessian": t_hess, "eval": t_eval}
+        record = _epoch_record(r, epoch, plan, tr, test, probe, growth, times)
+        if env.is_main:  # checkpoint first: metrics never hold an epoch last.pt lacks
+            payload = _checkpoint_payload(r.model, r.optimizer, r.policy, cfg, st)
+            ckpt_io.save(r.run_dir / ckpt_io.LAST, {**payload, "record": record})
+        r.runlog.append_metrics(record)
         env.barrier()
         say(_epoch_line(record, cfg.train.epochs))
+    return test
 
+
+def _epoch_record(
+    r: _Run,
+    epoch: int,
+    plan: Any,
+    tr: EpochStats,
+    test: EvalResult,
+    probe: ProbeResult | None,
+    growth: Growth | None,
+    times: dict[str, float],
+) -> dict[str, Any]:
+    """One metrics.jsonl line (0-based epoch)."""
+    return {
+        "epoch": epoch,
+        "method": r.cfg.schedule.method,
+        "updates": r.st.updates,
+        "batch_size": plan.batch_size,
+        "lr": plan.lr,
+        "lr_end": r.optimizer.param_groups[0]["lr"],
+        "adv_fraction": plan.adv_fraction,
+        "samples": tr.samples,  # forward+backward passes of training (all ranks)
+        "adv_samples": tr.adv_samples,
+        "train_loss": tr.loss,
+        "train_acc": tr.acc,
+        "test_loss": test.loss,
+        "test_acc": test.acc,
+        "lambda_max": probe.eigenvalue if probe else None,
+        "hessian_hvps": probe.n_hvp if probe else 0,
+        "probe_skipped": plan.probe and probe is None,
+        "growth": asdict(growth) if growth else None,
+        "train_seconds": times["train"],
+        "hessian_seconds": times["hessian"],
+        "eval_seconds": times["eval"],
+        "seconds": sum(times.values()),
+    }
+
+
+def _finish(r: _Run, test: EvalResult | None) -> Summary:
+    """Final (robust) evaluation and summary.json: from now on the folder holds a finished run."""
+    cfg, env, st = r.cfg, r.env, r.st
     if test is None:  # nothing left to train (resumed a finished run)
-        test = evaluate(model, data.test, env, cfg.train.eval_batch)
+        test = evaluate(r.model, r.data.test, env, cfg.train.eval_batch)
     adv = cfg.adversarial
     robust = []
     if adv.final_eval:
         robust = robustness(
-            model,
-            data.test,
+            r.model,
+            r.data.test,
             env,
             list(adv.eval_eps),
             adv.pgd_steps,
@@ -545,20 +642,20 @@ def run(
             adv.eval_limit,
         )
     summary = Summary(
-        run_dir=str(run_dir),
+        run_dir=str(r.run_dir),
         epochs=st.epoch,
         updates=st.updates,
-        final_batch=policy.plan(max(st.epoch - 1, 0)).batch_size,
+        final_batch=r.policy.plan(max(st.epoch - 1, 0)).batch_size,
         test_loss=test.loss,
         test_acc=test.acc,
         best_test_acc=st.best_test_acc,
-        train_seconds=totals["train"],
-        hessian_seconds=totals["hessian"],
-        eval_seconds=totals["eval"],
+        train_seconds=r.totals["train"],
+        hessian_seconds=r.totals["hessian"],
+        eval_seconds=r.totals["eval"],
         growths=st.growths,
         robust=robust,
     )
-    runlog.write_summary(asdict(summary))
+    r.runlog.write_summary(asdict(summary))
     return summary
 
 

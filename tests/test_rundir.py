@@ -1,0 +1,173 @@
+"""The run folder's promises: one writer, metrics never ahead of (or duplicated past) the
+checkpoint, finished runs never overwritten, the start history kept, stale temps removed."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from absa import checkpoint as ckpt_io
+from absa import rundir as R
+from absa import train as T
+from absa.runlog import read_metrics
+
+
+def _epochs(run_dir):
+    return [r["epoch"] for r in read_metrics(run_dir)]
+
+
+def _weights(run_dir):
+    return ckpt_io.load(run_dir / "last.pt")["model"]
+
+
+def _same(a, b):
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_killed_before_first_checkpoint_resumes_from_scratch(tiny_cfg, tmp_path):
+    """Kill after epoch 0's metrics line but before any last.pt: --resume and a fresh start
+    both begin at epoch 0 and end with one line per epoch (not [0, 0, 1])."""
+    cfg = tiny_cfg()
+    ref = T.run(tiny_cfg("train.run_name=ref"), run_dir=tmp_path / "ref")
+    for resume in (True, False):
+        d = tmp_path / f"killed-{resume}"
+        d.mkdir()
+        line = json.dumps({"epoch": 0, "batch_size": 64, "lr": 0.05, "adv_fraction": 0.0})
+        (d / "metrics.jsonl").write_text(line + "\n")
+        (d / "config.yaml").write_text("leftover\n")
+        T.run(cfg, run_dir=d, resume=resume)
+        assert _epochs(d) == [0, 1]
+        _same(_weights(d), _weights(tmp_path / "ref"))
+    assert ref.epochs == 2
+
+
+def test_kill_between_checkpoint_and_metrics_line_is_restored(tiny_cfg, tmp_path):
+    """The checkpoint is written first; a start puts back the line a kill prevented."""
+    d = tmp_path / "run"
+    T.run(tiny_cfg(), run_dir=d)
+    full = read_metrics(d)
+    lines = (d / "metrics.jsonl").read_text().splitlines()
+    (d / "metrics.jsonl").write_text(lines[0] + "\n")  # epoch 1's line never written
+    (d / "summary.json").unlink()
+    T.run(tiny_cfg("train.epochs=3"), run_dir=d, resume=True)
+    got = read_metrics(d)
+    assert [r["epoch"] for r in got] == [0, 1, 2]
+    assert got[1]["test_acc"] == full[1]["test_acc"] and got[1]["updates"] == full[1]["updates"]
+
+
+def test_resume_drops_lines_past_the_checkpoint_and_duplicates(tiny_cfg, tmp_path):
+    d = tmp_path / "run"
+    T.run(tiny_cfg(), run_dir=d)
+    lines = (d / "metrics.jsonl").read_text().splitlines()
+    ghost = json.dumps({**json.loads(lines[1]), "epoch": 2})
+    (d / "metrics.jsonl").write_text("\n".join([lines[0], lines[0], lines[1], ghost]) + "\n")
+    T.run(tiny_cfg(), run_dir=d, resume=True)
+    assert _epochs(d) == [0, 1]
+
+
+def test_finished_run_without_last_pt_is_never_overwritten(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    d = T.prepare_run_dir(cfg, "x", None)
+    T.run(cfg, run_dir=d)
+    (d / "last.pt").unlink()
+    before = (d / "metrics.jsonl").read_text()
+    with pytest.raises(R.RunFolderError, match="finished run"):
+        T.prepare_run_dir(cfg, "x", None)
+    with pytest.raises(R.RunFolderError, match="last.pt was deleted"):
+        T.prepare_run_dir(cfg, "x", d)
+    assert (d / "metrics.jsonl").read_text() == before
+
+
+def test_a_locked_folder_is_refused_naming_the_pid(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    d = tmp_path / "runs" / "t"
+    with R.RunLock(d):
+        assert R.holder(d) == os.getpid()
+        with pytest.raises(R.RunFolderError, match=f"in use by pid {os.getpid()}"):
+            T.prepare_run_dir(cfg, "x", None)
+        with pytest.raises(R.RunFolderError, match=f"in use by pid {os.getpid()}"):
+            T.run(cfg, run_dir=d)
+    assert R.holder(d) is None
+    assert not (d / "metrics.jsonl").exists()
+
+
+def test_lock_dies_with_its_process(tmp_path):
+    """A kill -9 never leaves a stale lock: the kernel drops a flock with its process."""
+    d = tmp_path / "run"
+    code = f"from absa.rundir import RunLock; RunLock({str(d)!r}).acquire(); print('ok', flush=True); import time; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ok"
+        assert R.holder(d) == proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+    assert R.holder(d) is None
+    R.RunLock(d).acquire().release()
+
+
+def test_two_concurrent_trainings_one_is_refused(tmp_path):
+    """Two `absa train` processes on one run name: the second gets one line naming the first's
+    pid and writes nothing; the first's metrics stay one line per epoch."""
+    args = [
+        sys.executable, "-m", "absa", "train", "data.name=digits", "model.name=mlp",
+        "model.width=8", "train.epochs=10000", "batch.size=64", f"train.out_dir={tmp_path}",
+        "train.run_name=same", "train.threads=1",
+    ]  # fmt: skip
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while R.holder(tmp_path / "same") is None:
+            assert first.poll() is None and time.monotonic() < deadline, first.stderr.read()
+            time.sleep(0.05)
+        second = subprocess.run(args, capture_output=True, text=True)
+        assert first.poll() is None  # still training: the refusal was the lock's
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2
+    msg = [ln for ln in second.stderr.splitlines() if ln.strip()]
+    assert len(msg) == 1 and f"in use by pid {first.pid}" in msg[0], second.stderr
+    epochs = _epochs(tmp_path / "same")
+    assert epochs == list(range(len(epochs)))
+
+
+def test_env_history_keeps_every_start(tiny_cfg, tmp_path):
+    d = tmp_path / "run"
+    T.run(tiny_cfg(), run_dir=d)
+    first = json.loads((d / "env.json").read_text())
+    T.run(tiny_cfg("train.epochs=3"), run_dir=d, resume=True)
+    env = json.loads((d / "env.json").read_text())
+    assert env["started"] == first["started"] and env["argv"] == first["argv"]
+    assert len(env["starts"]) == 2 and env["starts"][0]["started"] == first["started"]
+
+
+def test_resume_cannot_shrink_a_run(tiny_cfg, tmp_path):
+    from absa.config import ConfigError
+
+    d = tmp_path / "run"
+    T.run(tiny_cfg("train.epochs=3"), run_dir=d)
+    before = (d / "config.yaml").read_text()
+    with pytest.raises(ConfigError, match="train.epochs=2 is fewer than the 3 epochs"):
+        T.run(tiny_cfg("train.epochs=2"), run_dir=d, resume=True)
+    assert (d / "config.yaml").read_text() == before
+
+
+def test_stale_temp_files_are_removed_on_start(tiny_cfg, tmp_path):
+    d = tmp_path / "run"
+    T.run(tiny_cfg(), run_dir=d)
+    (d / ".last.pt.abc123_x.tmp").write_bytes(b"torn")
+    (d / ".metrics.jsonl.q1w2e3.tmp").write_text("torn")
+    (d / "notes.tmp").write_text("a user's file")  # not one of ours: kept
+    T.run(tiny_cfg("train.epochs=3"), run_dir=d, resume=True)
+    assert sorted(p.name for p in d.glob("*.tmp")) == ["notes.tmp"]
+    assert not list(d.glob(".*.tmp"))
+
+
+def test_divergence_in_the_first_epoch_says_there_is_no_checkpoint(tiny_cfg, tmp_path):
+    with pytest.raises(T.TrainingDiverged, match="no epoch was completed"):
+        T.run(tiny_cfg("optim.lr=1e5", "optim.momentum=0"), run_dir=tmp_path / "d")
