@@ -69,6 +69,7 @@ from absa.config import (
     to_dict,
     validate,
 )
+from absa.rundir import holder
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 SUMMARY = "summary.json"
@@ -416,10 +417,13 @@ def expand(sweep: Sweep) -> list[Point]:
 
 
 def status(point: Point | Path) -> str:
-    """``done`` | ``failed`` | ``partial`` | ``pending`` from the files in the run folder."""
+    """``done`` | ``running`` (a live process holds the run lock) | ``failed`` | ``partial``
+    | ``pending`` from the files in the run folder."""
     folder = point.folder if isinstance(point, Point) else Path(point)
     if (folder / SUMMARY).is_file():
         return "done"
+    if holder(folder) is not None:
+        return "running"
     if (folder / MARKER).is_file():
         return "failed"
     if (folder / LAST).is_file():
@@ -708,6 +712,7 @@ def _local_loop(
                     stderr=subprocess.STDOUT,
                     env=env,
                     start_new_session=True,  # one group: a timeout kills torchrun's workers too
+                    preexec_fn=_die_with_parent(os.getpid()),
                 )
                 running[p.name] = (p, proc, log, offset, time.monotonic())
                 say(f"start {p.name} ({'resume' if resume else 'fresh'}) -> {p.folder / LOG}")
@@ -730,6 +735,27 @@ def _local_loop(
             log.close()
             say(f"stopped {p.name}; run the sweep again to resume it")
         raise
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """A preexec_fn making the child get SIGTERM when the sweep dies, even by kill -9
+    (Linux PR_SET_PDEATHSIG; torchrun passes SIGTERM on to its workers). Elsewhere None:
+    the run lock still keeps a rerun from starting a second process on a live point."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+
+    def arm() -> None:
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the sweep died before prctl took effect
+            os._exit(1)
+
+    return arm
 
 
 def _record(p: Point, error: str, t0: float, say: Say, result: SweepResult) -> None:
@@ -885,14 +911,19 @@ def run_sweep(
     points = expand(sweep)
     states = {p.name: status(p) for p in points}
     result = SweepResult(sweep.name, sweep.out_dir, states, dry_run=dry_run)
-    counts = {s: sum(v == s for v in states.values()) for s in ("done", "partial", "failed")}
-    todo = [p for p in points if states[p.name] != "done"]
+    kinds = ("done", "running", "partial", "failed")
+    counts = {s: sum(v == s for v in states.values()) for s in kinds}
+    todo = [p for p in points if states[p.name] not in ("done", "running")]
     result.skipped = [p.name for p in points if states[p.name] == "done"]
+    running = f"{counts['running']} running elsewhere, " if counts["running"] else ""
     say(
-        f"sweep {sweep.name}: {len(points)} points ({counts['done']} done, "
+        f"sweep {sweep.name}: {len(points)} points ({counts['done']} done, {running}"
         f"{counts['partial']} partial, {counts['failed']} failed, "
         f"{len(points) - sum(counts.values())} pending); run folders in {sweep.runs_dir}"
     )
+    for p in points:
+        if states[p.name] == "running" and not dry_run:
+            say(f"skip {p.name}: running (pid {holder(p.folder)} holds its run folder)")
     if dry_run:
         width = max(len(p.name) for p in points)
         for p in points:

@@ -345,3 +345,112 @@ def test_submitit_local_runs_two_points(tmp_path):
     assert (tmp_path / "out" / "submitit").is_dir()
     again = S.run_sweep(path, executor="submitit-local", say=lambda _m: None)
     assert again.skipped == ["s0", "s1"] and again.done == []
+
+
+# --- grid blocks, outer keys, replay names ---------------------------------------------------
+
+
+def test_grid_blocks_with_outer_keys(tmp_path):
+    path = _write(
+        tmp_path,
+        {
+            "base": TINY,
+            "outer": {"train.seed": [0, 1]},
+            "grid": [
+                {"schedule.method": ["bl"], "batch.size": [32, 64]},
+                {"schedule.method": ["gg"], "schedule.max_batch": [128]},
+            ],
+        },
+    )
+    names = [p.name for p in S.expand(S.load_sweep(path))]
+    assert names == [
+        "bl-b32-s0", "bl-b64-s0", "gg-bmax128-s0", "bl-b32-s1", "bl-b64-s1", "gg-bmax128-s1",
+    ]  # fmt: skip
+    cfgs = {p.name: p.config for p in S.expand(S.load_sweep(path))}
+    assert cfgs["gg-bmax128-s1"].train.seed == 1 and cfgs["gg-bmax128-s1"].schedule.max_batch == 128
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ({"grid": [{"batch.size": [1]}, 3]}, "grid[1]: expected a mapping"),
+        ({"grid": [{"batch.size": []}]}, "grid[0].batch.size: empty list"),
+        ({"grid": [{"batch.siz": [1]}]}, "did you mean batch.size"),
+        ({"outer": {"train.seed": [0]}, "points": [{"batch.size": 8}]}, "outer: needs a grid"),
+        (
+            {"outer": {"train.seed": 0}, "grid": {"batch.size": [8]}},
+            "outer.train.seed: expected a list",
+        ),
+    ],
+)
+def test_bad_grid_blocks_and_outer(tmp_path, spec, expected):
+    path = _write(tmp_path, {"base": TINY, **spec})
+    with pytest.raises(ConfigError) as e:
+        S.load_sweep(path)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_replay_point_is_named_by_its_source_run():
+    name = S.point_name({"schedule.method": "replay", "schedule.replay_from": "a/b/absa-b8-s0"})
+    assert name == "replay-of-absa-b8-s0"
+
+
+# --- a point never runs twice at once ----------------------------------------------------------
+
+
+def test_running_point_is_skipped_not_restarted(tmp_path):
+    from absa.rundir import RunLock
+
+    path = _tiny(tmp_path, {"train.seed": [0, 1]})
+    points = S.expand(S.load_sweep(path))
+    with RunLock(points[0].folder):  # as if another sweep's child were training it
+        assert S.status(points[0]) == "running"
+        lines = []
+        result = S.run_sweep(path, say=lines.append)
+        assert result.done == ["s1"] and "s0" not in result.failed
+        assert any(ln.startswith("skip s0: running (pid") for ln in lines)
+    assert not (points[0].folder / "metrics.jsonl").exists()
+
+
+def _gone(pid):
+    """No such process, or a zombie nobody reaped (PID 1 of a container may not reap)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+
+
+def test_killed_sweep_takes_its_training_child_with_it(tmp_path):
+    """kill -9 of `absa sweep` ends its `absa train` child (PR_SET_PDEATHSIG), leaving a
+    resumable point whose metrics hold each completed epoch once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from absa.rundir import holder
+
+    path = _tiny(tmp_path, {"train.epochs": [400]})
+    folder = S.expand(S.load_sweep(path))[0].folder
+    sweep = subprocess.Popen(
+        [sys.executable, "-m", "absa", "sweep", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not (folder / "last.pt").is_file():  # the child has trained an epoch
+        assert sweep.poll() is None and time.monotonic() < deadline
+        time.sleep(0.1)
+    child = holder(folder)
+    assert child is not None and child > 0
+    os.kill(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    deadline = time.monotonic() + 30
+    while holder(folder) is not None:
+        assert time.monotonic() < deadline, "the training child outlived the killed sweep"
+        time.sleep(0.1)
+    assert _gone(child)
+    epochs = [json.loads(ln)["epoch"] for ln in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(len(epochs))) and len(epochs) < 400
