@@ -50,3 +50,21 @@ def test_normalization_is_inside_the_model():
 def test_unknown_model_suggests():
     with pytest.raises(ModelError, match="did you mean resnet18"):
         build_model("resnt18", CIFAR)
+
+
+def test_model_kwargs_reach_the_factory_and_are_checked():
+    from absa import config as C
+    from absa.models import ModelError, build_from_config
+
+    info = DatasetInfo("t", 10, 1, 28, (0.5,), (0.5,), True)
+    cfg = C.load(None, ["model.kwargs={pool: 4}"])
+    m = build_from_config(cfg.model, info)
+    assert m.classifier.in_features == 4 * 16 * 16  # 4w channels on a 4x4 grid
+    assert m(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(
+        C.ConfigError,
+        match=r"model.kwargs.pol: small_cnn takes no argument 'pol'; did you mean pool",
+    ):
+        C.load(None, ["model.kwargs={pol: 4}"])
+    with pytest.raises(ModelError, match="model.kwargs.pool: expected a positive integer"):
+        build_model("small_cnn", info, 16, pool=0)

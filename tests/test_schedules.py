@@ -688,3 +688,45 @@ def test_fixed_batch_methods_keep_a_constant_adversarial_fraction():
     for p in (bl, fb, gg):
         assert drive(p, 4).advs == [0.3, 0.3, 0.3, 0.3]
     assert drive(build_policy("bl", batch_size=32, lr=0.1), 2).advs == [0.0, 0.0]
+
+
+# --- replay and duration-only ABS -------------------------------------------------------------
+
+
+def test_replay_plays_back_a_recorded_trajectory():
+    """Batch, lr and r per epoch exactly as recorded; no probing; nothing past the record."""
+    from absa.schedules import Replay
+
+    p = build_policy(
+        "replay", batches=[32, 64, 64], lrs=[0.1, 0.2, 0.04], adv_fractions=[0.2, 0.1, 0]
+    )
+    assert isinstance(p, Replay)
+    plans = [p.plan(e) for e in range(3)]
+    assert [(q.batch_size, q.lr, q.adv_fraction, q.probe) for q in plans] == [
+        (32, 0.1, 0.2, False), (64, 0.2, 0.1, False), (64, 0.04, 0, False),
+    ]  # fmt: skip
+    assert p.lr_at(1, 0.7) == 0.2 and p.observe(1, 5.0) is None
+    with pytest.raises(ValueError, match="past the 3 recorded"):
+        p.plan(3)
+    with pytest.raises(ValueError, match="one entry per epoch"):
+        build_policy("replay", batches=[32], lrs=[], adv_fractions=[0])
+    state = p.state_dict()
+    q = build_policy(
+        "replay", batches=[32, 64, 64], lrs=[0.1, 0.2, 0.04], adv_fractions=[0.2, 0.1, 0]
+    )
+    q.load_state_dict(state)
+
+
+def test_abs_without_eigenvalue_trigger_grows_every_duration_and_never_probes():
+    p = build_policy(
+        "abs", base_batch=8, max_batch=64, lr=0.1, total_epochs=12, duration=2,
+        eigenvalue_trigger=False,
+    )  # fmt: skip
+    batches = []
+    for e in range(8):
+        plan = p.plan(e)
+        assert plan.probe is False
+        batches.append(plan.batch_size)
+        g = p.observe(e, 0.0001)  # a collapsed eigenvalue must not count
+        assert g is None or g.trigger == "duration"
+    assert batches == [8, 8, 16, 16, 32, 32, 64, 64]

@@ -9,6 +9,7 @@ from absa import train as T
 from absa.data import load_data
 from absa.distributed import DistEnv
 from absa.models import build_model
+from absa.runlog import read_metrics
 
 
 def _weights(run_dir):
@@ -169,3 +170,58 @@ def test_seeded_runs_are_deterministic(tiny_cfg, tmp_path):
     T.run(tiny_cfg("model.name=small_cnn"), run_dir=tmp_path / "a")
     T.run(tiny_cfg("model.name=small_cnn"), run_dir=tmp_path / "b")
     _assert_same_weights(_weights(tmp_path / "a"), _weights(tmp_path / "b"))
+
+
+def test_replay_of_a_run_reproduces_its_schedule_without_a_hessian(tiny_cfg, tmp_path):
+    """Replaying an ABSA run: same batch/lr/r per epoch, no probe; equal weights when the
+    source's growth did not depend on anything but the schedule (here: duration only)."""
+    src = tmp_path / "src"
+    common = ["schedule.max_batch=256", "schedule.duration=1", "train.epochs=3"]
+    T.run(
+        tiny_cfg("schedule.method=absa", "schedule.eigenvalue_trigger=false", *common), run_dir=src
+    )
+    rep = tmp_path / "rep"
+    T.run(
+        tiny_cfg("schedule.method=replay", f"schedule.replay_from={src}", "train.epochs=3"),
+        run_dir=rep,
+    )
+    a, b = (
+        [(r["batch_size"], r["lr"], r["adv_fraction"], r["hessian_hvps"]) for r in read_metrics(d)]
+        for d in (src, rep)
+    )
+    assert a == b and [x[0] for x in a] == [64, 128, 256]
+    _assert_same_weights(_weights(src), _weights(rep))
+
+
+def test_replay_needs_a_finished_run_with_enough_epochs(tiny_cfg, tmp_path):
+    from absa.config import ConfigError
+
+    src = tmp_path / "src"
+    T.run(tiny_cfg("train.epochs=2"), run_dir=src)
+    with pytest.raises(ConfigError, match="records 2 epochs, train.epochs asks for 3"):
+        T.make_policy(
+            tiny_cfg("schedule.method=replay", f"schedule.replay_from={src}", "train.epochs=3")
+        )
+    with pytest.raises(ConfigError, match="not a finished run folder"):
+        T.make_policy(tiny_cfg("schedule.method=replay", f"schedule.replay_from={tmp_path}"))
+
+
+def test_final_eval_writes_robust_accuracy_to_the_summary(tiny_cfg, tmp_path):
+    from absa.evaluate import robust_accuracy
+
+    s = T.run(
+        tiny_cfg("train.epochs=1", "adversarial.final_eval=true", "adversarial.eval_eps=[0.05]",
+                 "adversarial.eval_limit=100", "adversarial.pgd_steps=3"),
+        run_dir=tmp_path / "r",
+    )  # fmt: skip
+    rows = json.loads((tmp_path / "r" / "summary.json").read_text())["robust"]
+    assert [(r["attack"], r["eps"], r["n"]) for r in rows] == [
+        ("clean", 0.0, 100), ("fgsm", 0.05, 100), ("pgd", 0.05, 100),
+    ]  # fmt: skip
+    assert s.robust == rows and rows[2]["acc"] <= rows[1]["acc"] + 1e-9 <= rows[0]["acc"] + 1e-9
+    # the same number as absa eval's code path on the saved weights
+    data = load_data(tiny_cfg().data)
+    model = build_model("mlp", data.info, 8)
+    model.load_state_dict(_weights(tmp_path / "r"))
+    fgsm = robust_accuracy(model, data.test, DistEnv(), [0.05], "fgsm", limit=100)[0.05]
+    assert fgsm.acc == rows[1]["acc"]
