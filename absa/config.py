@@ -8,12 +8,25 @@ dotted field, with the closest valid key suggested for typos.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from yaml.constructor import ConstructorError
+
+from absa.schedules import GROWING
+from absa.schedules import METHODS as SCHEDULES
 
 DATASETS = (
     "digits",
@@ -25,45 +38,80 @@ DATASETS = (
     "fashion_mnist",
     "imagefolder",
 )
-METHODS = ("bl", "fb", "gg", "abs", "absa", "replay")
+METHODS = tuple(SCHEDULES)  # the method registry lives in absa.schedules
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]+)?")  # what distributed.resolve_device takes
+
+# Upper bounds of the integer fields: generous for any real run, small enough that every
+# value fits a C long where torch needs one and no typo becomes a huge allocation.
+# seeds: absa.data and absa.train derive generator seeds up to seed * 1_000_003 + 2**20,
+# far below the 2**63 that torch.Generator.manual_seed takes
+MAX_SEED = 2**32 - 1
+MAX_BATCH = 2**24  # samples in one (logical or micro) batch
+MAX_SAMPLES = 10**9  # samples in a split
+MAX_EPOCHS = 100_000
+MAX_SIDE = 4096  # pixels (image side) and channels (model width)
 
 
 class ConfigError(ValueError):
     """A config problem, already phrased as one line for the user."""
 
 
+def _no_nul(value: Any) -> Any:
+    """A path or name must not hold NUL, which no file system call accepts."""
+    if "\x00" in str(value):
+        raise ValueError("must not contain a NUL character")
+    return value
+
+
+PathField = Annotated[Path, AfterValidator(_no_nul)]
+NameField = Annotated[str, AfterValidator(_no_nul)]
+
+
 class Section(BaseModel):
     """Strict types: no bools as numbers, numbers as bools or quoted numbers (ints may fill
-    float fields); path and tuple fields are lax only in their container (str, list)."""
+    float fields); path and tuple fields are lax only in their container (str, list). Every
+    float field, tuple items included, must be finite (no .inf, .nan or 1e400)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False
+    )
 
 
 class DataConfig(Section):
     name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
-    root: Path = Field(Path("data"), strict=False)  # folder holding the on-disk datasets
+    root: PathField = Field(Path("data"), strict=False)  # folder holding the on-disk datasets
     download: bool = False  # opt-in torchvision download (needs internet)
     augment: Literal["auto", "none", "crop", "crop_flip"] = "auto"  # auto: no flip for digit sets
-    image_size: int | None = Field(None, ge=4)  # resize/upsample to this side length
-    train_size: int | None = Field(None, ge=1)  # synthetic: size; others: first N (seeded subset)
-    test_size: int | None = Field(None, ge=1)
+    image_size: int | None = Field(None, ge=4, le=MAX_SIDE)  # resize/upsample to this side (px)
+    # synthetic: size; others: first N (seeded subset); samples
+    train_size: int | None = Field(None, ge=1, le=MAX_SAMPLES)
+    test_size: int | None = Field(None, ge=1, le=MAX_SAMPLES)
     test_fraction: float = Field(0.25, gt=0, lt=1)  # digits: held-out fraction (fixed split)
-    split_seed: int = 0  # digits/synthetic split and subset seed (independent of train.seed)
-    num_workers: int = Field(0, ge=0)  # imagefolder decoding workers
+    # digits/synthetic split and subset seed (independent of train.seed); see MAX_SEED
+    split_seed: int = Field(0, ge=0, le=MAX_SEED)
+    num_workers: int = Field(0, ge=0, le=256)  # imagefolder decoding processes
 
 
 class ModelConfig(Section):
     name: str = "small_cnn"
-    width: int = Field(16, ge=1)  # base channel width of the small models
+    width: int = Field(16, ge=1, le=MAX_SIDE)  # base channel width of the small models
     # extra keyword arguments of the model's factory, e.g. {pool: 4} for small_cnn
     kwargs: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("kwargs")
+    @classmethod
+    def _finite_kwargs(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for key, value in v.items():
+            if not _plain_numbers(value):
+                raise ValueError(f"{key}: must not hold .inf, .nan or an integer beyond 64 bits")
+        return v
+
 
 class OptimConfig(Section):
-    lr: float = Field(0.1, gt=0)  # eta_0 at batch.size (see schedule.ref_batch for FB)
+    # eta_0 at batch.size (see schedule.ref_batch for FB); above 1e6 SGD only overflows
+    lr: float = Field(0.1, gt=0, le=1e6)
     momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    weight_decay: float = Field(5e-4, ge=0, le=10)  # L2 coefficient; > 10 zeroes the weights
     nesterov: bool = False
     # 0-based epochs from which lr *= decay_factor
     decay_epochs: tuple[int, ...] = Field((), strict=False)
@@ -78,19 +126,21 @@ class OptimConfig(Section):
 
 
 class BatchConfig(Section):
-    size: int = Field(128, ge=1)  # logical (global) batch B; B_0 for adaptive methods
-    max_micro_batch: int = Field(256, ge=1)  # largest chunk run at once (gradient accumulation)
+    # logical (global) batch B in samples; B_0 for adaptive methods
+    size: int = Field(128, ge=1, le=MAX_BATCH)
+    # largest chunk run at once (gradient accumulation), samples
+    max_micro_batch: int = Field(256, ge=1, le=MAX_BATCH)
 
 
 class TrainConfig(Section):
-    epochs: int = Field(30, ge=1)
-    seed: int = 0
+    epochs: int = Field(30, ge=1, le=MAX_EPOCHS)
+    seed: int = Field(0, ge=0, le=MAX_SEED)  # torch seed; epoch seeds derive from it
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (availability checked at run time)
-    out_dir: Path = Field(Path("runs"), strict=False)
-    run_name: str | None = None  # default: <config stem>-<method>-b<batch>-s<seed>
-    eval_batch: int = Field(512, ge=1)
+    out_dir: PathField = Field(Path("runs"), strict=False)
+    run_name: NameField | None = None  # default: <config stem>-<method>-b<batch>-s<seed>
+    eval_batch: int = Field(512, ge=1, le=MAX_BATCH)  # samples per evaluation forward pass
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only)
-    threads: int | None = Field(None, ge=1)  # torch.set_num_threads
+    threads: int | None = Field(None, ge=1, le=1024)  # torch.set_num_threads (CPU threads)
 
     @field_validator("device")
     @classmethod
@@ -102,45 +152,70 @@ class TrainConfig(Section):
 
 class ScheduleConfig(Section):
     method: Literal[METHODS] = "bl"  # type: ignore[valid-type]
-    max_batch: int | None = Field(None, ge=1)  # B_max for gg/abs/absa
-    ref_batch: int | None = Field(None, ge=1)  # fb: lr = optim.lr * batch.size / ref_batch
-    warmup_epochs: float = Field(5.0, ge=0)  # fb: linear lr warm-up
-    alpha: float = Field(2.0, gt=1)  # abs: grow when lambda <= lambda_ref / alpha
-    growth_factor: int = Field(2, ge=2)
+    max_batch: int | None = Field(None, ge=1, le=MAX_BATCH)  # B_max for gg/abs/absa (samples)
+    # fb: lr = optim.lr * batch.size / ref_batch (samples)
+    ref_batch: int | None = Field(None, ge=1, le=MAX_BATCH)
+    warmup_epochs: float = Field(5.0, ge=0, le=MAX_EPOCHS)  # fb: linear lr warm-up (epochs)
+    alpha: float = Field(2.0, gt=1, le=1e6)  # abs: grow when lambda <= lambda_ref / alpha
+    growth_factor: int = Field(2, ge=2, le=MAX_BATCH)  # batch multiplier at each growth
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     reference: Literal["peak", "first"] = "peak"  # first = the authors' rule
-    duration: int = Field(10, ge=1)  # abs: grow anyway after this many epochs
+    duration: int = Field(
+        10, ge=1, le=MAX_EPOCHS
+    )  # abs/absa/hybrid: grow anyway after this many epochs
     eigenvalue_trigger: bool = True  # abs/absa: false = duration-only growth, no Hessian
+    # abs/absa/hybrid: the eigenvalue trigger needs lambda + 2 stderr <= lambda_ref / alpha
+    confidence: bool = False
+    # any growing method: after a growth cap lr at 2 (1 + momentum) / lambda_max (stability)
+    lr_guard: bool = False
+    # gns: grow while B < gns_ratio * B_simple (norm test with theta: gns_ratio = 1/theta^2);
+    # hybrid: veto a growth while B >= gns_ratio * B_simple
+    gns_ratio: float = Field(1.0, gt=0, le=1e6)
+    ip_theta: float = Field(0.9, gt=0, le=1e3)  # inner_product: inner-product test's theta
+    ip_nu: float = Field(5.84, gt=0, le=1e3)  # inner_product: orthogonality test's nu
     # replay: a finished run folder whose metrics.jsonl gives batch, lr and adv fraction
-    replay_from: Path | None = Field(None, strict=False)
+    replay_from: PathField | None = Field(None, strict=False)
 
 
 class HessianConfig(Section):
     block: str = "last"  # last | full | comma-separated name patterns
-    probe_size: int = Field(4096, ge=1)  # fixed probe subset of the train split
+    probe_size: int = Field(4096, ge=1, le=MAX_SAMPLES)  # fixed probe subset of the train split
     method: Literal["power", "lanczos"] = "power"
-    max_iter: int = Field(20, ge=1)
-    rtol: float = Field(1e-3, gt=0)
+    max_iter: int = Field(20, ge=1, le=10_000)  # Hessian-vector products per estimate
+    rtol: float = Field(1e-3, gt=0, le=1)  # relative change that stops the iteration
     warm_start: bool = True
     max_overhead: float | None = Field(None, gt=0, lt=1)  # cap on hessian/train time
+    stderr: bool = True  # lambda_max_stderr over probe chunks (one extra HVP per probe)
+
+
+class SignalsConfig(Section):
+    """Gradient statistics measured during training for every method (absa.probes)."""
+
+    noise: bool = True  # gradient noise scale B_simple, logged as noise_scale
+    noise_ema: float = Field(0.95, ge=0, lt=1)  # per-step EMA decay of |G|^2 and tr(Sigma)
+    # steps per epoch measured by one extra half-batch backward when a step has a single
+    # micro-batch on a single process (0: never; then such runs log no noise scale)
+    noise_split_steps: int = Field(8, ge=0, le=1_000_000)
 
 
 class AdversarialConfig(Section):
     fraction: float | None = Field(None, ge=0, le=1)  # r; None = 0.2 for absa, 0 otherwise
     method: Literal["fgsm", "pgd", "fast_fgsm"] = "fgsm"
     eps: float = Field(0.005, ge=0, le=1)  # [0,1] pixels
-    pgd_steps: int = Field(10, ge=1)
-    pgd_step_size: float | None = Field(None, gt=0)  # [0,1] pixels; default 2.5 * eps / steps
+    pgd_steps: int = Field(10, ge=1, le=10_000)  # gradient steps per PGD example
+    pgd_step_size: float | None = Field(None, gt=0, le=1)  # [0,1] pixels; default 2.5*eps/steps
     model_mode: Literal["eval", "train"] = "eval"  # module mode while crafting examples
     # robust accuracy in `absa eval` and the final evaluation of a run
-    eval_eps: tuple[float, ...] = Field((0.005, 0.01, 0.02), strict=False)
+    eval_eps: tuple[Annotated[float, Field(ge=0, le=1)], ...] = Field(  # [0,1] pixels
+        (0.005, 0.01, 0.02), strict=False
+    )
     final_eval: bool = False  # clean/FGSM/PGD accuracy of the final model -> summary.json
-    eval_limit: int | None = Field(None, ge=1)  # final_eval: first N test samples
+    eval_limit: int | None = Field(None, ge=1, le=MAX_SAMPLES)  # final_eval: first N test samples
 
 
 class DistributedConfig(Section):
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, gloo on CPU
-    timeout_s: int = Field(1800, ge=10)
+    timeout_s: int = Field(1800, ge=10, le=7 * 86_400)  # collective timeout, seconds (<= 1 week)
 
 
 class Config(Section):
@@ -153,19 +228,22 @@ class Config(Section):
     hessian: HessianConfig = HessianConfig()
     adversarial: AdversarialConfig = AdversarialConfig()
     distributed: DistributedConfig = DistributedConfig()
+    signals: SignalsConfig = SignalsConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
         s, b = self.schedule, self.batch
-        if s.method in ("gg", "abs", "absa"):
+        if s.method in GROWING:
             if s.max_batch is None:
-                raise ValueError(f"schedule.max_batch: required for method {s.method}")
+                raise ValueError(f"schedule.max_batch: required for schedule.method {s.method}")
             if s.max_batch < b.size:
                 raise ValueError(
                     f"schedule.max_batch: {s.max_batch} is smaller than batch.size {b.size}"
                 )
         if s.method == "replay" and s.replay_from is None:
-            raise ValueError("schedule.replay_from: required for method replay (a run folder)")
+            raise ValueError(
+                "schedule.replay_from: required for schedule.method replay (a run folder)"
+            )
         for e in self.optim.decay_epochs:
             if e >= self.train.epochs:
                 raise ValueError(
@@ -184,8 +262,66 @@ class Config(Section):
 # --- YAML -----------------------------------------------------------------------------------
 
 
+def _plain_numbers(value: Any) -> bool:
+    """Whether every number in a YAML value (nested lists and mappings too) is a finite
+    float or an int that fits a C long (what torch and the model factories can take)."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, dict):
+        return all(_plain_numbers(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return all(_plain_numbers(v) for v in value)
+    return True
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads 1e-3 as a float (YAML 1.1 needs a dot, YAML 1.2 does not)."""
+    """SafeLoader that reads 1e-3 as a float (YAML 1.1 needs a dot, YAML 1.2 does not),
+    refuses a key repeated in one mapping and reports a bad scalar (``!!int x``, a date
+    2024-13-01, a string escaping a lone surrogate) as a YAML error at its line."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}  # key -> line of its first occurrence (0-based)
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` keys may be overridden
+                continue
+            key = self.construct_object(key_node)
+            try:
+                repeated = key in first
+            except TypeError:  # an unhashable key: SafeLoader's own error names it
+                continue
+            if repeated:
+                raise ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {first[key] + 1})",
+                    key_node.start_mark,
+                )
+            first[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            data = super().construct_object(node, deep=deep)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as err:
+            what = f"{str(node.value)[:40]!r} " if isinstance(node, yaml.ScalarNode) else ""
+            why = f" ({_first_line(err)})" if type(err) is ValueError else ""
+            kind = node.tag.rsplit(":", 1)[-1]
+            raise ConstructorError(
+                None, None, f"{what}is not a valid {kind}{why}", node.start_mark
+            ) from None
+        if isinstance(data, str) and _SURROGATE.search(data):  # "\ud800": no file takes it
+            raise ConstructorError(
+                None,
+                None,
+                f"{data[:40]!r} is not valid Unicode text (a lone surrogate)",
+                node.start_mark,
+            )
+        return data
 
 
 _FLOAT = re.compile(
@@ -203,22 +339,67 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
+MAX_VALUES = 100_000  # values in one YAML document, aliases expanded (no config nears it)
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def parse_yaml(text: str, source: str = "<string>") -> Any:
+    """The YAML value of ``text``; a ConfigError naming ``source`` (and the line) if it is
+    malformed, repeats a key, nests too deeply or expands (aliases) past MAX_VALUES values."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        problem = getattr(err, "problem", None) or _first_line(err)
         raise ConfigError(f"{source}:{where}: malformed YAML: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: malformed YAML: nested too deeply") from None
+    if _count_values(data, MAX_VALUES) > MAX_VALUES:
+        raise ConfigError(
+            f"{source}: more than {MAX_VALUES} values once aliases are expanded "
+            "(a recursive or exponential alias?)"
+        )
+    return data
+
+
+def _count_values(data: Any, limit: int) -> int:
+    """Values in a YAML tree, counting shared (aliased) parts each time; stops past
+    ``limit``, so a cyclic tree terminates too."""
+    count, stack = 0, [data]
+    while stack and count <= limit:
+        node = stack.pop()
+        count += 1
+        if isinstance(node, dict):
+            stack.extend(node.values())
+        elif isinstance(node, list | set):
+            stack.extend(node)
+    return count
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A config (or sweep) file's top-level mapping; one-line ConfigError naming the file
+    when it cannot be read, is not UTF-8 text, is malformed YAML or not a mapping."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: cannot read config: it is a directory, not a YAML file")
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"{path}: cannot read config: not a regular file")
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: cannot read config: not UTF-8 text "
+            f"(byte 0x{err.object[err.start]:02x} at offset {err.start})"
+        ) from None
     except OSError as err:
-        raise ConfigError(f"{path}: cannot read config: {err.strerror}") from None
+        raise ConfigError(
+            f"{path}: cannot read config: {err.strerror or _first_line(err)}"
+        ) from None
     data = parse_yaml(text, str(path))
     if data is None:
         return {}
@@ -341,8 +522,13 @@ def _describe(err: Any, root: type[BaseModel]) -> str:
         if not dotted:  # model-level check: the message already starts with the field
             return msg
     got = err.get("input")
-    shown = "" if isinstance(got, dict) or kind == "missing" else f" (got {got!r})"
+    shown = "" if isinstance(got, dict) or kind == "missing" else f" (got {_clip(repr(got))})"
     return f"{dotted}: {msg}{shown}" if dotted else f"{msg}{shown}"
+
+
+def _clip(text: str, width: int = 80) -> str:
+    """``text`` cut to ``width`` characters (a 400-digit number stays readable)."""
+    return text if len(text) <= width else f"{text[: width - 3]}..."
 
 
 def _check_model_name(name: str, kwargs: dict[str, Any], source: str) -> None:

@@ -29,10 +29,11 @@ from __future__ import annotations
 import gzip
 import math
 import pickle
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -81,12 +82,22 @@ class TensorSplit:
 
 
 def _load_image(path: str) -> Image.Image:
-    """ImageFolder's PIL loader (RGB), with a one-line DataError naming an unreadable file."""
+    """ImageFolder's PIL loader (RGB), with a one-line DataError naming an unreadable file
+    or one past PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, where PIL
+    would otherwise only warn, up to twice that)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                return img.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(
+            f"{path}: image too large, a possible decompression bomb "
+            f"({_first_line(err).rstrip('.')}; "
+            "PIL.Image.MAX_IMAGE_PIXELS sets the limit)"
+        ) from None
     except UnidentifiedImageError:
         raise DataError(f"{path}: not an image file PIL can decode") from None
     except Exception as err:  # noqa: BLE001 - truncated or corrupt data: OSError, SyntaxError...
@@ -163,6 +174,78 @@ def _missing(name: str, where: Path, what: str) -> DataError:
     )
 
 
+NUM_CLASSES = {"cifar100": 100}  # the other tensor datasets have 10 (imagefolder: its folders)
+
+
+def num_classes(name: str) -> int:
+    """Classes of a tensor dataset: labels must lie in 0 .. num_classes - 1."""
+    return NUM_CLASSES.get(name, 10)
+
+
+def _require_samples(n: int, where: object) -> None:
+    """DataError naming ``where`` (a file, folder or split) when it holds no sample."""
+    if n == 0:
+        raise DataError(f"{where}: no samples (0 images)")
+
+
+def _check_labels(y: np.ndarray, where: object, classes: int, low: int = 0) -> None:
+    """DataError naming ``where``, the first bad label and its index unless every label of
+    the 1-d array ``y`` is a class in ``low .. low + classes - 1``."""
+    bad = np.flatnonzero((y < low) | (y >= low + classes))
+    if len(bad):
+        i = int(bad[0])
+        more = f"; {len(bad)} labels out of range" if len(bad) > 1 else ""
+        raise DataError(
+            f"{where}: label {y[i]} at index {i} is not a class in {low}..{low + classes - 1}{more}"
+        )
+
+
+def _latin1(text: str, encoding: str) -> bytes:
+    """``_codecs.encode`` as protocol 0-2 pickles use it to store bytes, and nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refuses _codecs.encode other than text to latin-1 bytes")
+    return text.encode("latin-1")
+
+
+def _no_bytes() -> bytes:
+    """``bytes()`` as protocol 0-2 pickles store b''."""
+    return b""
+
+
+def _cifar_globals() -> dict[tuple[str, str], Any]:
+    """The only globals a CIFAR batch needs: numpy arrays (for pickles of numpy 1.x and 2.x,
+    any protocol) and python 2/3 bytes."""
+    try:
+        from numpy._core import multiarray, numeric
+    except ImportError:  # numpy < 2
+        from numpy.core import multiarray, numeric  # type: ignore[no-redef]
+    found: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1,
+        ("builtins", "bytes"): _no_bytes,
+        ("__builtin__", "bytes"): _no_bytes,
+    }
+    for core in ("numpy.core", "numpy._core"):
+        found[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        found[(f"{core}.multiarray", "scalar")] = multiarray.scalar
+        found[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
+    return found
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR batch holds (dicts, lists, strings, numbers, numpy arrays) and
+    refuses every other global, so a crafted batch file cannot run code while loading."""
+
+    _allowed = _cifar_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self._allowed.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"refuses to load global {module}.{name}")
+        return found
+
+
 def read_cifar(root: Path, fine: bool, train: bool) -> TensorSplit:
     """CIFAR-10/100 python pickle batches: dicts with b'data' (N x 3072 uint8) and labels."""
     if fine:
@@ -182,7 +265,7 @@ def read_cifar(root: Path, fine: bool, train: bool) -> TensorSplit:
             raise _missing("cifar100" if fine else "cifar10", folder, f"file {f}")
         with path.open("rb") as fh:
             try:
-                batch = pickle.load(fh, encoding="bytes")
+                batch = _CifarUnpickler(fh, encoding="bytes").load()
             except Exception as err:  # noqa: BLE001 - any unpickling failure is bad data
                 raise DataError(f"{path}: not a CIFAR pickle batch ({_first_line(err)})") from None
         if not isinstance(batch, dict) or b"data" not in batch or key not in batch:
@@ -194,29 +277,42 @@ def read_cifar(root: Path, fine: bool, train: bool) -> TensorSplit:
             raise DataError(f"{path}: malformed CIFAR batch ({_first_line(err)})") from None
         if len(x) != len(y):
             raise DataError(f"{path}: malformed CIFAR batch ({len(x)} images, {len(y)} labels)")
+        _require_samples(len(x), path)
+        _check_labels(y, path, num_classes("cifar100" if fine else "cifar10"))
         xs.append(x)
         ys.append(y)
     return TensorSplit(torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys)))
 
 
 def read_svhn(root: Path, train: bool) -> TensorSplit:
-    """SVHN cropped digits .mat: X is 32x32x3xN uint8, y in 1..10 where 10 means digit 0."""
-    from scipy.io import loadmat
+    """SVHN cropped digits .mat: X is 32x32x3xN uint8, y in 1..10 where 10 means digit 0.
+    Only X and y are read (scipy skips every other variable unparsed)."""
+    from scipy.io.matlab import MatReadWarning, loadmat
 
     path = root / ("train_32x32.mat" if train else "test_32x32.mat")
     if not path.is_file():
         raise _missing("svhn", root, f"file {path.name}")
     try:
-        mat = loadmat(str(path))
+        with warnings.catch_warnings():  # loadmat only warns about an unreadable variable
+            warnings.simplefilter("error", MatReadWarning)
+            warnings.filterwarnings("error", message="Unreadable variable")
+            mat = loadmat(str(path), variable_names=["X", "y"])
     except Exception as err:  # noqa: BLE001 - MatReadError, ValueError, ... all mean bad data
         raise DataError(f"{path}: not a readable .mat file ({_first_line(err)})") from None
     X, y = mat.get("X"), mat.get("y")
     if not isinstance(X, np.ndarray) or X.ndim != 4 or X.shape[2] != 3:
         raise DataError(f"{path}: expected an SVHN array X of shape 32x32x3xN")
+    if X.dtype != np.uint8:
+        raise DataError(f"{path}: expected uint8 pixels in X, found {X.dtype}")
     if not isinstance(y, np.ndarray) or y.size != X.shape[3]:
         raise DataError(f"{path}: expected an SVHN label array y with {X.shape[3]} entries")
+    if y.dtype.kind not in "iuf" or (y.dtype.kind == "f" and not np.all(np.mod(y, 1) == 0)):
+        raise DataError(f"{path}: expected whole-number labels in y, found {y.dtype}")
+    _require_samples(X.shape[3], path)
+    labels = y.reshape(-1).astype(np.int64)
+    _check_labels(labels, path, num_classes("svhn"), low=1)
     x = torch.from_numpy(np.ascontiguousarray(X.transpose(3, 2, 0, 1)))
-    return TensorSplit(x, torch.from_numpy(y.astype(np.int64).reshape(-1) % 10))
+    return TensorSplit(x, torch.from_numpy(labels % 10))
 
 
 def _read_idx(path: Path, ndim: int) -> np.ndarray:
@@ -301,6 +397,8 @@ def _idx_pair(images_path: Path, labels_path: Path) -> TensorSplit:
         raise DataError(
             f"{images_path}: {len(images)} images but {labels_path.name} has {len(labels)} labels"
         )
+    _require_samples(len(images), images_path)
+    _check_labels(labels, labels_path, num_classes("mnist"))  # fashion_mnist too
     x = torch.from_numpy(images.copy()).unsqueeze(1)
     return TensorSplit(x, torch.from_numpy(labels.astype(np.int64)))
 
@@ -453,6 +551,17 @@ def _read_pair(cfg: DataConfig) -> tuple[TensorSplit, TensorSplit]:
     raise DataError(f"data.name: unknown dataset {cfg.name}")
 
 
+def _folder_split(folder: Path, size: int, num_workers: int) -> FolderSplit:
+    """An ImageFolder split; DataError naming ``folder`` when it has no class folder, a class
+    folder without images, or no image at all."""
+    try:
+        split = FolderSplit(folder, size, num_workers)
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"{folder}: no images to load ({_first_line(err)})") from None
+    _require_samples(len(split), folder)
+    return split
+
+
 def _folder_data(cfg: DataConfig) -> Data:
     root = Path(cfg.root)
     train_dir = root / "train"
@@ -463,11 +572,8 @@ def _folder_data(cfg: DataConfig) -> Data:
             "(ImageNet/TinyImageNet layout)"
         )
     size = cfg.image_size or 64
-    try:
-        train = FolderSplit(train_dir, size, cfg.num_workers)
-        test = FolderSplit(test_dir, size, cfg.num_workers)
-    except (FileNotFoundError, RuntimeError) as err:
-        raise DataError(f"imagefolder: {err}") from None
+    train = _folder_split(train_dir, size, cfg.num_workers)
+    test = _folder_split(test_dir, size, cfg.num_workers)
     if train.folder.classes != test.folder.classes:
         raise DataError(f"imagefolder: class folders differ between {train_dir} and {test_dir}")
     mean, std = _CONSTANTS["imagefolder"]
@@ -480,16 +586,20 @@ def load_data(cfg: DataConfig) -> Data:
     if cfg.name == "imagefolder":
         return _folder_data(cfg)
     train, test = _read_pair(cfg)
+    classes = num_classes(cfg.name)
+    # the readers already named a bad file; this covers every tensor set (digits, synthetic)
+    for split, kind in ((train, "train"), (test, "test")):
+        _require_samples(len(split), f"{cfg.name}: the {kind} split")
+        _check_labels(split.y.numpy(), f"{cfg.name}: the {kind} split", classes)
     train = _resize(_subset(train, cfg.train_size, cfg.split_seed), cfg.image_size)
     test = _resize(_subset(test, cfg.test_size, cfg.split_seed + 1), cfg.image_size)
-    num_classes = {"cifar100": 100}.get(cfg.name, 10)
     if cfg.name in _CONSTANTS:
         mean, std = _CONSTANTS[cfg.name]
     else:
         mean, std = _channel_stats(train)
     channels, size = train.x.shape[1], train.x.shape[-1]
     flip = cfg.name not in ("digits", "mnist", "svhn")
-    return Data(train, test, DatasetInfo(cfg.name, num_classes, channels, size, mean, std, flip))
+    return Data(train, test, DatasetInfo(cfg.name, classes, channels, size, mean, std, flip))
 
 
 # --- epoch order and augmentation -----------------------------------------------------------
@@ -563,9 +673,3 @@ def local_positions(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
 
 def micro_batches(positions: torch.Tensor, max_micro: int) -> list[torch.Tensor]:
     return list(positions.split(max_micro)) if len(positions) else []
-
-
-def probe_indices(n: int, size: int, seed: int) -> torch.Tensor:
-    """The fixed Hessian probe subset of the train split (seeded, sorted)."""
-    g = torch.Generator().manual_seed(seed * 7_777 + 1)
-    return torch.randperm(n, generator=g)[: min(size, n)].sort().values

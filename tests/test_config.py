@@ -247,3 +247,205 @@ def test_config_base_errors_are_one_line(tmp_path, files, expect):
         C.load(tmp_path / "a.yaml")
     assert expect in str(e.value) and "\n" not in str(e.value)
     assert str(e.value).startswith(str(tmp_path))
+
+
+# --- bounds: finite floats, ints that fit ------------------------------------------------
+
+
+def _float_fields() -> list[str]:
+    """Every float field of the config tree, dotted; a tuple of floats as its first item."""
+    out = []
+    for section, info in C.Config.model_fields.items():
+        for name, field in info.annotation.model_fields.items():
+            text = str(field.annotation)
+            if "float" in text:
+                out.append(f"{section}.{name}" + (".0" if "tuple" in text else ""))
+    return out
+
+
+def test_float_fields_found():
+    assert {"optim.lr", "adversarial.eval_eps.0", "hessian.max_overhead"} <= set(_float_fields())
+    assert len(_float_fields()) >= 13
+
+
+@pytest.mark.parametrize("field", _float_fields())
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan", "1e400", "-1e400"])
+def test_every_float_field_rejects_non_finite(field, value):
+    key = field.removesuffix(".0")
+    raw = f"[{value}]" if field.endswith(".0") else value
+    with pytest.raises(C.ConfigError) as e:
+        C.load(None, [f"{key}={raw}"])
+    msg = str(e.value)
+    assert msg.startswith(f"overrides: {field}: ") and "\n" not in msg
+
+
+def test_non_finite_float_in_file_names_file_and_field(tmp_path):
+    p = write(tmp_path, "optim:\n  lr: .inf\n")
+    with pytest.raises(C.ConfigError, match=rf"^{p}: optim\.lr: .*finite number \(got inf\)$"):
+        C.load(p)
+
+
+def test_lr_bounded():
+    with pytest.raises(C.ConfigError, match=r"^overrides: optim\.lr: .*less than or equal to 1"):
+        C.load(None, ["optim.lr=1e308"])
+    assert C.load(None, ["optim.lr=1e6"]).optim.lr == 1e6
+
+
+def test_non_finite_model_kwargs_rejected():
+    with pytest.raises(C.ConfigError, match=r"^overrides: model\.kwargs: pool: .*\.nan"):
+        C.load(None, ["model.kwargs={pool: .nan}"])
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "train.seed=99999999999999999999999",
+        f"train.seed={2**62}",
+        f"train.seed={2**32}",
+        "train.seed=-1",
+        f"data.split_seed={2**40}",
+        "train.threads=100000000000",
+        "train.threads=1025",
+        "train.epochs=1000000",
+        "train.eval_batch=100000000",
+        "data.image_size=100000",
+        "data.num_workers=100000",
+        f"data.train_size={10**30}",
+        f"data.test_size={10**30}",
+        "model.width=1000000",
+        f"batch.size={2**24 + 1}",
+        f"batch.max_micro_batch={2**40}",
+        f"schedule.max_batch={2**63}",
+        f"schedule.ref_batch={2**63}",
+        "schedule.duration=10000000",
+        "schedule.growth_factor=100000000",
+        "schedule.warmup_epochs=1e9",
+        "schedule.alpha=1e300",
+        "distributed.timeout_s=1000000000000",
+        "hessian.max_iter=1000000000",
+        f"hessian.probe_size={2**62}",
+        "hessian.rtol=2",
+        "adversarial.pgd_steps=1000000000",
+        "adversarial.pgd_step_size=5",
+        f"adversarial.eval_limit={2**62}",
+        "adversarial.eval_eps=[0.01, 3]",
+        "optim.weight_decay=1e9",
+    ],
+)
+def test_huge_values_rejected_naming_field(item):
+    key = item.split("=")[0]
+    with pytest.raises(C.ConfigError) as e:
+        C.load(None, [item])
+    msg = str(e.value)
+    assert msg.startswith(f"overrides: {key}") and "\n" not in msg and len(msg) < 200
+
+
+def test_bounds_admit_their_limits():
+    cfg = C.load(
+        None,
+        [
+            f"train.seed={C.MAX_SEED}",
+            f"data.split_seed={C.MAX_SEED}",
+            "train.threads=1024",
+            f"train.epochs={C.MAX_EPOCHS}",
+            f"batch.size={C.MAX_BATCH}",
+            f"batch.max_micro_batch={C.MAX_BATCH}",
+            f"data.image_size={C.MAX_SIDE}",
+            f"model.width={C.MAX_SIDE}",
+        ],
+    )
+    assert cfg.train.seed == 2**32 - 1 and cfg.batch.size == 2**24
+
+
+def test_cross_field_errors_name_both_fields():
+    with pytest.raises(C.ConfigError, match=r"schedule\.max_batch: .*schedule\.method gg"):
+        C.load(None, ["schedule.method=gg"])
+    with pytest.raises(C.ConfigError, match=r"schedule\.replay_from: .*schedule\.method replay"):
+        C.load(None, ["schedule.method=replay"])
+
+
+# --- reading YAML: encodings, duplicates, bad scalars ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "optim:\n  lr: 0.1  # café\n".encode("latin-1"),
+        bytes(range(255, -1, -1)) * 4,  # random-looking binary
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",
+    ],
+)
+def test_non_utf8_config_names_file(tmp_path, raw):
+    p = tmp_path / "x.yaml"
+    p.write_bytes(raw)
+    with pytest.raises(C.ConfigError) as e:
+        C.load(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: cannot read config: not UTF-8 text (byte 0x") and "\n" not in msg
+
+
+def test_config_path_is_directory(tmp_path):
+    with pytest.raises(C.ConfigError, match=rf"^{tmp_path}: cannot read config: .*directory"):
+        C.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "text, line, key",
+    [
+        ("optim:\n  lr: 0.1\n  lr: 0.2\n", 3, "lr"),
+        ("optim:\n  lr: 0.1\nbatch:\n  size: 64\noptim:\n  momentum: 0.5\n", 5, "optim"),
+        ("model:\n  kwargs:\n    pool: 2\n    pool: 4\n", 4, "pool"),
+        ("optim: {lr: 0.1, momentum: 0.5, lr: 0.2}\n", 1, "lr"),
+        ("data:\n  name: digits\n  'name': synthetic\n", 3, "name"),
+    ],
+)
+def test_duplicate_keys_rejected_with_line(tmp_path, text, line, key):
+    p = write(tmp_path, text)
+    with pytest.raises(C.ConfigError) as e:
+        C.load(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: line {line}, ") and f"duplicate key {key!r}" in msg
+    assert "\n" not in msg
+
+
+def test_duplicate_keys_in_override_value():
+    with pytest.raises(C.ConfigError, match=r"^override optim: line 1, .*duplicate key 'lr'"):
+        C.load(None, ["optim={lr: 0.1, lr: 0.2}"])
+
+
+def test_merge_keys_may_be_overridden():
+    tree = C.parse_yaml("a: &x {p: 1, q: 2}\nb:\n  <<: *x\n  p: 3\n")
+    assert tree == {"a": {"p": 1, "q": 2}, "b": {"p": 3, "q": 2}}
+
+
+@pytest.mark.parametrize(
+    "value, expect",
+    [
+        ("2020-13-45", "'2020-13-45' is not a valid timestamp (month must be in 1..12)"),
+        ("!!int abc", "'abc' is not a valid int"),
+        ("!!float abc", "'abc' is not a valid float"),
+        ("!!bool maybe", "'maybe' is not a valid bool"),
+        ("!!timestamp x", "'x' is not a valid timestamp"),
+        ("1" * 5000, "is not a valid int"),
+        ("[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("&a [*a]", "once aliases are expanded"),
+        (
+            "[&a [1,1,1,1,1,1,1,1,1,1], &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a], &c [*b,*b,*b,*b,*b,"
+            "*b,*b,*b,*b,*b], &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c], [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d],"
+            " [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]]",
+            "once aliases are expanded",
+        ),
+    ],
+)
+def test_bad_yaml_scalars_are_one_line_errors(value, expect):
+    with pytest.raises(C.ConfigError) as e:
+        C.load(None, [f"optim.decay_epochs={value}"])
+    msg = str(e.value)
+    assert msg.startswith("override optim.decay_epochs:") and expect in msg and "\n" not in msg
+
+
+def test_long_rejected_values_are_clipped():
+    with pytest.raises(C.ConfigError) as e:
+        C.load(None, [f"optim.lr={10**400}"])
+    assert "(got 1000" in str(e.value) and str(e.value).endswith("...)")
+    assert len(str(e.value)) < 200

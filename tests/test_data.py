@@ -10,6 +10,7 @@ import torch
 
 from absa import data as D
 from absa.config import DataConfig
+from absa.probes import probe_indices
 
 
 def _cifar_batch(path, n, seed, label_key):
@@ -386,3 +387,263 @@ def test_fashion_mnist_default_root_falls_back_to_debian_folder(tmp_path, monkey
     assert cfg.root == D._DEFAULT_ROOT
     assert len(D.load_data(cfg).train) == 5
     assert D.fashion_folders(D._DEFAULT_ROOT)[-1] == system
+
+
+# --- safe loading: no code runs from a data file -------------------------------------------
+
+
+class _Evil:
+    """Unpickling this calls ``func(*args)``: what a crafted batch file would do."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+    def __reduce__(self):
+        return self.func, self.args
+
+
+def _cifar10_folder(tmp_path, write):
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for f in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        write(folder / f)
+    return folder
+
+
+@pytest.mark.parametrize("how", ["open", "system"])
+def test_crafted_cifar_pickle_runs_no_code(tmp_path, how):
+    import builtins
+    import os
+    import shlex
+
+    marker = tmp_path / "pwned"
+    evil = (
+        _Evil(builtins.open, str(marker), "w")
+        if how == "open"
+        else _Evil(os.system, f"touch {shlex.quote(str(marker))}")
+    )
+    payload = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1], b"x": evil}
+    folder = _cifar10_folder(tmp_path, lambda p: p.write_bytes(pickle.dumps(payload)))
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="cifar10", root=tmp_path))
+    msg = _one_line_naming(e, folder / "data_batch_1")
+    glob = f"{evil.func.__module__}.{evil.func.__name__}"  # io.open, posix.system
+    assert f"not a CIFAR pickle batch (refuses to load global {glob})" in msg
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, pickle.HIGHEST_PROTOCOL])
+@pytest.mark.parametrize("labels", ["list", "numpy", "numpy_scalars"])
+def test_cifar_batches_of_every_protocol_load(tmp_path, protocol, labels):
+    rng = np.random.default_rng(protocol)
+    data = rng.integers(0, 256, (3, 3072), dtype=np.uint8)
+    y = {
+        "list": [1, 9, 0],
+        "numpy": np.array([1, 9, 0]),
+        "numpy_scalars": [np.int64(1), np.int64(9), np.int64(0)],
+    }[labels]
+    batch = {b"batch_label": b"x", b"data": data, b"labels": y, b"filenames": [b"a.png"] * 3}
+    _cifar10_folder(tmp_path, lambda p: p.write_bytes(pickle.dumps(batch, protocol=protocol)))
+    d = D.load_data(DataConfig(name="cifar10", root=tmp_path))
+    x, got = d.train.get(torch.arange(3))
+    assert got.tolist() == [1, 9, 0] and len(d.train) == 15
+    assert torch.equal((x * 255).round().to(torch.uint8), torch.from_numpy(data).view(3, 3, 32, 32))
+
+
+def test_cifar_pickle_of_numpy_1_loads(tmp_path):
+    """numpy 1.x and python 2 era batches name numpy.core.multiarray."""
+    batch = {b"data": np.full((2, 3072), 7, np.uint8), b"labels": [3, 4]}
+    raw = pickle.dumps(batch, protocol=2).replace(b"numpy._core.", b"numpy.core.")
+    assert b"numpy.core.multiarray\n_reconstruct" in raw
+    _cifar10_folder(tmp_path, lambda p: p.write_bytes(raw))
+    d = D.load_data(DataConfig(name="cifar10", root=tmp_path))
+    assert d.train.get(torch.arange(2))[1].tolist() == [3, 4]
+
+
+def test_cifar_pickle_codecs_only_latin1(tmp_path):
+    import codecs
+
+    payload = {b"data": _Evil(codecs.encode, "x", "rot13"), b"labels": [0]}
+    folder = _cifar10_folder(tmp_path, lambda p: p.write_bytes(pickle.dumps(payload, 2)))
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="cifar10", root=tmp_path))
+    assert "refuses _codecs.encode" in _one_line_naming(e, folder / "data_batch_1")
+
+
+# --- labels in range, no empty split -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, label, classes",
+    [("cifar10", 99, "0..9"), ("cifar10", -1, "0..9"), ("cifar100", 100, "0..99")],
+)
+def test_cifar_label_out_of_range(tmp_path, name, label, classes):
+    folder = tmp_path / ("cifar-10-batches-py" if name == "cifar10" else "cifar-100-python")
+    folder.mkdir()
+    key = b"labels" if name == "cifar10" else b"fine_labels"
+    files = ["train", "test"] if name == "cifar100" else [f"data_batch_{i}" for i in range(1, 6)]
+    for f in files + ["test_batch"]:
+        labels = [0, 1, 2, 3]
+        if f in ("data_batch_2", "train"):
+            labels[2] = label
+        batch = {b"data": np.zeros((4, 3072), np.uint8), key: labels}
+        (folder / f).write_bytes(pickle.dumps(batch))
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name=name, root=tmp_path))
+    bad = folder / ("train" if name == "cifar100" else "data_batch_2")
+    assert f"label {label} at index 2 is not a class in {classes}" in _one_line_naming(e, bad)
+
+
+def test_cifar100_accepts_its_top_label(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for f in ("train", "test"):
+        batch = {b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [0, 99]}
+        (folder / f).write_bytes(pickle.dumps(batch))
+    assert D.load_data(DataConfig(name="cifar100", root=tmp_path)).train.y.tolist() == [0, 99]
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
+def test_idx_label_out_of_range(tmp_path, name):
+    folder = tmp_path / "MNIST" / "raw" if name == "mnist" else tmp_path
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", 5), ("t10k", 2)):
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte", np.zeros((n, 28, 28)), False)
+        labels = np.arange(n)
+        if prefix == "t10k":
+            labels[1] = 200
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, False)
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name=name, root=tmp_path))
+    msg = _one_line_naming(e, folder / "t10k-labels-idx1-ubyte")
+    assert "label 200 at index 1 is not a class in 0..9" in msg
+
+
+def _svhn(tmp_path, y_train, X_dtype=np.uint8):
+    from scipy.io import savemat
+
+    for split, y in (("train", y_train), ("test", np.array([[1], [10]]))):
+        X = np.zeros((32, 32, 3, len(y)), dtype=X_dtype)
+        savemat(tmp_path / f"{split}_32x32.mat", {"X": X, "y": y})
+
+
+@pytest.mark.parametrize("label", [0, 11, 255])
+def test_svhn_label_out_of_range(tmp_path, label):
+    _svhn(tmp_path, np.array([[1], [10], [label]], dtype=np.uint8))
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="svhn", root=tmp_path))
+    msg = _one_line_naming(e, tmp_path / "train_32x32.mat")
+    assert f"label {label} at index 2 is not a class in 1..10" in msg
+
+
+@pytest.mark.parametrize(
+    "y, X_dtype, expect",
+    [
+        (np.array([[1.5], [2.0]]), np.uint8, "whole-number labels"),
+        (np.array([[1.0], [np.nan]]), np.uint8, "whole-number labels"),
+        (np.array([[1], [2]]), np.float64, "uint8 pixels in X, found float64"),
+    ],
+)
+def test_svhn_malformed_arrays(tmp_path, y, X_dtype, expect):
+    _svhn(tmp_path, y, X_dtype)
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="svhn", root=tmp_path))
+    assert expect in _one_line_naming(e, tmp_path / "train_32x32.mat")
+
+
+def test_svhn_reads_only_X_and_y(tmp_path):
+    from scipy.io import savemat
+
+    for split in ("train", "test"):
+        X = np.zeros((32, 32, 3, 2), dtype=np.uint8)
+        extra = {"a": {"b": np.arange(3)}, "s": "text"}
+        savemat(tmp_path / f"{split}_32x32.mat", {"X": X, "y": np.array([[3], [10]]), **extra})
+    assert D.load_data(DataConfig(name="svhn", root=tmp_path)).train.y.tolist() == [3, 0]
+
+
+def test_empty_cifar_batch(tmp_path):
+    def write(p):
+        n = 0 if p.name == "test_batch" else 2
+        p.write_bytes(pickle.dumps({b"data": np.zeros((n, 3072), np.uint8), b"labels": [0] * n}))
+
+    folder = _cifar10_folder(tmp_path, write)
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="cifar10", root=tmp_path))
+    assert "no samples (0 images)" in _one_line_naming(e, folder / "test_batch")
+
+
+def test_empty_mnist_split(tmp_path):
+    raw = _mnist_files(tmp_path)
+    _write_idx(raw / "train-images-idx3-ubyte", np.zeros((0, 28, 28)), False)
+    _write_idx(raw / "train-labels-idx1-ubyte", np.zeros(0), False)
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="mnist", root=tmp_path))
+    assert "no samples (0 images)" in _one_line_naming(e, raw / "train-images-idx3-ubyte")
+
+
+def test_empty_svhn_split(tmp_path):
+    from scipy.io import savemat
+
+    for split, n in (("train", 2), ("test", 0)):
+        X = np.zeros((32, 32, 3, n), dtype=np.uint8)
+        savemat(tmp_path / f"{split}_32x32.mat", {"X": X, "y": np.ones((n, 1), np.uint8)})
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="svhn", root=tmp_path))
+    assert "no samples" in _one_line_naming(e, tmp_path / "test_32x32.mat")
+
+
+def _image_tree(root, splits):
+    """``splits``: {split: {class: number of images}}."""
+    from PIL import Image
+
+    for split, classes in splits.items():
+        (root / split).mkdir(parents=True)
+        for cls, n in classes.items():
+            (root / split / cls).mkdir()
+            for i in range(n):
+                Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(
+                    root / split / cls / f"{i}.png"
+                )
+
+
+@pytest.mark.parametrize(
+    "splits, bad",
+    [
+        ({"train": {"n01": 1}, "val": {"n01": 0}}, "val"),
+        ({"train": {}, "val": {"n01": 1}}, "train"),
+        ({"train": {"n01": 1, "n02": 0}, "val": {"n01": 1, "n02": 1}}, "train"),
+    ],
+)
+def test_empty_image_folder_named(tmp_path, splits, bad):
+    _image_tree(tmp_path, splits)
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(name="imagefolder", root=tmp_path, image_size=8))
+    assert _one_line_naming(e, tmp_path / bad).startswith(f"{tmp_path / bad}: no images")
+
+
+@pytest.mark.parametrize("limit", [300, 100])  # 480 pixels: PIL warns past 300, fails past 200
+def test_decompression_bomb_is_one_line(tmp_path, monkeypatch, limit):
+    from PIL import Image
+
+    _image_tree(tmp_path, {"train": {"n01": 1}, "val": {"n01": 1}})
+    d = D.load_data(DataConfig(name="imagefolder", root=tmp_path, image_size=8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)
+    with pytest.raises(D.DataError) as e:
+        d.train.get(torch.tensor([0]))
+    msg = _one_line_naming(e, tmp_path / "train" / "n01" / "0.png")
+    assert "image too large, a possible decompression bomb" in msg
+
+
+# --- seeds derived from the largest valid seed fit torch -----------------------------------------
+
+
+def test_derived_seeds_of_the_largest_seed_fit_a_generator():
+    from absa.config import MAX_EPOCHS, MAX_SEED
+
+    last = MAX_EPOCHS - 1
+    assert len(D.epoch_permutation(3, MAX_SEED, last)) == 3
+    assert D.augment_params(3, MAX_SEED, last, "crop_flip", 32).offsets.shape == (3, 2)
+    assert len(probe_indices(3, 2, MAX_SEED)) == 2
+    assert len(D.synthetic_split(1, MAX_SEED, offset=500_000)) == 1
+    torch.Generator().manual_seed(MAX_SEED * 1_009 + last)  # train.py's Hessian probe seed
+    assert MAX_SEED * 1_000_003 + 500_000 + 10**9 < 2**63  # synthetic_split's chunk seeds
