@@ -4,6 +4,10 @@ A checkpoint is a plain dict loadable with ``torch.load(path, weights_only=True)
 state dicts, numbers, strings, lists and dicts only (the config is stored as its plain dict;
 RNG states are uint8 tensors). Python's ``random`` and NumPy generators are not used in
 training and are not stored.
+
+``load`` checks the structure the trainer writes (``_ENTRIES``): a file missing an entry, or
+holding one of the wrong type, is refused with one line instead of failing later in
+``absa eval``, ``absa hessian`` or a resumed run.
 """
 
 from __future__ import annotations
@@ -103,8 +107,98 @@ def _why(path: Path, err: Exception) -> str:
     return reason
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_count(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_tensors(v: Any) -> bool:
+    return isinstance(v, list | tuple) and all(isinstance(t, torch.Tensor) for t in v)
+
+
+def _is_vector(v: Any) -> bool:
+    return v is None or isinstance(v, torch.Tensor) or _is_tensors(v)
+
+
+def _is_rng(v: Any) -> bool:
+    return isinstance(v, dict) and isinstance(v.get("torch"), torch.Tensor)
+
+
+def _is_dict(v: Any) -> bool:
+    return isinstance(v, dict)
+
+
+# entry -> (check, what it should be); all are written by absa.train for every epoch
+_ENTRIES: dict[str, tuple[Any, str]] = {
+    "config": (_is_dict, "a dict (the run's config)"),
+    "model": (_is_dict, "a state dict of tensors"),
+    "epoch": (_is_count, "an int >= 0"),
+    "updates": (_is_count, "an int >= 0"),
+    "best_test_acc": (_is_number, "a number"),
+    "optimizer": (_is_dict, "a dict (optimizer state)"),
+    "policy": (_is_dict, "a dict (schedule state)"),
+    "growths": (lambda v: isinstance(v, list), "a list"),
+    "hessian_vector": (_is_vector, "a tensor, a list of tensors or None"),
+    "rng": (_is_rng, "a dict with a 'torch' RNG state tensor"),
+}
+# entries some checkpoints have: checked when present
+_OPTIONAL: dict[str, tuple[Any, str]] = {
+    "record": (lambda v: v is None or isinstance(v, dict), "a dict (the epoch's metrics)"),
+}
+
+
+def _kind(v: Any) -> str:
+    """``list``, ``str '1'``: the type, plus the value of a short scalar (never a tensor)."""
+    if isinstance(v, str | int | float | bool) and len(repr(v)) <= 40:
+        return f"{type(v).__name__} {v!r}"
+    return "None" if v is None else type(v).__name__
+
+
+def _problem(ckpt: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint dict's entries, or None."""
+    missing = [k for k in _ENTRIES if k not in ckpt]
+    if missing:
+        return f"missing {', '.join(repr(k) for k in missing)}"
+    for key, (ok, want) in {**_ENTRIES, **_OPTIONAL}.items():
+        if key in ckpt and not ok(ckpt[key]):
+            return f"{key!r} should be {want} (got {_kind(ckpt[key])})"
+    model = ckpt["model"]
+    bad = next((k for k, t in model.items() if not isinstance(t, torch.Tensor)), None)
+    if bad is not None:
+        return f"'model' should be a state dict of tensors ({bad!r} is {_kind(model[bad])})"
+    return None
+
+
+def _check(path: Path, ckpt: Any) -> None:
+    """Raise CheckpointError unless ``ckpt`` has the structure ``save`` gives it."""
+    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
+        raise CheckpointError(f"{path}: not an absa checkpoint (no format_version)")
+    version = ckpt["format_version"]
+    if not _is_int(version) or version < 1:
+        raise CheckpointError(
+            f"{path}: not an absa checkpoint (format_version should be an int >= 1, "
+            f"got {_kind(version)})"
+        )
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: format version {version} is newer than this absa "
+            f"({FORMAT_VERSION}); upgrade absa"
+        )
+    problem = _problem(ckpt)
+    if problem is not None:
+        raise CheckpointError(f"{path}: malformed absa checkpoint: {problem}")
+
+
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``; one-line errors for missing/bad files."""
+    """Load a checkpoint with ``weights_only=True`` (safe unpickling: tensors and plain types
+    only) and check its entries; one-line errors for missing, unreadable or malformed files."""
     path = Path(path)
     if path.is_dir():
         path = path / LAST
@@ -118,11 +212,5 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise CheckpointError(
             f"{path}: not a readable absa checkpoint ({_why(path, err)})"
         ) from None
-    if not isinstance(ckpt, dict) or "format_version" not in ckpt:
-        raise CheckpointError(f"{path}: not an absa checkpoint (no format_version)")
-    if ckpt["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: format version {ckpt['format_version']} is newer than this absa "
-            f"({FORMAT_VERSION}); upgrade absa"
-        )
+    _check(path, ckpt)
     return ckpt

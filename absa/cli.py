@@ -99,6 +99,48 @@ OverridesArg = Annotated[
     ),
 ]
 
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option(help="torch.set_num_threads(N) (train.threads; default: the run's setting)."),
+]
+DeviceOpt = Annotated[
+    str | None,
+    typer.Option(help="auto | cpu | cuda | cuda:N | mps (train.device; default: the run's)."),
+]
+
+
+def _at_least(option: str, value: float | None, low: float) -> None:
+    """``option: must be >= low`` unless ``value`` is None or at least ``low`` (NaN fails)."""
+    if value is not None and not value >= low:
+        raise CliError(f"{option}: must be >= {low:g} (got {value:g})")
+
+
+def _positive(option: str, value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise CliError(f"{option}: must be > 0 (got {value:g})")
+
+
+def _device_check(device: str) -> None:
+    """Refuse a --device that train.device would refuse: its name, then its availability."""
+    from absa import config as C
+    from absa.distributed import resolve_device
+
+    try:
+        C.validate({"train": {"device": device}}, "--device")
+        resolve_device(device)
+    except ValueError as err:  # ConfigError is a ValueError too
+        raise CliError(f"--device: {str(err).rsplit('train.device: ', 1)[-1]}") from None
+
+
+def _run_overrides(threads: int | None, device: str | None) -> list[str]:
+    """``--threads`` and ``--device`` as the dotted overrides they stand for, checked."""
+    _at_least("--threads", threads, 1)
+    out = [f"train.threads={threads}"] if threads is not None else []
+    if device is not None:
+        _device_check(device)
+        out.append(f"train.device={device}")
+    return out
+
 
 def _progress_factory(progress: Any) -> Callable[[int, int], Callable[[int, int, float], None]]:
     def factory(epoch: int, epochs: int) -> Callable[[int, int, float], None]:
@@ -251,6 +293,7 @@ def _print_summary(summary: Any) -> None:
 @app.command("eval")
 def eval_cmd(
     checkpoint: Annotated[Path, typer.Option(help="last.pt or a run folder.")],
+    overrides: OverridesArg = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="Override data.root (where the dataset files are).")
     ] = None,
@@ -261,16 +304,26 @@ def eval_cmd(
         list[float] | None, typer.Option(help="Epsilons in [0,1] pixels (repeatable).")
     ] = None,
     limit: Annotated[
-        int | None, typer.Option(help="Evaluate only the first N test samples.")
+        int | None, typer.Option(help="Evaluate only the first N test samples (N >= 1).")
     ] = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
 ) -> None:
-    """Test loss and accuracy of a checkpoint, plus robust accuracy under FGSM and PGD."""
+    """Test loss and accuracy of a checkpoint, plus robust accuracy under FGSM and PGD.
+
+    Dotted overrides change the checkpoint's config, e.g. adversarial.pgd_steps=20.
+    """
     with _handled():
         from absa.evaluate import evaluate, robustness
 
-        overrides = [f"data.root={data_dir}"] if data_dir is not None else []
-        cfg, env, data, model, ck = _model_for(checkpoint, None, overrides)
+        _at_least("--limit", limit, 1)
+        for e in eps or []:
+            if not 0 <= e <= 1:
+                raise CliError(f"--eps: must be in [0, 1] (got {e:g})")
+        extra = [f"data.root={data_dir}"] if data_dir is not None else []
+        extra += _run_overrides(threads, device)
+        cfg, env, data, model, ck = _model_for(checkpoint, None, [*(overrides or []), *extra])
         if robust:
             eps_list = list(eps) if eps else list(cfg.adversarial.eval_eps)
             out = robustness(
@@ -322,8 +375,10 @@ def _model_for(
     ck = None
     if checkpoint is not None:
         ck = ckpt_io.load(checkpoint)
-        tree = C.apply_overrides(ck["config"], overrides)
-        cfg = C.from_dict(tree, str(checkpoint))
+        cfg = C.from_dict(ck["config"], str(checkpoint))  # blame the file for its own errors
+        if overrides:
+            tree = C.apply_overrides(ck["config"], overrides)
+            cfg = C.from_dict(tree, f"{checkpoint} + overrides")
         if config is not None:
             other = C.load(config, overrides)
             if other.model != cfg.model:
@@ -334,6 +389,8 @@ def _model_for(
     else:
         cfg = C.load(config, overrides)
         torch_seed(cfg.train.seed)
+    if cfg.train.threads:
+        torch_threads(cfg.train.threads)
     env = DistEnv(device=resolve_device(cfg.train.device))
     data = load_data(cfg.data)
     model = build_from_config(cfg.model, data.info).to(env.device)
@@ -356,6 +413,12 @@ def torch_seed(seed: int) -> None:
     import torch
 
     torch.manual_seed(seed)
+
+
+def torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
 
 
 @app.command("hessian")
@@ -393,9 +456,19 @@ def hessian_cmd(
         float | None,
         typer.Option(help="Landscape half-width (default sqrt(2/lambda_max): +1 nat quadratic)."),
     ] = None,
-    points: Annotated[int, typer.Option(help="Points per landscape axis (1D; 2D uses half).")] = 21,
+    points: Annotated[
+        int, typer.Option(help="Points per landscape axis, >= 3 (1D; 2D uses half).")
+    ] = 21,
     batch: Annotated[int, typer.Option(help="Micro-batch for HVPs and losses.")] = 256,
-    seed: Annotated[int, typer.Option(help="Seed of the sample and random starts.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help="Seed of the sample and random starts (default train.seed: on the train split "
+            "the sample is then training's own Hessian probe set)."
+        ),
+    ] = None,
+    threads: ThreadsOpt = None,
+    device: DeviceOpt = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
 ) -> None:
     """Hessian spectrum of a model: top-k eigenvalues, trace, density, loss-landscape plots.
@@ -415,12 +488,25 @@ def hessian_cmd(
             raise CliError(f"--split: expected train or test (got {split!r})")
         if method not in ("lanczos", "power"):
             raise CliError(f"--method: expected lanczos or power (got {method!r})")
-        if k < 1 or max_iter < 1 or rtol <= 0 or batch < 1 or (samples is not None and samples < 1):
-            raise CliError("-k, --max-iter, --batch, --samples must be >= 1 and --rtol > 0")
-        cfg, env, data, model, ck = _model_for(checkpoint, config, overrides or [])
+        for option, value, low in (
+            ("-k", k, 1),
+            ("--max-iter", max_iter, 1),
+            ("--batch", batch, 1),
+            ("--samples", samples, 1),
+            ("--trace-samples", trace_samples, 0),
+            ("--density-iter", density_iter, 0),
+            ("--density-runs", density_runs, 1),
+            ("--points", points, 3),
+        ):
+            _at_least(option, value, low)
+        _positive("--rtol", rtol)
+        _positive("--radius", radius)
+        extra = _run_overrides(threads, device)
+        cfg, env, data, model, ck = _model_for(checkpoint, config, [*(overrides or []), *extra])
         blk = block or cfg.hessian.block
         n = samples if samples is not None else cfg.hessian.probe_size
         chosen = data.train if split == "train" else data.test
+        seed = cfg.train.seed if seed is None else seed
         batches = A.batches_of(chosen, n, batch, env.device, seed)
         req = A.SpectrumRequest(
             block=blk,
@@ -570,12 +656,17 @@ def report(
     with _handled():
         from absa.report import make_report
 
-        res = make_report(sweep_dir, out, console=console)
+        res = make_report(sweep_dir, out, console=console, warn=_warn)
         _say(f"wrote {res.md_path}, {res.csv_path}, " + ", ".join(str(p) for p in res.plots))
 
 
 def _say(msg: str) -> None:
     print(msg, flush=True)
+
+
+def _warn(msg: str) -> None:
+    """One line on stderr: ``warning: <file>: <why>``."""
+    err_console.print(f"[bold yellow]warning:[/] {msg}", highlight=False, soft_wrap=True)
 
 
 def main() -> None:

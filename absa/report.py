@@ -2,7 +2,9 @@
 
 ``collect`` reads every run folder under ``<sweep_dir>/runs/`` (or under ``sweep_dir``
 itself when it has no ``runs/``): config.yaml, summary.json and metrics.jsonl. Runs without
-a summary.json are unfinished: ignored, but counted.
+a summary.json are unfinished: ignored, but counted. Runs whose files are malformed (say a
+summary.json that is not a JSON object) are unreadable: skipped with a one-line reason that
+names the file.
 
 ``table`` groups the runs the way the paper's tables are laid out: one row per batch size B
 (the fixed batch of BL and FB, the maximum batch of GG, ABS and ABSA, which start from
@@ -20,7 +22,8 @@ import io
 import json
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from absa.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
 from absa.config import METHODS, ConfigError, read_yaml  # noqa: E402
-from absa.runlog import read_metrics  # noqa: E402
+from absa.runlog import METRICS  # noqa: E402
 
 ADAPTIVE = ("gg", "abs", "absa")
 # config keys that do not make two runs different experiments
@@ -79,8 +82,13 @@ class RunRecord:
     metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
+class Unreadable(ValueError):
+    """A run folder that cannot be reported; the message starts with the faulty file."""
+
+
 class Collected(list):
-    """The finished runs, plus the names of unfinished and unreadable run folders."""
+    """The finished runs, the names of unfinished run folders, and per unreadable folder
+    name the one-line reason (starting with the faulty file)."""
 
     def __init__(self, records: Iterable[RunRecord] = ()) -> None:
         super().__init__(records)
@@ -103,34 +111,119 @@ def _row_batch(cfg: dict[str, Any]) -> int:
     return start
 
 
+_JSON_KINDS = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+
+
+def _json_kind(value: Any) -> str:
+    return "null" if value is None else _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+@contextmanager
+def _blame(path: Path) -> Iterator[None]:
+    """Re-raise a bad or missing value read from ``path`` as Unreadable naming it."""
+    try:
+        yield
+    except Unreadable:
+        raise
+    except KeyError as err:
+        raise Unreadable(f"{path}: no {err.args[0]!r} entry") from None
+    except UnicodeDecodeError:
+        raise Unreadable(f"{path}: not UTF-8 text") from None
+    except OSError as err:
+        raise Unreadable(f"{path}: cannot read: {err.strerror or err}") from None
+    except (TypeError, ValueError) as err:
+        raise Unreadable(f"{path}: {str(err).splitlines()[0] if str(err) else repr(err)}") from None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """config.yaml as a mapping of sections, each a mapping (ConfigError names the file)."""
+    cfg = read_yaml(path)
+    for section, values in cfg.items():
+        if not isinstance(values, dict):
+            raise Unreadable(
+                f"{path}: section {section!r} is not a mapping (got {type(values).__name__})"
+            )
+    return cfg
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    with _blame(path):
+        try:
+            summary = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise Unreadable(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(summary, dict):
+        raise Unreadable(f"{path}: not a JSON object (got {_json_kind(summary)})")
+    return summary
+
+
+# metrics.jsonl fields the table and the plots compute with: numbers or null
+_METRIC_NUMBERS = ("epoch", "batch_size", "lr", "lambda_max", "test_acc", "test_loss")
+
+
+def _read_metrics(path: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl's records, each a JSON object whose numeric fields are numbers.
+
+    Lines that are not JSON at all are skipped (a killed run's torn last line), as
+    ``runlog.read_metrics`` does; valid JSON that is not such an object makes the run
+    unreadable instead of being dropped silently.
+    """
+    if not path.is_file():
+        return []
+    with _blame(path):
+        text = path.read_text(errors="replace")
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(rec, dict):
+            raise Unreadable(f"{path}: line {n} is not a JSON object (got {_json_kind(rec)})")
+        for key in _METRIC_NUMBERS:
+            value = rec.get(key)
+            if value is not None and _json_kind(value) != "number":
+                raise Unreadable(
+                    f"{path}: line {n}: {key!r} is not a number (got {_json_kind(value)})"
+                )
+        records.append(rec)
+    return records
+
+
 def _read_run(folder: Path) -> RunRecord:
-    cfg = read_yaml(folder / "config.yaml")
-    summary = json.loads((folder / "summary.json").read_text())
-    metrics = read_metrics(folder)
+    cfg_path, summary_path = folder / "config.yaml", folder / "summary.json"
+    cfg = _read_config(cfg_path)
+    summary = _read_summary(summary_path)
+    metrics = _read_metrics(folder / METRICS)
     last = metrics[-1] if metrics else {}
-    acc = last.get("test_acc")
-    if acc is None:
-        acc = summary["test_acc"]
-    loss = last.get("test_loss")
-    if loss is None:
-        loss = summary.get("test_loss", math.nan)
-    return RunRecord(
-        name=folder.name,
-        folder=folder,
-        method=str(cfg.get("schedule", {}).get("method", "bl")),
-        batch_size=_row_batch(cfg),
-        final_batch=int(summary.get("final_batch") or last.get("batch_size") or 0),
-        seed=int(cfg.get("train", {}).get("seed", 0)),
-        test_acc=float(acc),
-        best_test_acc=float(summary.get("best_test_acc", acc)),
-        test_loss=float(loss) if loss is not None else math.nan,
-        updates=int(summary["updates"]),
-        epochs=int(summary.get("epochs", len(metrics))),
-        train_seconds=float(summary.get("train_seconds") or 0.0),
-        hessian_seconds=float(summary.get("hessian_seconds") or 0.0),
-        config=cfg,
-        metrics=metrics,
-    )
+    with _blame(cfg_path):
+        method = str(cfg.get("schedule", {}).get("method", "bl"))
+        batch_size = _row_batch(cfg)
+        seed = int(cfg.get("train", {}).get("seed", 0))
+    with _blame(summary_path):
+        acc = last.get("test_acc")
+        if acc is None:
+            acc = summary["test_acc"]
+        loss = last.get("test_loss")
+        if loss is None:
+            loss = summary.get("test_loss", math.nan)
+        return RunRecord(
+            name=folder.name,
+            folder=folder,
+            method=method,
+            batch_size=batch_size,
+            final_batch=int(summary.get("final_batch") or last.get("batch_size") or 0),
+            seed=seed,
+            test_acc=float(acc),
+            best_test_acc=float(summary.get("best_test_acc", acc)),
+            test_loss=float(loss) if loss is not None else math.nan,
+            updates=int(summary["updates"]),
+            epochs=int(summary.get("epochs", len(metrics))),
+            train_seconds=float(summary.get("train_seconds") or 0.0),
+            hessian_seconds=float(summary.get("hessian_seconds") or 0.0),
+            config=cfg,
+            metrics=metrics,
+        )
 
 
 def collect(sweep_dir: str | Path) -> Collected:
@@ -146,8 +239,24 @@ def collect(sweep_dir: str | Path) -> Collected:
         try:
             out.append(_read_run(folder))
         except (OSError, ValueError, KeyError, TypeError, ConfigError) as err:
-            out.unreadable[folder.name] = str(err).splitlines()[0] if str(err) else repr(err)
+            why = str(err).splitlines()[0] if str(err) else repr(err)
+            out.unreadable[folder.name] = why if why.startswith(str(folder)) else f"{folder}: {why}"
     return out
+
+
+def _nothing_to_report(sweep_dir: Path, records: Collected) -> str:
+    """Why there is no table, in one line: unreadable runs (with the first reason) first."""
+    unfinished = len(records.unfinished)
+    if not records.unreadable:
+        return (
+            f"{sweep_dir}: no finished runs (a run is finished when it has summary.json; "
+            f"{unfinished} unfinished)"
+        )
+    first = next(iter(records.unreadable.values()))
+    more = f", {unfinished} unfinished" if unfinished else ""
+    return (
+        f"{sweep_dir}: no readable runs: {len(records.unreadable)} skipped{more} (first: {first})"
+    )
 
 
 # --- the table ----------------------------------------------------------------------------
@@ -562,19 +671,22 @@ class ReportResult:
 
 
 def make_report(
-    sweep_dir: str | Path, out_dir: str | Path | None = None, console: Any = None
+    sweep_dir: str | Path,
+    out_dir: str | Path | None = None,
+    console: Any = None,
+    warn: Callable[[str], None] | None = None,
 ) -> ReportResult:
     """Write report.md, report.csv and the PNGs into ``out_dir`` (default sweep_dir/report).
 
-    Prints the table with rich when ``console`` (a rich Console) is given.
+    Prints the table with rich when ``console`` (a rich Console) is given; ``warn`` gets one
+    line per unreadable run that was skipped. Nothing is written when no run is readable.
     """
     sweep_dir = Path(sweep_dir)
     records = collect(sweep_dir)
     if not records:
-        raise ReportError(
-            f"{sweep_dir}: no finished runs (a run is finished when it has summary.json; "
-            f"{len(records.unfinished)} unfinished)"
-        )
+        raise ReportError(_nothing_to_report(sweep_dir, records))
+    for why in records.unreadable.values() if warn is not None else ():
+        warn(f"{why}; run skipped")
     out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     rows = table(records)
@@ -585,7 +697,7 @@ def make_report(
             f"{len(records.unfinished)} unfinished runs ignored: {', '.join(records.unfinished)}."
         )
     if records.unreadable:
-        bad = "; ".join(f"{k}: {v}" for k, v in records.unreadable.items())
+        bad = "; ".join(records.unreadable.values())
         notes.append(f"{len(records.unreadable)} unreadable runs ignored ({bad}).")
     markdown = f"# Sweep report: {name}\n\n" + to_markdown(rows) + "\n" + " ".join(notes) + "\n"
     md_path, csv_path = out / "report.md", out / "report.csv"

@@ -38,11 +38,92 @@ def test_atomic_write_mode_follows_umask(tmp_path, umask, mask, expect):
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []
 
 
-def test_save_load_round_trip(tmp_path):
-    ckpt_io.save(tmp_path / ckpt_io.LAST, {"epoch": 3, "w": torch.arange(4.0)})
+def _payload(**changes):
+    """What absa.train saves each epoch, with ``changes`` (a value of ... drops the entry)."""
+    payload = {
+        "model": {"w": torch.arange(4.0), "n": torch.tensor(2)},
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+        "policy": {"kind": "abs", "segments": [[0, 64, 1.0, 0.0]], "reference": 2.5},
+        "epoch": 3,
+        "updates": 12,
+        "best_test_acc": 91.5,
+        "growths": [{"epoch": 1, "new_batch": 128}],
+        "hessian_vector": None,
+        "config": {"model": {"name": "mlp"}},
+        "arch": "mlp",
+        "rng": ckpt_io.rng_state(),
+    }
+    payload.update(changes)
+    return {k: v for k, v in payload.items() if v is not ...}
+
+
+@pytest.mark.parametrize(
+    "vector", [None, torch.ones(3), [torch.ones(2), torch.zeros(1)]], ids=["none", "t", "list"]
+)
+def test_save_load_round_trip(tmp_path, vector):
+    ckpt_io.save(tmp_path / ckpt_io.LAST, _payload(hessian_vector=vector))
     ck = ckpt_io.load(tmp_path)  # a folder means its last.pt
     assert ck["epoch"] == 3 and ck["format_version"] == ckpt_io.FORMAT_VERSION
-    assert torch.equal(ck["w"], torch.arange(4.0))
+    assert torch.equal(ck["model"]["w"], torch.arange(4.0))
+    assert torch.equal(ck["rng"]["torch"], _payload()["rng"]["torch"])
+    assert ck["policy"] == _payload()["policy"] and ck["growths"] == _payload()["growths"]
+    got = ck["hessian_vector"]
+    if isinstance(vector, list):
+        assert len(got) == 2 and all(map(torch.equal, got, vector))
+    else:
+        assert got is None if vector is None else torch.equal(got, vector)
+
+
+def test_load_uses_safe_unpickling(tmp_path, monkeypatch):
+    seen = {}
+    real = torch.load
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    ckpt_io.save(tmp_path / "a.pt", _payload())
+    monkeypatch.setattr(torch, "load", spy)
+    ckpt_io.load(tmp_path / "a.pt")
+    assert seen.get("weights_only") is True
+
+
+@pytest.mark.parametrize(
+    "changes, reason",
+    [
+        ({"config": ...}, "missing 'config'"),
+        ({"epoch": ..., "updates": ...}, "missing 'epoch', 'updates'"),
+        ({"model": [1, 2]}, "'model' should be a state dict of tensors (got list)"),
+        ({"model": {"w": [1.0]}}, "'model' should be a state dict of tensors ('w' is list)"),
+        ({"config": "mlp"}, "'config' should be a dict (the run's config) (got str 'mlp')"),
+        ({"epoch": "3"}, "'epoch' should be an int >= 0 (got str '3')"),
+        ({"epoch": True}, "'epoch' should be an int >= 0 (got bool True)"),
+        ({"updates": -1}, "'updates' should be an int >= 0 (got int -1)"),
+        (
+            {"hessian_vector": [1.0]},
+            "'hessian_vector' should be a tensor, a list of tensors or None (got list)",
+        ),
+        ({"rng": {}}, "'rng' should be a dict with a 'torch' RNG state tensor (got dict)"),
+        ({"record": [1]}, "'record' should be a dict (the epoch's metrics) (got list)"),
+    ],
+)
+def test_malformed_checkpoint_is_one_line(tmp_path, changes, reason):
+    path = tmp_path / "m.pt"
+    ckpt_io.save(path, _payload(**changes))
+    with pytest.raises(ckpt_io.CheckpointError) as e:
+        ckpt_io.load(path)
+    assert str(e.value) == f"{path}: malformed absa checkpoint: {reason}"
+
+
+@pytest.mark.parametrize("version, got", [("1", "str '1'"), (0, "int 0"), (None, "None")])
+def test_bad_format_version_is_one_line(tmp_path, version, got):
+    torch.save({**_payload(), "format_version": version}, tmp_path / "v.pt")
+    with pytest.raises(ckpt_io.CheckpointError) as e:
+        ckpt_io.load(tmp_path / "v.pt")
+    assert str(e.value) == (
+        f"{tmp_path / 'v.pt'}: not an absa checkpoint (format_version should be an int >= 1, "
+        f"got {got})"
+    )
 
 
 def _write_unsafe(path):

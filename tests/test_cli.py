@@ -212,3 +212,170 @@ def test_hessian_fresh_init_from_config(tmp_path):
     got = json.loads(out.read_text())
     assert got["block"] == "full" and len(got["eigenvalues"]) == 2
     assert got["eigenvalues"][0] >= got["eigenvalues"][1]
+
+
+def _assert_one_line_error(res, *needles):
+    """Exit status 2, one line on stderr holding every needle, no traceback."""
+    assert res.exit_code == 2, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    assert "Traceback" not in res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def _broken_copy(run, path, change):
+    """A copy of ``run``'s last.pt with ``change(dict)`` applied, saved as ``path``."""
+    import torch
+
+    ck = torch.load(run / "last.pt", weights_only=True)
+    change(ck)
+    torch.save(ck, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "cmd, change, reason",
+    [
+        ("eval", lambda ck: ck.pop("config"), "missing 'config'"),
+        ("eval", lambda ck: ck.pop("epoch"), "missing 'epoch'"),
+        ("eval", lambda ck: ck.update(model=[1, 2]), "'model' should be a state dict"),
+        ("eval", lambda ck: ck.update(format_version="1"), "format_version should be an int"),
+        ("hessian", lambda ck: ck.pop("config"), "missing 'config'"),
+    ],
+)
+def test_malformed_checkpoint_is_one_line(trained_run, tmp_path, cmd, change, reason):
+    bad = _broken_copy(trained_run, tmp_path / "bad.pt", change)
+    out = tmp_path / "out.json"
+    res = runner.invoke(app, [cmd, "--checkpoint", str(bad), "--json", str(out)])
+    _assert_one_line_error(res, str(bad), reason)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--limit", "-5"], "--limit: must be >= 1 (got -5)"),
+        (["--limit", "0"], "--limit: must be >= 1 (got 0)"),
+        (["--eps", "-0.1"], "--eps: must be in [0, 1] (got -0.1)"),
+        (["--threads", "0"], "--threads: must be >= 1 (got 0)"),
+        (["--device", "gpu"], "--device: must be auto, cpu, cuda, cuda:N or mps (got 'gpu')"),
+        (["optim.lrr=1"], "+ overrides: optim.lrr: unknown key; did you mean optim.lr?"),
+    ],
+)
+def test_eval_bad_option_is_one_line(trained_run, tmp_path, args, needle):
+    out = tmp_path / "out.json"
+    res = runner.invoke(app, ["eval", "--checkpoint", str(trained_run), *args, "--json", str(out)])
+    _assert_one_line_error(res, needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["-k", "0"], "-k: must be >= 1 (got 0)"),
+        (["--samples", "-1"], "--samples: must be >= 1 (got -1)"),
+        (["--max-iter", "0"], "--max-iter: must be >= 1 (got 0)"),
+        (["--batch", "0"], "--batch: must be >= 1 (got 0)"),
+        (["--trace-samples", "-1"], "--trace-samples: must be >= 0 (got -1)"),
+        (["--density-iter", "-3"], "--density-iter: must be >= 0 (got -3)"),
+        (["--density-runs", "0"], "--density-runs: must be >= 1 (got 0)"),
+        (["--points", "1"], "--points: must be >= 3 (got 1)"),
+        (["--rtol", "0"], "--rtol: must be > 0 (got 0)"),
+        (["--radius", "-1"], "--radius: must be > 0 (got -1)"),
+        (["--threads", "-2"], "--threads: must be >= 1 (got -2)"),
+        (["--device", "cuda:x"], "--device: must be auto, cpu, cuda, cuda:N or mps"),
+    ],
+)
+def test_hessian_bad_numeric_option_is_one_line(trained_run, tmp_path, args, needle):
+    out = tmp_path / "out.json"
+    res = runner.invoke(
+        app, ["hessian", "--checkpoint", str(trained_run), *args, "--json", str(out)]
+    )
+    _assert_one_line_error(res, needle)
+    assert not out.exists()
+
+
+@pytest.fixture
+def thread_calls(monkeypatch):
+    """The arguments of every torch.set_num_threads call (which still happens)."""
+    import torch
+
+    calls, real = [], torch.set_num_threads
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: (calls.append(n), real(n))[1])
+    return calls
+
+
+def test_eval_threads_device_and_overrides_apply(trained_run, tmp_path, thread_calls):
+    out = tmp_path / "e.json"
+    args = ["eval", "--checkpoint", str(trained_run), "--limit", "32", "--threads", "1"]
+    args += ["--device", "cpu", "adversarial.eval_eps=[0.05]", "adversarial.pgd_steps=1"]
+    res = runner.invoke(app, [*args, "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert thread_calls == [1]
+    rows = json.loads(out.read_text())["results"]
+    assert [(r["attack"], r["eps"], r["n"]) for r in rows] == [
+        ("clean", 0.0, 32),
+        ("fgsm", 0.05, 32),
+        ("pgd", 0.05, 32),
+    ]
+
+
+def test_hessian_applies_threads_option_and_train_threads(trained_run, tmp_path, thread_calls):
+    base = ["hessian", "--checkpoint", str(trained_run), "--samples", "64", "-k", "1"]
+    base += ["--max-iter", "20", "--trace-samples", "0", "--density-iter", "0"]
+    res = runner.invoke(app, [*base, "--threads", "1", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*base, "train.threads=1"])  # the config key was ignored before
+    assert res.exit_code == 0, res.output
+    assert thread_calls == [1, 1]
+
+
+def test_device_option_overrides_the_checkpoint_device(trained_run, tmp_path):
+    import torch
+
+    gpu = _broken_copy(
+        trained_run, tmp_path / "gpu.pt", lambda ck: ck["config"]["train"].update(device="cuda")
+    )
+    args = ["eval", "--checkpoint", str(gpu), "--no-robust", "--limit", "16"]
+    if not torch.cuda.is_available():
+        _assert_one_line_error(runner.invoke(app, args), "cuda requested")
+    res = runner.invoke(app, [*args, "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "clean" in res.stdout
+
+
+def _report_run(root, name, summary):
+    """A run folder for ``absa report``: a default config.yaml and ``summary`` as JSON text."""
+    from absa import config as C
+
+    folder = root / "runs" / name
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(C.dump_yaml(C.load(None, [])))
+    (folder / "summary.json").write_text(summary)
+    return folder
+
+
+def test_report_skips_unreadable_runs_with_a_warning(tmp_path):
+    good = _report_run(tmp_path, "good", json.dumps({"test_acc": 90.0, "updates": 10}))
+    bad = _report_run(tmp_path, "bad", "[1, 2]")
+    res = runner.invoke(app, ["report", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert res.stderr.strip().splitlines() == [
+        f"warning: {bad}/summary.json: not a JSON object (got array); run skipped"
+    ]
+    assert (tmp_path / "report" / "report.md").is_file() and good.name in (
+        tmp_path / "report" / "report.csv"
+    ).read_text()
+
+
+def test_report_with_no_readable_run_says_why(tmp_path):
+    for name in ("a", "b"):
+        _report_run(tmp_path, name, "5")
+    res = runner.invoke(app, ["report", str(tmp_path)])
+    first = tmp_path / "runs" / "a" / "summary.json"
+    _assert_one_line_error(
+        res, f"{tmp_path}: no readable runs: 2 skipped (first: {first}: not a JSON object"
+    )
+    assert not (tmp_path / "report").exists()

@@ -4,6 +4,7 @@ import json
 import math
 
 import pytest
+import yaml
 from rich.console import Console
 
 from absa import config as C
@@ -177,3 +178,63 @@ def test_plot_spectra(tmp_path):
     assert p.stat().st_size > 5000
     q = R.plot_spectra({"a": [3.0, -0.5], "b": [1.0, 0.0]}, tmp_path / "neg.png")
     assert q.stat().st_size > 0
+
+
+def _set_config_section(folder, section, value):
+    tree = C.read_yaml(folder / "config.yaml")
+    tree[section] = value
+    (folder / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+
+
+def _append_metrics(folder, line):
+    with (folder / "metrics.jsonl").open("a") as fh:
+        fh.write(line + "\n")
+
+
+# (damage to a finished run folder, the file blamed, why)
+DAMAGE = [
+    (lambda f: (f / "summary.json").write_text("[1, 2]"), "summary.json", "not a JSON object (got array)"),
+    (lambda f: (f / "summary.json").write_text("{"), "summary.json", "not valid JSON"),
+    (lambda f: (f / "summary.json").write_text('{"test_acc": 1}'), "summary.json", "no 'updates' entry"),
+    (lambda f: _set_config_section(f, "optim", 3), "config.yaml", "section 'optim' is not a mapping (got int)"),
+    (lambda f: _set_config_section(f, "train", [1]), "config.yaml", "section 'train' is not a mapping (got list)"),
+    (lambda f: _append_metrics(f, "[1,2]"), "metrics.jsonl", "line 4 is not a JSON object (got array)"),
+    (lambda f: _append_metrics(f, "5"), "metrics.jsonl", "line 4 is not a JSON object (got number)"),
+    (lambda f: _append_metrics(f, '{"epoch": "x"}'), "metrics.jsonl", "line 4: 'epoch' is not a number (got string)"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("damage, blamed, why", DAMAGE)
+def test_unreadable_run_is_skipped_with_a_warning(tmp_path, damage, blamed, why):
+    runs = tmp_path / "s" / "runs"
+    _write_run(runs, "good", ["batch.size=64"], 80.0, 10, 64)
+    bad = _write_run(runs, "bad", ["batch.size=64", "train.seed=1"], 70.0, 10, 64)
+    damage(bad)
+    warnings = []
+    res = R.make_report(tmp_path / "s", warn=warnings.append)
+    assert len(warnings) == 1 and "\n" not in warnings[0]
+    assert warnings[0].startswith(f"{bad / blamed}: {why}") and warnings[0].endswith("skipped")
+    assert res.n_runs == 1 and res.rows[0]["runs"] == ["good"]
+    assert f"1 unreadable runs ignored ({bad / blamed}: {why}" in res.markdown
+
+
+@pytest.mark.parametrize("damage, blamed, why", DAMAGE[:1] + DAMAGE[3:4] + DAMAGE[5:6])
+def test_no_readable_run_error_says_why(tmp_path, damage, blamed, why):
+    runs = tmp_path / "s" / "runs"
+    for i in range(3):
+        damage(_write_run(runs, f"r{i}", [f"train.seed={i}"], 70.0, 10, 128))
+    _write_run(runs, "u", [], 1.0, 1, 128, finished=False)
+    warnings = []
+    with pytest.raises(R.ReportError) as e:
+        R.make_report(tmp_path / "s", warn=warnings.append)
+    assert str(e.value) == (
+        f"{tmp_path / 's'}: no readable runs: 3 skipped, 1 unfinished "
+        f"(first: {runs / 'r0' / blamed}: {why})"
+    )
+    assert warnings == [] and not (tmp_path / "s" / "report").exists()
+
+
+def test_torn_last_metrics_line_is_still_ignored(sweep_dir):
+    _append_metrics(sweep_dir / "runs" / "bl-b32-s0", '{"epoch": 3, "test_a')
+    recs = R.collect(sweep_dir)
+    assert len(recs) == 8 and not recs.unreadable
