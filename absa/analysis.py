@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from absa import hessian as H
 from absa import landscape as L
 from absa.attacks import model_mode
+from absa.probes import probe_batches, probe_indices
 
 Batches = list[tuple[Tensor, Tensor]]
 
@@ -54,18 +55,12 @@ class Spectrum:
 
 
 def batches_of(split: Any, n: int | None, batch: int, device: torch.device, seed: int) -> Batches:
-    """A fixed random sample of n items of a split (all if None), cut into batches."""
+    """A fixed random sample of n items of a split (all if None), cut into batches: the
+    probe-set sampler of training (absa.probes), so on the train split with the run's seed
+    these are the samples training's lambda_max was measured on."""
     total = len(split)
-    if n is None or n >= total:
-        idx = torch.arange(total)
-    else:
-        gen = torch.Generator().manual_seed(seed)
-        idx = torch.randperm(total, generator=gen)[:n].sort().values
-    out = []
-    for chunk in idx.split(batch):
-        x, y = split.get(chunk)
-        out.append((x.to(device), y.to(device)))
-    return out
+    idx = torch.arange(total) if n is None or n >= total else probe_indices(total, n, seed)
+    return probe_batches(split, idx, batch, device)
 
 
 def operator_for(model: nn.Module, block: str, batches: Batches) -> tuple[Any, list[nn.Parameter]]:

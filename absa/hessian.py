@@ -247,6 +247,49 @@ def last_layer_operator(
 Operator = HessianOperator | LinearSoftmaxHessian
 
 
+def rayleigh_stderr(
+    op: Operator, v: Tensor, reduce: Reduce | None = None
+) -> tuple[float | None, int]:
+    """Standard error of lambda = v^T H v (v a unit eigenvector) over the probe's pieces.
+
+    lambda is the mean of per-piece quadratic forms q = v^T H_piece v: per sample for the
+    closed-form linear head (q_i = z_i^T A_i z_i, z_i = V_W f_i + v_b), per batch for
+    double-backprop operators. Returns (std(q) / sqrt(#pieces), HVPs spent), None with fewer
+    than two pieces. Call on all ranks when ``reduce`` is collective.
+    """
+    reduce = reduce or _identity
+    v = v.to(op.device, op.dtype)
+    v = v / v.norm()
+    if isinstance(op, LinearSoftmaxHessian):
+        c, d = op.weight.shape
+        z = op.features @ v[: c * d].view(c, d).T
+        if op.bias is not None:
+            z = z + v[c * d :]
+        p = op.probs
+        q = (p * z * z).sum(1) - (p * z).sum(1) ** 2
+    else:
+        vs = op._split(v)
+        pieces = []
+        for x, y in op.batches:
+            loss = op.loss_fn(op.model(x), y)
+            grads = torch.autograd.grad(loss, op.params, create_graph=True, allow_unused=True)
+            dot = sum((g * u).sum() for g, u in zip(grads, vs, strict=True) if g is not None)
+            if not isinstance(dot, Tensor) or not dot.requires_grad:
+                pieces.append(0.0)
+                continue
+            hv = op._flat(torch.autograd.grad(dot, op.params, allow_unused=True))
+            pieces.append(float((hv @ v).item()) / len(y))
+        q = torch.tensor(pieces, dtype=torch.float64, device=op.device)
+    q = q.double()
+    stats = reduce(torch.stack([q.sum(), (q * q).sum(), q.new_tensor(float(len(q)))]))
+    n = stats[2].item()
+    if n < 2:
+        return None, 1
+    mean = stats[0].item() / n
+    var = max(stats[1].item() / n - mean * mean, 0.0) * n / (n - 1)
+    return math.sqrt(var / n), 1
+
+
 # --- eigenvalues --------------------------------------------------------------------------
 
 

@@ -1,21 +1,40 @@
-"""Batch-size / learning-rate / adversarial-fraction policies: BL, FB, GG, ABS, ABSA, replay.
+"""Batch-size / learning-rate / adversarial-fraction policies and their registry.
 
 Pure and counter-driven: a policy is asked for the plan of an epoch (batch size B, lr eta,
-adversarial fraction r, whether to probe the Hessian), for the lr at a point inside an epoch,
-and is told the top eigenvalue lambda measured at the end of an epoch. It holds no tensors and
-does no I/O; ``state_dict`` / ``load_state_dict`` use plain Python types.
+adversarial fraction r, and the signals it ``wants`` measured at the end of the epoch), for
+the lr at a point inside an epoch, and observes a mapping of the measured signals (names in
+``SIGNALS``; absa.probes measures them). It holds no tensors and does no I/O;
+``state_dict`` / ``load_state_dict`` use plain Python types.
 
 Step decay is shared by every method: eta(e) = eta_0 * rho ** #{d in decay_epochs : d <= e}.
+
+Adding a method: one policy class here (``plan``, ``lr_at``, ``observe``, state dict), one
+``register`` call saying whether it grows the batch and how to build it from the config, and,
+if it needs a signal nobody measures yet, one function in absa.probes.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from absa.config import Config
 
 LR_SCALINGS = ("linear", "sqrt", "none")
 REFERENCES = ("peak", "first")
+
+# Signal names a policy may want (absa.probes measures them at the end of an epoch).
+LAMBDA = "lambda_max"  # top Hessian eigenvalue on the probe set (hessian.block)
+LAMBDA_STDERR = "lambda_max_stderr"  # its standard error over probe chunks
+NOISE = "noise_scale"  # B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018), EMA-smoothed
+NOISE_TRACE = "noise_trace"  # tr(Sigma): per-sample gradient variance
+NOISE_G2 = "noise_g2"  # |G|^2: squared norm of the true gradient
+IP_VARIANCE = "ip_variance"  # variance of per-sample gradients along the mean gradient
+SIGNALS = (LAMBDA, LAMBDA_STDERR, NOISE, NOISE_TRACE, NOISE_G2, IP_VARIANCE)
+Signals = Mapping[str, float | None]
 
 
 @dataclass(frozen=True)
@@ -23,7 +42,12 @@ class EpochPlan:
     batch_size: int  # B: global (logical) batch
     lr: float  # eta at the start of the epoch
     adv_fraction: float  # r: share of each batch replaced by adversarial examples
-    probe: bool  # whether the policy wants lambda_max at the end of this epoch
+    wants: frozenset[str] = frozenset()  # signals to measure at the end of this epoch
+
+    @property
+    def probe(self) -> bool:
+        """Whether the Hessian probe runs at the end of this epoch."""
+        return LAMBDA in self.wants
 
 
 @dataclass(frozen=True)
@@ -35,9 +59,13 @@ class Growth:
     new_batch: int
     old_lr: float
     new_lr: float
-    trigger: str  # "eigenvalue" (lambda dropped) | "duration" (fallback)
+    # "eigenvalue" (lambda dropped) | "eigenvalue_confident" (by more than 2 stderr) |
+    # "noise" (B below gns_ratio * B_simple, or the inner-product test failed) | "duration"
+    trigger: str
     eigenvalue: float | None
     reference: float | None
+    noise_scale: float | None = None  # B_simple when the policy used it
+    lr_cap: float | None = None  # lr_guard: the cap 2 (1 + beta) / lambda when it bound
 
 
 class Policy(Protocol):
@@ -47,7 +75,7 @@ class Policy(Protocol):
 
     def lr_at(self, epoch: int, progress: float) -> float: ...
 
-    def observe(self, epoch: int, eigenvalue: float | None) -> Growth | None: ...
+    def observe(self, epoch: int, signals: Signals) -> Growth | None: ...
 
     def state_dict(self) -> dict[str, Any]: ...
 
@@ -75,7 +103,7 @@ class _Stateless:
 
     name = "?"
 
-    def observe(self, epoch: int, eigenvalue: float | None) -> Growth | None:
+    def observe(self, epoch: int, signals: Signals) -> Growth | None:
         return None
 
     def state_dict(self) -> dict[str, Any]:
@@ -101,7 +129,7 @@ class BL(_Stateless):
         return self.lr * step_decay(epoch, self.decay_epochs, self.decay_factor)
 
     def plan(self, epoch: int) -> EpochPlan:
-        return EpochPlan(self.batch_size, self.lr_at(epoch, 0.0), self.adv_fraction, False)
+        return EpochPlan(self.batch_size, self.lr_at(epoch, 0.0), self.adv_fraction)
 
 
 @dataclass
@@ -133,7 +161,7 @@ class FB(_Stateless):
         return self.peak_lr * decay
 
     def plan(self, epoch: int) -> EpochPlan:
-        return EpochPlan(self.batch_size, self.lr_at(epoch, 0.0), self.adv_fraction, False)
+        return EpochPlan(self.batch_size, self.lr_at(epoch, 0.0), self.adv_fraction)
 
 
 @dataclass
@@ -165,7 +193,24 @@ class GG(_Stateless):
 
     def plan(self, epoch: int) -> EpochPlan:
         b, lr = self._at(epoch)
-        return EpochPlan(b, lr, self.adv_fraction, False)
+        return EpochPlan(b, lr, self.adv_fraction)
+
+
+@dataclass
+class Seesaw(GG):
+    """Meterez et al. 2025: where step decay would cut eta by rho, cut it by sqrt(rho) and
+    grow B by 1/rho instead. Both keep eta / sqrt(B) on the step-decay path; once B would
+    pass B_max it is capped and the rest goes into the lr:
+    after k decays B = min(B_0 / rho**k, B_max), eta = eta_0 * rho**k * sqrt(B / B_0).
+    """
+
+    name = "seesaw"
+
+    def _at(self, epoch: int) -> tuple[int, float]:
+        k = sum(1 for d in self.decay_epochs if d <= epoch)
+        ideal = self.base_batch / self.decay_factor**k
+        b = round(ideal) if ideal <= self.max_batch * (1 + 1e-9) else self.max_batch
+        return b, self.lr * self.decay_factor**k * math.sqrt(b / self.base_batch)
 
 
 @dataclass
@@ -183,12 +228,16 @@ class ABS:
     At the end of each epoch lambda (top eigenvalue on the probe set) is compared with a
     reference lambda_ref: grow when lambda <= lambda_ref / alpha. ``reference="first"`` is the
     authors' rule (lambda_ref = first lambda, reset to lambda at each eigenvalue growth);
-    ``"peak"`` uses the running maximum of lambda since the last growth. If ``duration``
-    epochs pass at one batch size, grow anyway (trigger "duration"). A growth multiplies B by
-    ``growth_factor`` (capped at B_max), scales eta by the lr rule and halves r; at B_max r is
-    0 and probing stops. r is also 0 from half the epochs on. Step decay still applies.
-    The eigenvalue trigger needs lambda_ref > 0 (a non-positive top eigenvalue, possible far
-    from a minimum, never counts as "dropped").
+    ``"peak"`` uses the running maximum of lambda since the last growth. With ``confidence``
+    the test is lambda + 2 stderr <= lambda_ref / alpha (trigger "eigenvalue_confident"), so
+    probe noise alone cannot fire it. If ``duration`` epochs pass at one batch size, grow
+    anyway (trigger "duration"). A growth multiplies B by ``growth_factor`` (capped at B_max),
+    scales eta by the lr rule and halves r; at B_max r is 0 and probing stops. r is also 0
+    from half the epochs on. Step decay still applies. The eigenvalue trigger needs
+    lambda_ref > 0 (a non-positive top eigenvalue, possible far from a minimum, never counts
+    as "dropped"). ``lr_guard`` caps eta after a growth at 2 (1 + momentum) / lambda, the
+    stability limit of SGD with momentum on a quadratic of curvature lambda (Cohen et al.
+    2021), using the latest lambda.
     """
 
     base_batch: int
@@ -201,12 +250,16 @@ class ABS:
     growth_factor: int = 2
     lr_scaling: str = "linear"
     reference: str = "peak"
-    duration: int = 10
+    duration: int | None = 10
     adv_fraction: float = 0.0
     eigenvalue_trigger: bool = True  # False: duration-only growth, no probing (ablation)
+    confidence: bool = False
+    lr_guard: bool = False
+    momentum: float = 0.9  # beta of the stability limit (lr_guard)
     name: str = "abs"
     segments: list[_Segment] = field(default_factory=list)
     ref_value: float | None = None
+    last_lambda: float | None = None  # lr_guard: most recent eigenvalue seen
 
     def __post_init__(self) -> None:
         if self.reference not in REFERENCES:
@@ -228,37 +281,85 @@ class ABS:
         seg = self._segment(epoch)
         return self.lr * seg.lr_mult * step_decay(epoch, self.decay_epochs, self.decay_factor)
 
+    def wants(self) -> frozenset[str]:
+        """Signals this policy reads while it can still grow."""
+        if not self.eigenvalue_trigger:
+            return frozenset()
+        return frozenset({LAMBDA, LAMBDA_STDERR} if self.confidence else {LAMBDA})
+
     def plan(self, epoch: int) -> EpochPlan:
         seg = self._segment(epoch)
         adv = 0.0 if epoch >= self.total_epochs / 2 else seg.adv_fraction
-        probe = self.eigenvalue_trigger and seg.batch < self.max_batch
-        return EpochPlan(seg.batch, self.lr_at(epoch, 0.0), adv, probe)
+        wants = self.wants() if seg.batch < self.max_batch else frozenset()
+        return EpochPlan(seg.batch, self.lr_at(epoch, 0.0), adv, wants)
 
-    def observe(self, epoch: int, eigenvalue: float | None) -> Growth | None:
+    def observe(self, epoch: int, signals: Signals) -> Growth | None:
         """End of ``epoch``: update lambda_ref and decide whether epoch + 1 uses a larger batch."""
         seg = self.segments[-1]
         if seg.batch >= self.max_batch or epoch < seg.start:
             return None
-        trigger = None
-        if eigenvalue is not None and self.eigenvalue_trigger:
-            if self.ref_value is None:
-                self.ref_value = eigenvalue
-            elif self.reference == "peak":
-                self.ref_value = max(self.ref_value, eigenvalue)
-            if self.ref_value > 0 and eigenvalue <= self.ref_value / self.alpha:
-                trigger = "eigenvalue"
-        if trigger is None and epoch + 1 - seg.start >= self.duration:
-            trigger = "duration"
+        eigenvalue = signals.get(LAMBDA) if self.eigenvalue_trigger else None
+        if eigenvalue is not None:
+            self.last_lambda = eigenvalue
+        trigger = self._trigger(epoch, seg, eigenvalue, signals)
         if trigger is None:
             return None
         ref_before = self.ref_value
+        growth = self._grow(epoch, seg, trigger, eigenvalue, ref_before, signals)
+        if growth is None:
+            return None
+        if trigger.startswith("eigenvalue") or self.reference == "peak":
+            self.ref_value = eigenvalue  # "first" keeps lambda_ref on a fallback growth
+        return growth
+
+    def _eigen_trigger(self, eigenvalue: float | None, signals: Signals) -> str | None:
+        """Update lambda_ref with lambda; the eigenvalue trigger's name if it fires."""
+        if eigenvalue is None:
+            return None
+        if self.ref_value is None:
+            self.ref_value = eigenvalue
+        elif self.reference == "peak":
+            self.ref_value = max(self.ref_value, eigenvalue)
+        if self.ref_value <= 0:
+            return None
+        if not self.confidence:
+            return "eigenvalue" if eigenvalue <= self.ref_value / self.alpha else None
+        err = signals.get(LAMBDA_STDERR)
+        upper = eigenvalue + 2 * (err if err is not None else math.inf)
+        return "eigenvalue_confident" if upper <= self.ref_value / self.alpha else None
+
+    def _trigger(
+        self, epoch: int, seg: _Segment, eigenvalue: float | None, signals: Signals
+    ) -> str | None:
+        trigger = self._eigen_trigger(eigenvalue, signals)
+        if trigger is None and self._overdue(epoch, seg):
+            trigger = "duration"
+        return trigger
+
+    def _overdue(self, epoch: int, seg: _Segment) -> bool:
+        return self.duration is not None and epoch + 1 - seg.start >= self.duration
+
+    def _grow(
+        self,
+        epoch: int,
+        seg: _Segment,
+        trigger: str,
+        eigenvalue: float | None,
+        reference: float | None,
+        signals: Signals,
+    ) -> Growth | None:
+        """Append the next segment (B x growth_factor, capped; lr by the rule; r / 2)."""
         new_batch = min(seg.batch * self.growth_factor, self.max_batch)
         mult = seg.lr_mult * lr_scale(new_batch, seg.batch, self.lr_scaling)
+        cap = None
+        if self.lr_guard and self.last_lambda is not None and self.last_lambda > 0:
+            limit = 2 * (1 + self.momentum) / self.last_lambda
+            decay = step_decay(epoch + 1, self.decay_epochs, self.decay_factor)
+            if self.lr * mult * decay > limit:
+                mult, cap = limit / (self.lr * decay), limit
         adv = 0.0 if new_batch >= self.max_batch else seg.adv_fraction / 2
         old_lr = self.lr_at(epoch + 1, 0.0)
         self.segments.append(_Segment(epoch + 1, new_batch, mult, adv))
-        if trigger == "eigenvalue" or self.reference == "peak":
-            self.ref_value = eigenvalue  # "first" keeps lambda_ref on a fallback growth
         return Growth(
             epoch=epoch,
             old_batch=seg.batch,
@@ -267,15 +368,22 @@ class ABS:
             new_lr=self.lr_at(epoch + 1, 0.0),
             trigger=trigger,
             eigenvalue=eigenvalue,
-            reference=ref_before,
+            reference=reference,
+            noise_scale=signals.get(NOISE) if self.uses_noise else None,
+            lr_cap=cap,
         )
 
+    uses_noise = False
+
     def state_dict(self) -> dict[str, Any]:
-        return {
+        state = {
             "kind": self.name,
             "segments": [[s.start, s.batch, s.lr_mult, s.adv_fraction] for s in self.segments],
             "reference": self.ref_value,
         }
+        if self.lr_guard:
+            state["last_lambda"] = self.last_lambda
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != self.name:
@@ -284,6 +392,96 @@ class ABS:
             _Segment(int(a), int(b), float(c), float(d)) for a, b, c, d in state["segments"]
         ]
         self.ref_value = state["reference"]
+        self.last_lambda = state.get("last_lambda")
+
+
+@dataclass
+class GNS(ABS):
+    """Grow from the gradient noise scale (McCandlish et al. 2018): at the end of an epoch,
+    grow when B < gns_ratio * B_simple, B_simple = tr(Sigma) / |G|^2 (trigger "noise").
+
+    This is also the norm test of adaptive sampling (Byrd et al. 2012): growing while
+    B < tr(Sigma) / (theta^2 |G|^2) is ``gns`` with gns_ratio = 1 / theta^2. No Hessian; no
+    fallback unless ``duration`` is given. Growth, lr rule, cap and r as in ABS.
+    """
+
+    gns_ratio: float = 1.0
+    duration: int | None = None
+    name: str = "gns"
+    uses_noise = True
+
+    def wants(self) -> frozenset[str]:
+        return frozenset({NOISE})
+
+    def _trigger(
+        self, epoch: int, seg: _Segment, eigenvalue: float | None, signals: Signals
+    ) -> str | None:
+        b_simple = signals.get(NOISE)
+        if b_simple is not None and seg.batch < self.gns_ratio * b_simple:
+            return "noise"
+        return "duration" if self._overdue(epoch, seg) else None
+
+
+@dataclass
+class InnerProduct(GNS):
+    """The augmented inner-product test (Bollapragada et al. 2018; AdAdaGrad, Lau et al. 2024):
+    grow (trigger "noise") when the batch fails either condition
+
+        Var_i(<grad l_i, u>) / B > theta^2 |G|^2         (inner product, u = G / |G|)
+        (tr(Sigma) - Var_i(<grad l_i, u>)) / B > nu^2 |G|^2   (orthogonality)
+
+    i.e. when the per-sample spread along the mean gradient (or across it) is too large for
+    the batch to give a descent direction with the wanted probability.
+    """
+
+    theta: float = 0.9
+    nu: float = 5.84
+    name: str = "inner_product"
+
+    def wants(self) -> frozenset[str]:
+        return frozenset({NOISE_G2, NOISE_TRACE, IP_VARIANCE})
+
+    def _trigger(
+        self, epoch: int, seg: _Segment, eigenvalue: float | None, signals: Signals
+    ) -> str | None:
+        g2, trace, ip = (signals.get(k) for k in (NOISE_G2, NOISE_TRACE, IP_VARIANCE))
+        if g2 is not None and trace is not None and ip is not None and g2 > 0:
+            b = seg.batch
+            if ip / b > self.theta**2 * g2 or (trace - ip) / b > self.nu**2 * g2:
+                return "noise"
+        return "duration" if self._overdue(epoch, seg) else None
+
+
+@dataclass
+class Hybrid(ABS):
+    """ABS's curvature trigger, with a growth vetoed while B >= gns_ratio * B_simple
+    (curvature says flatter, but the noise scale says a larger batch would be wasted).
+    Vetoes are counted in the state (``vetoes``: epochs)."""
+
+    gns_ratio: float = 1.0
+    name: str = "hybrid"
+    vetoes: list[int] = field(default_factory=list)
+    uses_noise = True
+
+    def wants(self) -> frozenset[str]:
+        return super().wants() | {NOISE}
+
+    def _trigger(
+        self, epoch: int, seg: _Segment, eigenvalue: float | None, signals: Signals
+    ) -> str | None:
+        trigger = super()._trigger(epoch, seg, eigenvalue, signals)
+        b_simple = signals.get(NOISE)
+        if trigger is not None and b_simple is not None and seg.batch >= self.gns_ratio * b_simple:
+            self.vetoes.append(epoch)
+            return None
+        return trigger
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "vetoes": list(self.vetoes)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.vetoes = [int(e) for e in state.get("vetoes", [])]
 
 
 @dataclass
@@ -311,21 +509,116 @@ class Replay(_Stateless):
 
     def plan(self, epoch: int) -> EpochPlan:
         e = self._epoch(epoch)
-        return EpochPlan(self.batches[e], self.lrs[e], self.adv_fractions[e], False)
+        return EpochPlan(self.batches[e], self.lrs[e], self.adv_fractions[e])
 
 
 def build_policy(method: str, **kw: Any) -> Policy:
-    """Policy by config name: bl | fb | gg | abs | absa (keyword arguments as the classes)."""
-    if method == "bl":
-        return BL(**kw)
-    if method == "fb":
-        return FB(**kw)
-    if method == "gg":
-        return GG(**kw)
-    if method == "replay":
-        return Replay(**kw)
+    """Policy by method name with the classes' keyword arguments (see ``METHODS``)."""
+    spec = METHODS.get(method)
+    if spec is None:
+        raise ValueError(f"unknown schedule method {method!r} (valid: {', '.join(METHODS)})")
     if method in ("abs", "absa"):
         if method == "abs":
             kw["adv_fraction"] = 0.0 if kw.get("adv_fraction") is None else kw["adv_fraction"]
         return ABS(name=method, **kw)
-    raise ValueError(f"unknown schedule method {method!r} (valid: bl, fb, gg, abs, absa, replay)")
+    return spec.cls(**kw)
+
+
+# --- the registry: config -> policy -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the rest of absa needs to know of a method."""
+
+    cls: type
+    grows: bool  # the batch changes during training (needs schedule.max_batch)
+    build: Callable[[Config, dict[str, Any] | None], Policy]
+    summary: str
+
+
+def _common(cfg: Config) -> dict[str, Any]:
+    o = cfg.optim
+    return {
+        "lr": o.lr,
+        "decay_epochs": list(o.decay_epochs),
+        "decay_factor": o.decay_factor,
+        "adv_fraction": cfg.adv_fraction,  # constant for BL/FB/GG; ABSA halves it per growth
+    }
+
+
+def _fixed(cfg: Config, _traj: Any) -> Policy:
+    return BL(batch_size=cfg.batch.size, **_common(cfg))
+
+
+def _fb(cfg: Config, _traj: Any) -> Policy:
+    s = cfg.schedule
+    ref = s.ref_batch or cfg.batch.size
+    return FB(
+        base_batch=ref,
+        batch_size=cfg.batch.size,
+        warmup_epochs=s.warmup_epochs,
+        **_common(cfg),
+    )
+
+
+def _ramp(cls: type) -> Callable[[Config, Any], Policy]:
+    def build(cfg: Config, _traj: Any) -> Policy:
+        return cls(base_batch=cfg.batch.size, max_batch=cfg.schedule.max_batch, **_common(cfg))
+
+    return build
+
+
+def _replay(cfg: Config, traj: dict[str, Any] | None) -> Policy:
+    if traj is None:
+        raise ValueError("replay: needs the recorded trajectory (schedule.replay_from)")
+    return Replay(**traj)
+
+
+def _adaptive(cfg: Config, _traj: Any) -> Policy:
+    """ABS, ABSA, gns, inner_product and hybrid from the ``schedule`` section."""
+    s = cfg.schedule
+    kw: dict[str, Any] = dict(
+        base_batch=cfg.batch.size,
+        max_batch=s.max_batch,
+        total_epochs=cfg.train.epochs,
+        growth_factor=s.growth_factor,
+        lr_scaling=s.lr_scaling,
+        lr_guard=s.lr_guard,
+        momentum=cfg.optim.momentum,
+        **_common(cfg),
+    )
+    curvature = dict(
+        alpha=s.alpha,
+        reference=s.reference,
+        duration=s.duration,
+        eigenvalue_trigger=s.eigenvalue_trigger,
+        confidence=s.confidence,
+    )
+    if s.method in ("abs", "absa"):
+        return build_policy(s.method, **kw, **curvature)
+    if s.method == "hybrid":
+        return Hybrid(gns_ratio=s.gns_ratio, **kw, **curvature)
+    if s.method == "gns":
+        return GNS(gns_ratio=s.gns_ratio, **kw)
+    return InnerProduct(theta=s.ip_theta, nu=s.ip_nu, **kw)
+
+
+METHODS: dict[str, MethodSpec] = {
+    "bl": MethodSpec(BL, False, _fixed, "fixed batch, step decay"),
+    "fb": MethodSpec(FB, False, _fb, "fixed large batch, linear lr scaling + warm-up (Goyal)"),
+    "gg": MethodSpec(GG, True, _ramp(GG), "grow B instead of decaying lr (Smith)"),
+    "seesaw": MethodSpec(Seesaw, True, _ramp(Seesaw), "lr x sqrt(rho), B / rho (Meterez)"),
+    "abs": MethodSpec(ABS, True, _adaptive, "grow when lambda_max drops (Yao)"),
+    "absa": MethodSpec(ABS, True, _adaptive, "ABS + adversarial examples (Yao)"),
+    "gns": MethodSpec(GNS, True, _adaptive, "grow below the gradient noise scale"),
+    "inner_product": MethodSpec(InnerProduct, True, _adaptive, "augmented inner-product test"),
+    "hybrid": MethodSpec(Hybrid, True, _adaptive, "curvature trigger, noise-scale veto"),
+    "replay": MethodSpec(Replay, False, _replay, "play back a finished run's trajectory"),
+}
+GROWING = tuple(m for m, spec in METHODS.items() if spec.grows)
+
+
+def make_policy(cfg: Config, trajectory: dict[str, Any] | None = None) -> Policy:
+    """The policy the config's ``schedule.method`` names (``trajectory``: replay only)."""
+    return METHODS[cfg.schedule.method].build(cfg, trajectory)

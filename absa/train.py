@@ -34,15 +34,22 @@ from absa.data import (
     load_data,
     local_positions,
     micro_batches,
-    probe_indices,
     resolve_augment,
 )
 from absa.evaluate import EvalResult, evaluate, robustness
-from absa.hessian import HessianOperator, last_layer_operator, select_params, top_eigen
+from absa.hessian import select_params
 from absa.models import build_from_config
+from absa.probes import (
+    NoiseMeter,
+    ProbeResult,
+    hessian_probe,
+    measure,
+    overhead_allows,
+    probe_indices,
+)
 from absa.rundir import RunFolderError, RunLock, clean_temps, holder, state
 from absa.runlog import RunLog, environment, read_metrics
-from absa.schedules import Growth, Policy, build_policy
+from absa.schedules import GROWING, Growth, Policy, make_policy
 
 
 class TrainingDiverged(RuntimeError):
@@ -68,39 +75,13 @@ class Summary:
 # --- construction -------------------------------------------------------------------------
 
 
-def make_policy(cfg: Config) -> Policy:
-    """Map the config tree onto the pure schedule policies."""
-    s, o, b = cfg.schedule, cfg.optim, cfg.batch
-    common = {
-        "lr": o.lr,
-        "decay_epochs": list(o.decay_epochs),
-        "decay_factor": o.decay_factor,
-        "adv_fraction": cfg.adv_fraction,  # constant for BL/FB/GG; ABSA halves it per growth
-    }
-    if s.method == "bl":
-        return build_policy("bl", batch_size=b.size, **common)
-    if s.method == "fb":
-        ref = s.ref_batch or b.size
-        return build_policy(
-            "fb", base_batch=ref, batch_size=b.size, warmup_epochs=s.warmup_epochs, **common
-        )
-    if s.method == "gg":
-        return build_policy("gg", base_batch=b.size, max_batch=s.max_batch, **common)
-    if s.method == "replay":
-        return build_policy("replay", **replay_trajectory(s.replay_from, cfg.train.epochs))
-    return build_policy(
-        s.method,
-        base_batch=b.size,
-        max_batch=s.max_batch,
-        total_epochs=cfg.train.epochs,
-        alpha=s.alpha,
-        growth_factor=s.growth_factor,
-        lr_scaling=s.lr_scaling,
-        reference=s.reference,
-        duration=s.duration,
-        eigenvalue_trigger=s.eigenvalue_trigger,
-        **common,
-    )
+def policy_for(cfg: Config) -> Policy:
+    """The schedule policy of ``cfg`` (schedules' registry), with a replay's trajectory read
+    from the run folder it names."""
+    traj = None
+    if cfg.schedule.method == "replay":
+        traj = replay_trajectory(cfg.schedule.replay_from, cfg.train.epochs)
+    return make_policy(cfg, traj)
 
 
 def replay_trajectory(run_dir: Path | None, epochs: int) -> dict[str, list[Any]]:
@@ -172,6 +153,8 @@ def accumulate_gradients(
     n_global: int,
     env: D.DistEnv,
     cfg: Config,
+    noise: NoiseMeter | None = None,
+    split: bool = False,
 ) -> torch.Tensor:
     """Accumulate into ``.grad`` the gradient of the mean loss over one logical batch.
 
@@ -179,31 +162,74 @@ def accumulate_gradients(
     ``adv_mask`` are replaced by adversarial examples crafted on the bare module. Each
     micro-batch contributes (sum of its losses) * world / n_global, and DDP averages over
     ranks, so the result equals (1/n_global) sum_i grad l_i exactly. DDP syncs only on the
-    last micro-batch. Returns float64 [loss sum, correct, samples] of this rank.
+    last micro-batch. With ``noise``, each micro-batch's gradient is handed to the meter
+    (absa.probes: the last one only on a single process), and with ``split`` a lone
+    micro-batch also gives its first half's gradient by one extra backward; ``.grad`` is
+    the same either way. Returns float64 [loss sum, correct, samples] of this rank.
     """
     bare = D.unwrap(model)
-    adv = cfg.adversarial
+    params = [p for p in bare.parameters() if p.requires_grad]
+    scale = env.world_size / n_global
     stats = torch.zeros(3, dtype=torch.float64)
     it = iter(micro)
     upcoming = next(it, None)
+    first = True
     while upcoming is not None:  # one micro-batch of look-ahead to know which is last
         (x, y, m_adv), upcoming = upcoming, next(it, None)
         x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-        m_adv = m_adv.to(env.device)
-        if bool(m_adv.any()):
-            with model_mode(bare, train=adv.model_mode == "train"):
-                x = x.clone()
-                x[m_adv] = make_adversarial(
-                    bare, x[m_adv], y[m_adv], adv.method, adv.eps, **_attack_kw(cfg)
-                )
-        with D.maybe_no_sync(model, skip_sync=upcoming is not None):
+        x = _with_adversarial(bare, x, y, m_adv.to(env.device), cfg)
+        last = upcoming is None
+        with D.maybe_no_sync(model, skip_sync=not last):
             out = model(x)
             loss_sum = F.cross_entropy(out, y, reduction="sum")
-            (loss_sum * (env.world_size / n_global)).backward()
+            if noise is not None and split and first and last and len(y) >= 2:
+                _half_gradient(noise, out, y, params)
+            (loss_sum * scale).backward()
+        if noise is not None and not (last and env.distributed):
+            noise.micro_done(params, len(y), scale)
+        first = False
         stats[0] += loss_sum.detach().double().cpu()
         stats[1] += (out.detach().argmax(1) == y).sum().item()
         stats[2] += len(y)
     return stats
+
+
+def _with_adversarial(
+    bare: nn.Module, x: torch.Tensor, y: torch.Tensor, m_adv: torch.Tensor, cfg: Config
+) -> torch.Tensor:
+    """``x`` with the flagged samples replaced by adversarial examples (crafted on ``bare``)."""
+    if not bool(m_adv.any()):
+        return x
+    adv = cfg.adversarial
+    with model_mode(bare, train=adv.model_mode == "train"):
+        x = x.clone()
+        x[m_adv] = make_adversarial(
+            bare, x[m_adv], y[m_adv], adv.method, adv.eps, **_attack_kw(cfg)
+        )
+    return x
+
+
+def _half_gradient(
+    noise: NoiseMeter, out: torch.Tensor, y: torch.Tensor, params: list[nn.Parameter]
+) -> None:
+    """Mean gradient of the first half of a micro-batch, from the retained graph."""
+    half = len(y) // 2
+    loss = F.cross_entropy(out[:half], y[:half], reduction="sum")
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    noise.add_small(
+        [
+            (g if g is not None else torch.zeros_like(p)).float() / half
+            for g, p in zip(grads, params, strict=True)
+        ],
+        half,
+    )
+
+
+def _split_steps(n_steps: int, k: int) -> set[int]:
+    """``k`` evenly spaced step indices of an epoch of ``n_steps`` (all when k >= n_steps)."""
+    if k <= 0:
+        return set()
+    return {round(i * n_steps / k) for i in range(min(k, n_steps))}
 
 
 def train_epoch(
@@ -215,6 +241,7 @@ def train_epoch(
     policy: Policy,
     epoch: int,
     on_step: Callable[[int, int, float], None] | None = None,
+    noise: NoiseMeter | None = None,
 ) -> EpochStats:
     """One pass over the training split at the policy's batch size; returns train metrics."""
     plan = policy.plan(epoch)
@@ -226,6 +253,8 @@ def train_epoch(
     batches = global_batches(n, plan.batch_size)
     if env.distributed and len(batches[-1]) < env.world_size:
         batches = batches[:-1]  # every rank needs at least one sample per step
+    split_at = _split_steps(len(batches), cfg.signals.noise_split_steps) if noise else set()
+    params = [p for p in D.unwrap(model).parameters() if p.requires_grad]
     model.train()
     stats = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, samples, adv (local)
     for step, batch_pos in enumerate(batches):
@@ -243,7 +272,12 @@ def train_epoch(
                 yield x, y, adv_mask[mb]
 
         optimizer.zero_grad(set_to_none=True)
-        out = accumulate_gradients(model, micro_iter(), len(batch_pos), env, cfg)
+        if noise is not None:
+            noise.begin_step(params)
+        split = step in split_at and not env.distributed
+        out = accumulate_gradients(model, micro_iter(), len(batch_pos), env, cfg, noise, split)
+        if noise is not None:
+            noise.end_step(params, len(batch_pos))
         _check_finite(out[0], env, epoch, step)
         optimizer.step()
         stats[:3] += out
@@ -285,70 +319,6 @@ def _check_finite(step_loss: torch.Tensor, env: D.DistEnv, epoch: int, step: int
         )
 
 
-# --- Hessian probe ------------------------------------------------------------------------
-
-
-@dataclass
-class ProbeResult:
-    eigenvalue: float
-    seconds: float
-    n_hvp: int
-    vector: Any
-
-
-def probe_eigenvalue(
-    model: nn.Module,
-    data: Data,
-    cfg: Config,
-    env: D.DistEnv,
-    probe_idx: torch.Tensor,
-    epoch: int,
-    init: Any = None,
-) -> ProbeResult:
-    """Collective: top Hessian eigenvalue of the mean loss on the probe set.
-
-    BatchNorm is in eval mode (running statistics) during the probe; the mode is restored.
-    Each rank holds a shard of the probe set; HVPs are all-reduced so every rank gets the
-    same value.
-    """
-    h = cfg.hessian
-    t0 = time.perf_counter()
-    shard = local_positions(probe_idx, env.rank, env.world_size)
-    batches = []
-    for chunk in shard.split(cfg.batch.max_micro_batch):
-        x, y = data.train.get(chunk)
-        batches.append((x.to(env.device), y.to(env.device)))
-    gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed * 1_009 + epoch)
-    with model_mode(model, train=False):
-        if h.block == "last":
-            op = last_layer_operator(model, batches, reduce=env.all_reduce_sum, device=env.device)
-        else:
-            params = select_params(model, h.block)
-            op = HessianOperator(
-                model, params, batches, reduce=env.all_reduce_sum, device=env.device
-            )
-        res = top_eigen(
-            op,
-            k=1,
-            method=h.method,
-            max_iter=h.max_iter,
-            rtol=h.rtol,
-            generator=gen,
-            init=init if h.warm_start else None,
-        )
-    return ProbeResult(res.values[0], time.perf_counter() - t0, res.n_hvp, res.vectors[0])
-
-
-def _probe_allowed(cfg: Config, totals: dict[str, float], env: D.DistEnv) -> bool:
-    """Collective. With hessian.max_overhead = c, skip this epoch's probe while the Hessian
-    time so far exceeds c times the training time so far (rank 0 decides, all follow)."""
-    cap = cfg.hessian.max_overhead
-    if cap is None or totals["train"] <= 0:
-        return True
-    allowed = totals["hessian"] <= cap * totals["train"]
-    return bool(env.broadcast_object(allowed))
-
-
 # --- the run ------------------------------------------------------------------------------
 
 
@@ -359,6 +329,7 @@ class TrainState:
     best_test_acc: float = 0.0
     hessian_vector: Any = None
     growths: list[dict[str, Any]] = field(default_factory=list)
+    noise: NoiseMeter | None = None  # gradient-noise averages (signals.noise)
 
 
 def _checkpoint_payload(
@@ -376,6 +347,7 @@ def _checkpoint_payload(
         "config": to_dict(cfg),
         "arch": D.unwrap(model).arch,
         "rng": ckpt_io.rng_state(),
+        "signals": st.noise.state_dict() if st.noise is not None else None,
     }
 
 
@@ -408,7 +380,7 @@ def check_resume_config(
 def check_divisible(cfg: Config, world: int) -> None:
     """The global batch (and its cap, for growing methods) must split evenly over ranks."""
     sizes = [("batch.size", cfg.batch.size)]
-    if cfg.schedule.method in ("gg", "abs", "absa") and cfg.schedule.max_batch is not None:
+    if cfg.schedule.method in GROWING and cfg.schedule.max_batch is not None:
         sizes.append(("schedule.max_batch", cfg.schedule.max_batch))
     for key, b in sizes:
         if world > 1 and b % world:
@@ -444,6 +416,9 @@ def prepare_run_dir(cfg: Config, stem: str, resume: Path | None) -> Path:
         )
     return run_dir
 
+
+# gradient-noise fields of a metrics line (absa.probes.NoiseMeter.epoch_signals)
+NOISE_FIELDS = ("noise_scale", "noise_snr", "noise_trace", "noise_g2", "ip_variance", "noise_steps")
 
 ProgressFactory = Callable[[int, int], Callable[[int, int, float], None] | None]
 
@@ -483,7 +458,7 @@ def run(
     check_divisible(cfg, env.world_size)
     data = load_data(cfg.data)  # bad data fails before anything is written
     model = build_from_config(cfg.model, data.info).to(env.device)
-    if cfg.schedule.method in ("abs", "absa"):  # a bad block fails now, not after an epoch
+    if cfg.schedule.method in ("abs", "absa", "hybrid"):  # a bad block fails before epoch 1
         try:
             select_params(model, cfg.hessian.block)
         except ValueError as err:
@@ -510,9 +485,9 @@ def _open(
     """Bring the run folder (lock held) to a consistent start: restore or clean, then write
     the resolved config and append this start to env.json."""
     optimizer = make_optimizer(model, cfg)
-    policy = make_policy(cfg)
+    policy = policy_for(cfg)
     runlog = RunLog(run_dir, enabled=env.is_main)
-    st = TrainState()
+    st = TrainState(noise=_noise_meter(cfg, None))
     if env.is_main:
         clean_temps(run_dir)
     last = run_dir / ckpt_io.LAST
@@ -528,6 +503,7 @@ def _open(
         st = TrainState(
             ck["epoch"], ck["updates"], ck["best_test_acc"], ck["hessian_vector"], ck["growths"]
         )
+        st.noise = _noise_meter(cfg, ck.get("signals"))
         ckpt_io.set_rng_state(ck["rng"])
         runlog.restore_metrics(st.epoch, ck.get("record"))
         say(f"resumed {run_dir} at epoch {st.epoch} ({st.updates} updates)")
@@ -544,6 +520,16 @@ def _open(
     return _Run(cfg, env, run_dir, data, model, optimizer, policy, st, runlog, totals)
 
 
+def _noise_meter(cfg: Config, state: dict[str, Any] | None) -> NoiseMeter | None:
+    """The gradient-noise meter (``signals.noise``), restored from a checkpoint's state."""
+    if not cfg.signals.noise:
+        return None
+    meter = NoiseMeter(ema=cfg.signals.noise_ema)
+    if state is not None:
+        meter.load_state_dict(state)
+    return meter
+
+
 def _train_epochs(
     r: _Run, progress: ProgressFactory | None, say: Callable[[str], None]
 ) -> EvalResult | None:
@@ -556,15 +542,18 @@ def _train_epochs(
         plan = r.policy.plan(epoch)
         on_step = progress(epoch, cfg.train.epochs) if progress and env.is_main else None
         t0 = time.perf_counter()
-        tr = train_epoch(ddp_model, r.optimizer, r.data, cfg, env, r.policy, epoch, on_step)
+        tr = train_epoch(
+            ddp_model, r.optimizer, r.data, cfg, env, r.policy, epoch, on_step, st.noise
+        )
         t_train = time.perf_counter() - t0
         st.updates += tr.steps
 
         probe = None
-        if plan.probe and _probe_allowed(cfg, totals, env):
-            probe = probe_eigenvalue(r.model, r.data, cfg, env, probe_idx, epoch, st.hessian_vector)
+        if plan.probe and overhead_allows(cfg, totals, env):
+            probe = hessian_probe(r.model, r.data, cfg, env, probe_idx, epoch, st.hessian_vector)
             st.hessian_vector = probe.vector
-        growth: Growth | None = r.policy.observe(epoch, probe.eigenvalue if probe else None)
+        signals = measure(plan.wants, probe, st.noise)
+        growth: Growth | None = r.policy.observe(epoch, signals)
         if growth is not None:
             st.growths.append(asdict(growth))
 
@@ -578,7 +567,7 @@ def _train_epochs(
         totals["hessian"] += t_hess
         totals["eval"] += t_eval
         times = {"train": t_train, "hessian": t_hess, "eval": t_eval}
-        record = _epoch_record(r, epoch, plan, tr, test, probe, growth, times)
+        record = _epoch_record(r, epoch, plan, tr, test, probe, growth, times, signals)
         if env.is_main:  # checkpoint first: metrics never hold an epoch last.pt lacks
             payload = _checkpoint_payload(r.model, r.optimizer, r.policy, cfg, st)
             ckpt_io.save(r.run_dir / ckpt_io.LAST, {**payload, "record": record})
@@ -597,8 +586,10 @@ def _epoch_record(
     probe: ProbeResult | None,
     growth: Growth | None,
     times: dict[str, float],
+    signals: dict[str, float | None],
 ) -> dict[str, Any]:
     """One metrics.jsonl line (0-based epoch)."""
+    noise = {k: signals.get(k) for k in NOISE_FIELDS} if r.st.noise is not None else {}
     return {
         "epoch": epoch,
         "method": r.cfg.schedule.method,
@@ -614,9 +605,12 @@ def _epoch_record(
         "test_loss": test.loss,
         "test_acc": test.acc,
         "lambda_max": probe.eigenvalue if probe else None,
+        "lambda_max_stderr": probe.stderr if probe else None,
         "hessian_hvps": probe.n_hvp if probe else 0,
         "probe_skipped": plan.probe and probe is None,
         "growth": asdict(growth) if growth else None,
+        "vetoed": epoch in getattr(r.policy, "vetoes", ()),  # hybrid: a growth the noise vetoed
+        **noise,
         "train_seconds": times["train"],
         "hessian_seconds": times["hessian"],
         "eval_seconds": times["eval"],

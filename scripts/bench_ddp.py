@@ -4,7 +4,7 @@ communication and Hessian, measured in one run (no targets asserted).
 Each world size runs in freshly spawned processes (one torch thread each, so 2 ranks use 2
 cores and 1 rank uses one). Every epoch is absa's own code path: ``train.train_epoch`` on
 the DDP-wrapped model (global batch split over ranks, micro-batches with no_sync but the
-last), then ``train.probe_eigenvalue`` (top Hessian eigenvalue on the probe set, each rank
+last), then ``probes.hessian_probe`` (top Hessian eigenvalue on the probe set, each rank
 holding a shard, HVPs all-reduced), as ``train.run`` does when the policy asks for a probe.
 Evaluation and checkpoints are left out.
 
@@ -41,8 +41,9 @@ import torch.multiprocessing as mp
 from absa import config as C
 from absa import distributed as D
 from absa import train as T
-from absa.data import load_data, probe_indices
+from absa.data import load_data
 from absa.models import build_model
+from absa.probes import hessian_probe, probe_indices
 
 
 class TimedEnv(D.DistEnv):
@@ -93,7 +94,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
         data = load_data(cfg.data)
         model = build_model(cfg.model.name, data.info, cfg.model.width)
         optimizer = T.make_optimizer(model, cfg)
-        policy = T.make_policy(cfg)
+        policy = T.policy_for(cfg)
         ddp = D.wrap_model(model, env)
         grad_comm = [0.0]
         if env.distributed:
@@ -120,7 +121,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
             T.train_epoch(ddp, optimizer, data, cfg, env, policy, epoch)
             t_train = time.perf_counter() - t0
             env.phase = "hessian"
-            probe = T.probe_eigenvalue(model, data, cfg, env, idx, epoch, vec)
+            probe = hessian_probe(model, data, cfg, env, idx, epoch, vec)
             vec = probe.vector
             comm = grad_comm[0] + env.seconds["train"]
             rows.append(

@@ -44,7 +44,7 @@ from torch import nn
 from absa import config as C
 from absa import train as T
 from absa.attacks import model_mode
-from absa.data import Data, load_data, probe_indices
+from absa.data import Data, load_data
 from absa.distributed import DistEnv
 from absa.hessian import (
     EigenResult,
@@ -54,6 +54,7 @@ from absa.hessian import (
     top_eigen,
 )
 from absa.models import build_model, count_params
+from absa.probes import probe_indices
 
 EPOCH_50K = 50_000
 TARGET_LAST = 0.03  # last-layer eigenvalue / 50k-sample epoch
@@ -163,7 +164,7 @@ def time_epoch(model: nn.Module, data: Data, cfg: C.Config) -> tuple[float, floa
     F.cross_entropy(warm(x), y).backward()
     del warm
     opt = T.make_optimizer(model, cfg)
-    policy = T.make_policy(cfg)
+    policy = T.policy_for(cfg)
     clock = Clock()
     T.train_epoch(model, opt, data, cfg, DistEnv(), policy, 0)
     return clock.wall(), clock.cpu()

@@ -47,7 +47,7 @@ def _cfg(model: str, samples: int, batch: int, micro: int) -> C.Config:
 
 def trainer_epoch(cfg: C.Config, data, model) -> float:
     opt = T.make_optimizer(model, cfg)
-    policy = T.make_policy(cfg)
+    policy = T.policy_for(cfg)
     t0 = time.perf_counter()
     T.train_epoch(model, opt, data, cfg, DistEnv(), policy, 0)
     return len(data.train) / (time.perf_counter() - t0)

@@ -38,8 +38,9 @@ from absa import checkpoint as ckpt_io
 from absa import config as C
 from absa import distributed as D
 from absa import train as T
-from absa.data import load_data, local_positions, probe_indices
+from absa.data import load_data, local_positions
 from absa.models import build_model
+from absa.probes import hessian_probe, probe_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -97,7 +98,7 @@ def _eigen(env: D.DistEnv, out: Path, block: str) -> tuple[float, int]:
     model = build_model("mlp", data.info, 8).to(env.device)
     model.load_state_dict(ckpt_io.load(out / "2rank" / "bl")["model"])
     idx = probe_indices(len(data.train), cfg.hessian.probe_size, cfg.train.seed)
-    res = T.probe_eigenvalue(model, data, cfg, env, idx, epoch=0)
+    res = hessian_probe(model, data, cfg, env, idx, epoch=0)
     return res.eigenvalue, res.n_hvp
 
 

@@ -2,8 +2,8 @@
 
 Every expected sequence below is a literal worked out by hand from the specification; the
 tests never recompute a policy's rule. The driver follows the trainer's protocol: for each
-epoch ``plan(e)``, the per-step lrs ``lr_at(e, step / steps)``, then ``observe(e, lam)``
-with ``lam`` passed only when ``plan.probe`` is True (else None).
+epoch ``plan(e)``, the per-step lrs ``lr_at(e, step / steps)``, then
+``observe(e, {"lambda_max": lam})`` with ``lam`` passed only when ``plan.probe`` is True.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def drive(policy, epochs, lambdas=None, steps=4, start=0) -> Trace:
         t.step_lrs.append([policy.lr_at(e, s / steps) for s in range(steps)])
         lam = lambdas[e] if (plan.probe and lambdas is not None) else None
         t.passed.append(lam)
-        t.growths.append(policy.observe(e, lam))
+        t.growths.append(policy.observe(e, {"lambda_max": lam}))
         t.refs.append(policy.state_dict().get("reference"))
     return t
 
@@ -363,9 +363,9 @@ def test_duration_fallback_on_flat_stream_up_to_cap():
 
 def test_duration_fallback_without_eigenvalue():
     p = ABS(base_batch=64, max_batch=512, lr=0.1, total_epochs=10, duration=1)
-    assert_growth(p.observe(0, None), 0, 64, 128, 0.1, 0.2, "duration", None, None)
+    assert_growth(p.observe(0, {}), 0, 64, 128, 0.1, 0.2, "duration", None, None)
     assert p.state_dict()["reference"] is None
-    assert_growth(p.observe(1, 4.0), 1, 128, 256, 0.2, 0.4, "duration", 4.0, 4.0)
+    assert_growth(p.observe(1, {"lambda_max": 4.0}), 1, 128, 256, 0.2, 0.4, "duration", 4.0, 4.0)
 
 
 def test_cap_at_max_batch_with_non_power_of_two_cap():
@@ -387,17 +387,17 @@ def test_cap_at_max_batch_with_non_power_of_two_cap():
         },
     )
     # at the cap nothing grows, whatever the trainer passes
-    assert p.observe(4, 0.001) is None
-    assert p.observe(30, None) is None
-    assert p.plan(4) == EpochPlan(768, pytest.approx(0.6), 0.0, False)
+    assert p.observe(4, {"lambda_max": 0.001}) is None
+    assert p.observe(30, {}) is None
+    assert p.plan(4) == EpochPlan(768, pytest.approx(0.6), 0.0)
 
 
 def test_base_batch_at_or_above_cap_starts_capped():
     p = build_policy(
         "absa", base_batch=1024, max_batch=512, lr=0.1, total_epochs=10, adv_fraction=0.4
     )
-    assert p.plan(0) == EpochPlan(512, 0.1, 0.0, False)
-    assert p.observe(0, 1.0) is None
+    assert p.plan(0) == EpochPlan(512, 0.1, 0.0)
+    assert p.observe(0, {"lambda_max": 1.0}) is None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -582,7 +582,7 @@ def test_resume_is_not_a_fresh_start():
     fresh = _abs_peak()
     assert fresh.plan(5).batch_size == 128
     fresh.load_state_dict(json_roundtrip(p.state_dict()))
-    assert fresh.plan(5) == EpochPlan(256, 0.2, 0.0, True)
+    assert fresh.plan(5) == EpochPlan(256, 0.2, 0.0, frozenset({"lambda_max"}))
     assert fresh.state_dict() == p.state_dict()
     assert fresh.state_dict()["reference"] == 5.0
 
@@ -705,7 +705,7 @@ def test_replay_plays_back_a_recorded_trajectory():
     assert [(q.batch_size, q.lr, q.adv_fraction, q.probe) for q in plans] == [
         (32, 0.1, 0.2, False), (64, 0.2, 0.1, False), (64, 0.04, 0, False),
     ]  # fmt: skip
-    assert p.lr_at(1, 0.7) == 0.2 and p.observe(1, 5.0) is None
+    assert p.lr_at(1, 0.7) == 0.2 and p.observe(1, {"lambda_max": 5.0}) is None
     with pytest.raises(ValueError, match="past the 3 recorded"):
         p.plan(3)
     with pytest.raises(ValueError, match="one entry per epoch"):
@@ -727,6 +727,6 @@ def test_abs_without_eigenvalue_trigger_grows_every_duration_and_never_probes():
         plan = p.plan(e)
         assert plan.probe is False
         batches.append(plan.batch_size)
-        g = p.observe(e, 0.0001)  # a collapsed eigenvalue must not count
+        g = p.observe(e, {"lambda_max": 0.0001})  # a collapsed eigenvalue must not count
         assert g is None or g.trigger == "duration"
     assert batches == [8, 8, 16, 16, 32, 32, 64, 64]

@@ -1,0 +1,306 @@
+"""Signals for batch-size policies: everything absa measures for a policy to observe.
+
+- ``probe_indices`` / ``probe_batches``: THE probe-set sampler (the fixed subset of the train
+  split that the training probe and ``absa hessian``'s default sample both look at);
+- ``hessian_probe``: lambda_max of the Hessian block on the probe set and its standard error
+  over probe chunks (``lambda_max`` / ``lambda_max_stderr``);
+- ``overhead_allows``: the cap on Hessian time as a share of training time;
+- ``NoiseMeter``: the gradient noise scale from the gradients that accumulation already
+  computes (``noise_scale``, ``noise_trace``, ``noise_g2``, ``ip_variance``);
+- ``measure``: what the trainer calls with the policy's ``plan.wants``.
+
+Gradient noise (McCandlish et al. 2018, appendix A). With unbiased gradient estimates at two
+batch sizes b < B (a micro-batch, or one rank's micro-batch, and the whole logical batch):
+
+    |G|^2     ~ (B |G_B|^2 - b |G_b|^2) / (B - b)
+    tr(Sigma) ~ (|G_b|^2 - |G_B|^2) / (1/b - 1/B)
+    B_simple  = tr(Sigma) / |G|^2
+
+Each step's estimates are noisy (|G|^2 can come out negative), so numerator and denominator
+are averaged separately (bias-corrected EMA over steps, ``signals.noise_ema``) and divided
+only at the end of the epoch. The same two-size estimator applied to the projections on a
+unit direction u gives Var_i(<grad l_i, u>) (``ip_variance``, for the inner-product test);
+u is the previous step's mean gradient, since the current one is known only once every
+micro-batch is done.
+
+Where the small size comes from: the micro-batches of a step (on this rank, before DDP's
+all-reduce; the last one is skipped under DDP since its backward already holds the other
+ranks' sums). A step with a single micro-batch on a single process is measured on
+``signals.noise_split_steps`` steps per epoch by one extra backward of its first half
+(``torch.autograd.grad`` on the retained graph: the training gradient is untouched).
+Under BatchNorm in train mode the half's gradient still sees the whole micro-batch's
+statistics, a small bias of the estimate. Multi-rank steps with one micro-batch per rank
+have no small size and are not measured.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from absa.attacks import model_mode
+from absa.data import Data, local_positions
+from absa.distributed import DistEnv
+from absa.hessian import (
+    HessianOperator,
+    last_layer_operator,
+    rayleigh_stderr,
+    select_params,
+    top_eigen,
+)
+from absa.schedules import IP_VARIANCE, LAMBDA, LAMBDA_STDERR, NOISE, NOISE_G2, NOISE_TRACE
+
+Batch = tuple[Tensor, Tensor]
+
+
+# --- the probe set -------------------------------------------------------------------------
+
+
+def probe_indices(n: int, size: int, seed: int) -> Tensor:
+    """The fixed probe subset of a split of ``n`` samples (seeded, sorted)."""
+    g = torch.Generator().manual_seed(seed * 7_777 + 1)
+    return torch.randperm(n, generator=g)[: min(size, n)].sort().values
+
+
+def probe_batches(
+    split: Any, idx: Tensor, batch: int, device: torch.device, rank: int = 0, world: int = 1
+) -> list[Batch]:
+    """This rank's shard of the probe samples ``idx`` of ``split``, in chunks of ``batch``."""
+    out = []
+    for chunk in local_positions(idx, rank, world).split(batch):
+        x, y = split.get(chunk)
+        out.append((x.to(device), y.to(device)))
+    return out
+
+
+# --- the Hessian probe ---------------------------------------------------------------------
+
+
+@dataclass
+class ProbeResult:
+    eigenvalue: float
+    stderr: float | None  # over probe chunks (None with a single chunk)
+    seconds: float
+    n_hvp: int
+    vector: Any
+
+
+def hessian_probe(
+    model: nn.Module,
+    data: Data,
+    cfg: Any,
+    env: DistEnv,
+    probe_idx: Tensor,
+    epoch: int,
+    init: Any = None,
+) -> ProbeResult:
+    """Collective: top eigenvalue (and its stderr) of the Hessian of the mean loss on the probe
+    set. BatchNorm is in eval mode during the probe; the mode is restored. Each rank holds a
+    shard of the probe; HVPs are all-reduced so every rank gets the same value. Always in
+    fp32, outside any autocast: power/Lanczos on low-precision double-backward is too noisy.
+    """
+    h = cfg.hessian
+    t0 = time.perf_counter()
+    batches = probe_batches(
+        data.train, probe_idx, cfg.batch.max_micro_batch, env.device, env.rank, env.world_size
+    )
+    gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed * 1_009 + epoch)
+    with model_mode(model, train=False), _no_autocast(env.device):
+        if h.block == "last":
+            op = last_layer_operator(model, batches, reduce=env.all_reduce_sum, device=env.device)
+        else:
+            params = select_params(model, h.block)
+            op = HessianOperator(
+                model, params, batches, reduce=env.all_reduce_sum, device=env.device
+            )
+        res = top_eigen(
+            op,
+            k=1,
+            method=h.method,
+            max_iter=h.max_iter,
+            rtol=h.rtol,
+            generator=gen,
+            init=init if h.warm_start else None,
+        )
+        n_hvp = res.n_hvp
+        stderr = None
+        if h.stderr:
+            stderr, extra = rayleigh_stderr(op, res.vectors[0], reduce=env.all_reduce_sum)
+            n_hvp += extra
+    return ProbeResult(res.values[0], stderr, time.perf_counter() - t0, n_hvp, res.vectors[0])
+
+
+class _no_autocast:
+    """Context: autocast off on the device type (the probe is fp32 under mixed precision)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.ctx = torch.autocast(device_type=torch.device(device).type, enabled=False)
+
+    def __enter__(self) -> None:
+        self.ctx.__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        self.ctx.__exit__(*exc)
+
+
+def overhead_allows(cfg: Any, totals: Mapping[str, float], env: DistEnv) -> bool:
+    """Collective. With hessian.max_overhead = c, skip this epoch's probe while the Hessian
+    time so far exceeds c times the training time so far (rank 0 decides, all follow)."""
+    cap = cfg.hessian.max_overhead
+    if cap is None or totals["train"] <= 0:
+        return True
+    allowed = totals["hessian"] <= cap * totals["train"]
+    return bool(env.broadcast_object(allowed))
+
+
+# --- gradient noise ------------------------------------------------------------------------
+
+
+@dataclass
+class _Ema:
+    """Bias-corrected exponential moving average of a scalar."""
+
+    decay: float
+    value: float = 0.0
+    weight: float = 0.0
+
+    def add(self, x: float) -> None:
+        self.value = self.decay * self.value + (1 - self.decay) * x
+        self.weight = self.decay * self.weight + (1 - self.decay)
+
+    def get(self) -> float | None:
+        return self.value / self.weight if self.weight > 0 else None
+
+
+@dataclass
+class NoiseMeter:
+    """Per-step two-batch-size estimates of |G|^2, tr(Sigma) and Var_i(<grad l_i, u>).
+
+    Protocol per optimizer step: ``begin_step(params)``; after each micro-batch of this rank
+    ``micro_done(params, b)`` (b = its sample count; the meter differences the accumulated
+    ``.grad``), or ``add_small(grads, b)`` for a gradient computed aside; then
+    ``end_step(params, B)`` once ``.grad`` holds the mean gradient of the logical batch.
+    ``.grad`` is read, never written.
+    """
+
+    ema: float = 0.95
+    g2: _Ema = field(init=False)
+    trace: _Ema = field(init=False)
+    ip: _Ema = field(init=False)
+    direction: list[Tensor] | None = None  # unit previous mean gradient
+    _prev: list[Tensor] | None = None
+    _small: list[tuple[int, float, float | None]] = field(default_factory=list)
+    _epoch_g2: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.g2, self.trace, self.ip = _Ema(self.ema), _Ema(self.ema), _Ema(self.ema)
+
+    @staticmethod
+    def _grads(params: Iterable[nn.Parameter]) -> list[Tensor]:
+        return [
+            (p.grad.detach() if p.grad is not None else torch.zeros_like(p)).float() for p in params
+        ]
+
+    def begin_step(self, params: list[nn.Parameter]) -> None:
+        self._small = []
+        self._prev = None
+
+    def micro_done(self, params: list[nn.Parameter], b: int, scale: float) -> None:
+        """The micro-batch just accumulated ``scale * sum of its b per-sample gradients``."""
+        now = self._grads(params)
+        delta = now if self._prev is None else [a - c for a, c in zip(now, self._prev, strict=True)]
+        self._prev = [t.clone() for t in now]
+        self.add_small([d / (scale * b) for d in delta], b)
+
+    def add_small(self, grads: list[Tensor], b: int) -> None:
+        """A mean gradient over b samples, unbiased for the same G as the step's."""
+        sq = float(sum((g.double() ** 2).sum() for g in grads))
+        proj = self._project(grads)
+        self._small.append((b, sq, proj))
+
+    def _project(self, grads: list[Tensor]) -> float | None:
+        if self.direction is None:
+            return None
+        return float(
+            sum((g.double() * u).sum() for g, u in zip(grads, self.direction, strict=True))
+        )
+
+    def end_step(self, params: list[nn.Parameter], big: int) -> None:
+        """Fold this step's estimates into the averages; remember the direction u."""
+        grads = self._grads(params)
+        sq_big = float(sum((g.double() ** 2).sum() for g in grads))
+        proj_big = self._project(grads)
+        usable = [s for s in self._small if 0 < s[0] < big]
+        if usable:
+            g2s, trs, ips = [], [], []
+            for b, sq, proj in usable:
+                g2s.append((big * sq_big - b * sq) / (big - b))
+                trs.append((sq - sq_big) / (1 / b - 1 / big))
+                if proj is not None and proj_big is not None:
+                    ips.append((proj**2 - proj_big**2) / (1 / b - 1 / big))
+            self.g2.add(sum(g2s) / len(g2s))
+            self.trace.add(sum(trs) / len(trs))
+            if ips:
+                self.ip.add(sum(ips) / len(ips))
+            self._epoch_g2.append(sum(g2s) / len(g2s))
+        norm = math.sqrt(sq_big)
+        self.direction = [g.double() / norm for g in grads] if norm > 0 else None
+        self._small, self._prev = [], None
+
+    def epoch_signals(self) -> dict[str, float | None]:
+        """End of epoch: the smoothed estimates, B_simple and the signal-to-noise ratio of
+        |G|^2 (its mean over this epoch's steps / the standard error of that mean)."""
+        g2, trace, ip = self.g2.get(), self.trace.get(), self.ip.get()
+        steps = self._epoch_g2
+        snr = None
+        if len(steps) >= 2:
+            mean = sum(steps) / len(steps)
+            var = sum((x - mean) ** 2 for x in steps) / (len(steps) - 1)
+            snr = mean / math.sqrt(var / len(steps)) if var > 0 else None
+        self._epoch_g2 = []
+        scale = trace / g2 if (g2 is not None and trace is not None and g2 > 0) else None
+        return {
+            NOISE: scale,
+            NOISE_TRACE: trace,
+            NOISE_G2: g2,
+            IP_VARIANCE: ip,
+            "noise_snr": snr,
+            "noise_steps": float(len(steps)),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "ema": self.ema,
+            "g2": [self.g2.value, self.g2.weight],
+            "trace": [self.trace.value, self.trace.weight],
+            "ip": [self.ip.value, self.ip.weight],
+            "direction": self.direction,
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.ema = float(state["ema"])
+        for key in ("g2", "trace", "ip"):
+            value, weight = state[key]
+            setattr(self, key, _Ema(self.ema, float(value), float(weight)))
+        self.direction = state["direction"]
+
+
+def measure(
+    wants: frozenset[str] | set[str],
+    probe: ProbeResult | None,
+    noise: NoiseMeter | None,
+) -> dict[str, float | None]:
+    """The signals of one epoch's end as the policy observes them (names from schedules)."""
+    out: dict[str, float | None] = {}
+    if noise is not None:
+        out.update(noise.epoch_signals())
+    if probe is not None:
+        out[LAMBDA] = probe.eigenvalue
+        out[LAMBDA_STDERR] = probe.stderr
+    return {k: v for k, v in out.items() if k in wants or k not in (LAMBDA, LAMBDA_STDERR)}

@@ -1,0 +1,50 @@
+"""Record the reference trajectories of the digits configs (run once, before a redesign).
+
+    PYTHONPATH=<checkout of the old code> python tests/record_reference.py tests/data/digits_reference.json
+
+Each config trains 4 epochs (duration 1, so ABS/ABSA/GG grow inside the window) on one
+thread; the file keeps per-epoch batch, lr, updates, lambda_max, losses and a weight checksum.
+"""
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from absa import checkpoint as ckpt_io
+from absa import config as C
+from absa import train as T
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = {
+    "bl": ("configs/digits_bl_large.yaml", []),
+    "fb": ("configs/digits_fb.yaml", []),
+    "gg": ("configs/digits_gg.yaml", ["optim.decay_epochs=[1,3]"]),
+    "abs": ("configs/digits_abs.yaml", ["schedule.duration=2"]),
+    "absa": ("configs/digits_absa.yaml", ["schedule.duration=2"]),
+}
+COMMON = ["train.epochs=4", "train.threads=1", "hessian.probe_size=512"]
+
+
+def overrides(extra: list[str]) -> list[str]:
+    return COMMON + extra + ["optim.decay_epochs=[2]"] * (not any("decay" in e for e in extra))
+
+
+def run_case(name: str, out: Path) -> dict:
+    path, extra = CASES[name]
+    cfg = C.load(ROOT / path, overrides(extra))
+    T.run(cfg, run_dir=out / name)
+    metrics = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
+    weights = ckpt_io.load(out / name / "last.pt")["model"]
+    checksum = sum(float(v.double().abs().sum()) for v in weights.values())
+    keys = ("batch_size", "lr", "updates", "lambda_max", "train_loss", "test_loss", "adv_samples")
+    return {"epochs": [{k: m[k] for k in keys} for m in metrics], "weight_checksum": checksum}
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory() as tmp:
+        ref = {name: run_case(name, Path(tmp)) for name in CASES}
+    Path(sys.argv[1]).write_text(json.dumps(ref, indent=1) + "\n")
