@@ -64,7 +64,20 @@ def _no_nul(value: Any) -> Any:
 
 
 PathField = Annotated[Path, AfterValidator(_no_nul)]
-NameField = Annotated[str, AfterValidator(_no_nul)]
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]{0,127}")  # one safe path component
+
+
+def _run_name(value: str) -> str:
+    """A run name is one path component: it can never point outside ``train.out_dir``."""
+    if not RUN_NAME.fullmatch(value) or value in (".", ".."):
+        raise ValueError(
+            "must be one folder name of letters, digits and . _ + = - (at most 128, starting "
+            "with a letter or digit): no '/', '..' or absolute paths"
+        )
+    return value
+
+
+RunNameField = Annotated[str, AfterValidator(_run_name)]
 
 
 class Section(BaseModel):
@@ -137,7 +150,7 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=0, le=MAX_SEED)  # torch seed; epoch seeds derive from it
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (availability checked at run time)
     out_dir: PathField = Field(Path("runs"), strict=False)
-    run_name: NameField | None = None  # default: <config stem>-<method>-b<batch>-s<seed>
+    run_name: RunNameField | None = None  # default: <config stem>-<method>-b<batch>-s<seed>
     eval_batch: int = Field(512, ge=1, le=MAX_BATCH)  # samples per evaluation forward pass
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only)
     threads: int | None = Field(None, ge=1, le=1024)  # torch.set_num_threads (CPU threads)
@@ -216,6 +229,9 @@ class AdversarialConfig(Section):
 class DistributedConfig(Section):
     backend: Literal["auto", "gloo", "nccl"] = "auto"  # auto: nccl on CUDA, gloo on CPU
     timeout_s: int = Field(1800, ge=10, le=7 * 86_400)  # collective timeout, seconds (<= 1 week)
+    # BatchNorm statistics over the global batch (SyncBatchNorm) instead of each rank's share:
+    # then N processes follow the 1-process trajectory also for BatchNorm models
+    sync_batchnorm: bool = False
 
 
 class Config(Section):

@@ -236,12 +236,70 @@ def exit_process(code: int) -> None:
     os._exit(code)
 
 
-def wrap_model(model: nn.Module, env: DistEnv) -> nn.Module:
-    """DDP-wrap for several processes; the bare module otherwise."""
+def wrap_model(model: nn.Module, env: DistEnv, sync_batchnorm: bool = False) -> nn.Module:
+    """DDP-wrap for several processes; the bare module otherwise. With ``sync_batchnorm``
+    the BatchNorm layers of ``model`` switch, in place, to statistics over the whole global
+    micro-batch (``GlobalBatchNorm``; call on all ranks)."""
     if not env.distributed:
         return model
+    if sync_batchnorm:
+        global_batchnorm(model)
     ids = [env.device.index] if env.device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+
+class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """BatchNorm whose training statistics are summed over all ranks (any backend: torch's
+    SyncBatchNorm runs on GPUs only). Per channel, with S = sum x, Q = sum x^2 and N samples
+    over every rank (an autograd-aware all-reduce, so gradients flow through the global
+    mean and variance): mean = S / N, var = Q / N - mean^2; running statistics use the
+    unbiased var * N / (N - 1), as BatchNorm does. Outside training, or in one process, it is
+    the plain BatchNorm of its class. Collective in training: call on all ranks."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_available() and dist.is_initialized()):
+            return super().forward(x)
+        if dist.get_world_size() == 1:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        c = x.shape[1]
+        count = x.new_tensor([x.numel() / c])
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
+        self._update_running(mean.detach(), var.detach(), n.item())
+        shape = [1, c] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+    @torch.no_grad()
+    def _update_running(self, mean: torch.Tensor, var: torch.Tensor, n: float) -> None:
+        if not self.track_running_stats or self.running_mean is None:
+            return
+        self.num_batches_tracked += 1
+        m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
+        self.running_mean.mul_(1 - m).add_(mean, alpha=m)
+        self.running_var.mul_(1 - m).add_(var * (n / max(n - 1, 1.0)), alpha=m)
+
+
+_GLOBAL_BN: dict[type, type] = {}
+
+
+def global_batchnorm(model: nn.Module) -> nn.Module:
+    """Switch every BatchNorm of ``model`` to ``GlobalBatchNorm`` in place, by class (the
+    parameters, buffers, state-dict keys and the optimizer's references stay the same)."""
+    for m in model.modules():
+        cls = type(m)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, GlobalBatchNorm):
+            if cls not in _GLOBAL_BN:
+                _GLOBAL_BN[cls] = type(f"Global{cls.__name__}", (GlobalBatchNorm, cls), {})
+            m.__class__ = _GLOBAL_BN[cls]
+    return model
 
 
 def unwrap(model: nn.Module) -> nn.Module:

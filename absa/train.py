@@ -11,6 +11,7 @@ may grow B -> test evaluation -> one metrics line and an atomic checkpoint.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -118,7 +119,9 @@ def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
 
 
 def default_run_name(cfg: Config, stem: str = "run") -> str:
-    return f"{stem}-{cfg.schedule.method}-b{cfg.batch.size}-s{cfg.train.seed}"
+    """``<stem>-<method>-b<batch>-s<seed>``, the stem reduced to safe characters."""
+    safe = re.sub(r"[^A-Za-z0-9._+=-]+", "_", stem).strip("._-+=")[:64] or "run"
+    return f"{safe}-{cfg.schedule.method}-b{cfg.batch.size}-s{cfg.train.seed}"
 
 
 def _seed_everything(cfg: Config) -> None:
@@ -253,6 +256,8 @@ def train_epoch(
     batches = global_batches(n, plan.batch_size)
     if env.distributed and len(batches[-1]) < env.world_size:
         batches = batches[:-1]  # every rank needs at least one sample per step
+    if env.distributed and cfg.distributed.sync_batchnorm:  # equal shares: same collectives
+        batches = [b[: len(b) - len(b) % env.world_size] for b in batches]
     split_at = _split_steps(len(batches), cfg.signals.noise_split_steps) if noise else set()
     params = [p for p in D.unwrap(model).parameters() if p.requires_grad]
     model.train()
@@ -535,7 +540,7 @@ def _train_epochs(
 ) -> EvalResult | None:
     """The epoch loop: train, probe, let the policy decide, evaluate, checkpoint, log."""
     cfg, env, st, totals = r.cfg, r.env, r.st, r.totals
-    ddp_model = D.wrap_model(r.model, env)
+    ddp_model = D.wrap_model(r.model, env, cfg.distributed.sync_batchnorm)
     probe_idx = probe_indices(len(r.data.train), cfg.hessian.probe_size, cfg.train.seed)
     test = None
     for epoch in range(st.epoch, cfg.train.epochs):

@@ -64,6 +64,9 @@ SCENARIOS = {
     "abs": ABS,  # duration=1: the batch grows after every epoch (64 -> 128)
     "absa": ("schedule.method=absa", "schedule.max_batch=256", "schedule.duration=1"),
 }
+# BatchNorm model with statistics over the global micro-batch: each rank's one micro-batch of
+# 32 is half of the 1-process micro-batch of 64 (the same 64 samples); 1280 = 20 x 64 samples
+BN = ("model.name=small_cnn", "distributed.sync_batchnorm=true", "data.train_size=1280")
 # 255 probe samples: the two ranks hold shards of 128 and 127
 EIG = ("hessian.probe_size=255", "hessian.rtol=1e-12", "hessian.max_iter=30")
 
@@ -144,6 +147,7 @@ def _session_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         for block in ("last", "full"):
             res[f"eig_{block}"] = _eigen(env, out, block)
         res["sync"] = _count_syncs(env, out)
+        T.run(_cfg(out, "bn", *BN, "batch.max_micro_batch=32"), env, out / "2rank" / "bn")
         torch.save(res, out / f"rank{rank}.pt")
         ok = True
     finally:
@@ -169,6 +173,7 @@ def session(tmp_path_factory):
         ref[name] = T.run(_cfg(out, name, *over), run_dir=out / "1rank" / name)
     T.run(_cfg(out, "stop1", *ABS, "train.epochs=1"), run_dir=out / "1rank" / "stop1")
     shutil.copytree(out / "1rank" / "stop1", out / "resume12")
+    T.run(_cfg(out, "bn", *BN, "batch.max_micro_batch=64"), run_dir=out / "1rank" / "bn")
     _spawn(_session_worker, (WORLD, _free_port(), str(out)))
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     return SimpleNamespace(out=out, ref=ref, ranks=ranks)
@@ -207,6 +212,19 @@ def test_two_ranks_equal_one_process(session, name):
         assert ref.growths and s0["final_batch"] == ref.final_batch == 128
     if name == "absa":
         assert m2[0]["adv_samples"] > 0  # summed over ranks, like in the 1-process run
+
+
+def test_sync_batchnorm_two_ranks_equal_one_process(session):
+    """distributed.sync_batchnorm: a BatchNorm CNN on 2 gloo ranks follows the 1-process
+    run (weights, BN running statistics, losses) when the global micro-batch is the same."""
+    out = session.out
+    two, one = ckpt_io.load(out / "2rank" / "bn"), ckpt_io.load(out / "1rank" / "bn")
+    assert any("running_mean" in k for k in one["model"])
+    for k in one["model"]:
+        torch.testing.assert_close(two["model"][k], one["model"][k], rtol=1e-4, atol=1e-5, msg=k)
+    for r2, r1 in zip(_metrics(out / "2rank" / "bn"), _metrics(out / "1rank" / "bn"), strict=True):
+        assert r2["updates"] == r1["updates"]
+        assert r2["train_loss"] == pytest.approx(r1["train_loss"], rel=1e-4)
 
 
 def test_process_group_used_gloo_and_no_sync_until_last_micro_batch(session):

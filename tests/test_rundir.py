@@ -166,3 +166,30 @@ def test_stale_temp_files_are_removed_on_start(tiny_cfg, tmp_path):
     T.run(tiny_cfg("train.epochs=3"), run_dir=d, resume=True)
     assert sorted(p.name for p in d.glob("*.tmp")) == ["notes.tmp"]
     assert not list(d.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "name", ["/", "../../x", "/tmp/abs", "a/b", ".", "..", "-x", "a" * 129, "sp ace"]
+)
+def test_run_name_cannot_leave_the_output_folder(name, tmp_path):
+    from absa.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match="train.run_name: must be one folder name") as e:
+        load(None, [f"train.run_name={json.dumps(name)}", f"train.out_dir={tmp_path}"])
+    assert "\n" not in str(e.value)
+
+
+def test_run_name_escape_writes_nothing_from_the_cli(tmp_path):
+    before = set(os.listdir("/"))
+    out = subprocess.run(
+        [sys.executable, "-m", "absa", "train", "train.run_name=/", f"train.out_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "train.run_name" in out.stderr and "Traceback" not in out.stderr
+    assert set(os.listdir("/")) == before and not any(tmp_path.iterdir())
+
+
+def test_default_run_name_is_safe_for_any_config_stem(tiny_cfg):
+    assert T.default_run_name(tiny_cfg(), "my config (v2)") == "my_config_v2-bl-b64-s0"
+    assert T.default_run_name(tiny_cfg(), "../..") == "run-bl-b64-s0"
