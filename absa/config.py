@@ -103,6 +103,9 @@ class DataConfig(Section):
     # digits/synthetic split and subset seed (independent of train.seed); see MAX_SEED
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
     num_workers: int = Field(0, ge=0, le=256)  # imagefolder decoding processes
+    # keep tensor datasets (uint8) and their augmentation on the accelerator: auto = on CUDA
+    # when the split fits in a quarter of the free memory; no effect on CPU
+    on_device: bool | Literal["auto"] = "auto"
 
 
 class ModelConfig(Section):
@@ -110,6 +113,20 @@ class ModelConfig(Section):
     width: int = Field(16, ge=1, le=MAX_SIDE)  # base channel width of the small models
     # extra keyword arguments of the model's factory, e.g. {pool: 4} for small_cnn
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    # torchvision:/timm:/module:function models: dotted path of the final nn.Linear inside the
+    # factory's module (fc, classifier.3, heads.head); null: found automatically (absa.models)
+    classifier: str | None = None
+
+    @field_validator("classifier")
+    @classmethod
+    def _classifier_path(cls, v: str | None, info: Any) -> str | None:
+        if v is None:
+            return v
+        if ":" not in str(info.data.get("name", "")):
+            raise ValueError("only for torchvision:, timm: or module:function models")
+        if not re.fullmatch(r"\w+(\.\w+)*", v):
+            raise ValueError("expected a dotted module path such as fc or classifier.3")
+        return v
 
     @field_validator("kwargs")
     @classmethod
@@ -126,6 +143,19 @@ class OptimConfig(Section):
     momentum: float = Field(0.9, ge=0, lt=1)
     weight_decay: float = Field(5e-4, ge=0, le=10)  # L2 coefficient; > 10 zeroes the weights
     nesterov: bool = False
+    # sgd (torch SGD) | adamw (torch AdamW) | lars (You et al. 2017) | lamb (You et al. 2019);
+    # momentum/nesterov: sgd, lars; betas/eps: adamw, lamb (see absa.optim)
+    name: Literal["sgd", "adamw", "lars", "lamb"] = "sgd"
+    # adamw/lamb: decay rates of the first and second moments
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
+        (0.9, 0.999), strict=False
+    )
+    eps: float = Field(1e-8, gt=0, le=1)  # adamw/lamb denominator; lars: trust-ratio denominator
+    trust_coefficient: float = Field(0.001, gt=0, le=1e3)  # lars: eta of the trust ratio
+    # biases and norm weights (<= 1-D params, timm no_weight_decay()) get no weight decay and,
+    # for lars/lamb, no trust ratio; null: true for adamw/lars/lamb, false for sgd
+    exclude_from_decay: bool | None = None
+    impl: Literal["absa", "timm"] = "absa"  # lars/lamb: absa's own code or timm's (needs timm)
     # 0-based epochs from which lr *= decay_factor
     decay_epochs: tuple[int, ...] = Field((), strict=False)
     decay_factor: float = Field(0.2, gt=0, le=1)  # rho
@@ -141,8 +171,9 @@ class OptimConfig(Section):
 class BatchConfig(Section):
     # logical (global) batch B in samples; B_0 for adaptive methods
     size: int = Field(128, ge=1, le=MAX_BATCH)
-    # largest chunk run at once (gradient accumulation), samples
-    max_micro_batch: int = Field(256, ge=1, le=MAX_BATCH)
+    # largest chunk run at once (gradient accumulation), samples; "auto": the largest that
+    # fits in accelerator memory, found once per run (256 on CPU, where nothing is probed)
+    max_micro_batch: Annotated[int, Field(ge=1, le=MAX_BATCH)] | Literal["auto"] = 256
 
 
 class TrainConfig(Section):
@@ -154,6 +185,11 @@ class TrainConfig(Section):
     eval_batch: int = Field(512, ge=1, le=MAX_BATCH)  # samples per evaluation forward pass
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only)
     threads: int | None = Field(None, ge=1, le=1024)  # torch.set_num_threads (CPU threads)
+    # autocast of training/evaluation forward+backward (bf16 also on CPU; fp16 with a
+    # checkpointed gradient scaler); Hessian probes stay fp32
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    channels_last: bool = False  # model and 4-D inputs in channels_last memory format
+    compile: bool = False  # torch.compile the training module (checkpoints use the bare one)
 
     @field_validator("device")
     @classmethod
@@ -524,8 +560,12 @@ def describe_error(exc: ValidationError, root: type[BaseModel]) -> str:
     return _describe(errors[0], root) + more
 
 
+_UNION_TAG = re.compile(r"constrained-\w+|int|float|str|bool|literal\[.*\]|function-\w+")
+
+
 def _describe(err: Any, root: type[BaseModel]) -> str:
-    loc = tuple(err["loc"])
+    # pydantic names the union member that failed ("constrained-int"): not a config key
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_TAG.fullmatch(p)))
     dotted = ".".join(str(p) for p in loc)
     kind = err["type"]
     if kind == "extra_forbidden":

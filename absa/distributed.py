@@ -52,6 +52,14 @@ class DistEnv:
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out
 
+    def all_reduce_min(self, t: torch.Tensor) -> torch.Tensor:
+        """Collective: elementwise minimum over ranks (identity on 1 rank)."""
+        if not self.distributed:
+            return t
+        out = t.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.MIN)
+        return out
+
     def barrier(self) -> None:
         """Collective."""
         if self.distributed:
@@ -303,13 +311,15 @@ def global_batchnorm(model: nn.Module) -> nn.Module:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module under DDP (for Hessian, attacks and checkpoints)."""
+    """The module under torch.compile and DDP (for Hessian, attacks and checkpoints)."""
+    model = getattr(model, "_orig_mod", model)
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 @contextlib.contextmanager
 def maybe_no_sync(model: nn.Module, skip_sync: bool) -> Iterator[None]:
     """Skip DDP's gradient all-reduce on all but the last micro-batch of a step."""
+    model = getattr(model, "_orig_mod", model)  # a compiled DDP module
     if skip_sync and isinstance(model, nn.parallel.DistributedDataParallel):
         with model.no_sync():
             yield

@@ -10,6 +10,7 @@ may grow B -> test evaluation -> one metrics line and an atomic checkpoint.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import time
@@ -24,7 +25,17 @@ from torch import nn
 
 from absa import checkpoint as ckpt_io
 from absa import distributed as D
+from absa.accel import (
+    Precision,
+    is_oom,
+    oom_guard,
+    prepare_model,
+    probe_micro_batch,
+    to_device_data,
+    to_input,
+)
 from absa.attacks import make_adversarial, model_mode
+from absa.checkpoint import atomic_write_text
 from absa.config import Config, ConfigError, from_dict, to_dict
 from absa.data import (
     Data,
@@ -144,6 +155,31 @@ class EpochStats:
     adv_samples: int
 
 
+@dataclass
+class Runtime:
+    """How this run executes (absa.accel), as opposed to what it computes: precision and its
+    scaler, the micro-batch size in force (after ``auto`` sizing and OOM backoffs) and the
+    memory format of inputs."""
+
+    precision: Precision
+    micro: int
+    channels_last: bool = False
+    backoffs: list[dict[str, int]] = field(default_factory=list)
+
+    @classmethod
+    def plain(cls, cfg: Config, device: torch.device) -> Runtime:
+        """The runtime of ``cfg`` without any probing (``auto`` micro-batch: 256)."""
+        micro = cfg.batch.max_micro_batch
+        return cls(
+            Precision.create(cfg.train.precision, torch.device(device)),
+            micro if isinstance(micro, int) else AUTO_MICRO_CPU,
+            cfg.train.channels_last,
+        )
+
+
+AUTO_MICRO_CPU = 256  # batch.max_micro_batch: auto without an accelerator to probe
+
+
 def _adversarial_mask(batch_pos: torch.Tensor, local: torch.Tensor, r: float) -> torch.Tensor:
     """The first round(r * |batch|) positions of each logical batch become adversarial."""
     n_adv = int(round(r * len(batch_pos)))
@@ -158,6 +194,7 @@ def accumulate_gradients(
     cfg: Config,
     noise: NoiseMeter | None = None,
     split: bool = False,
+    rt: Runtime | None = None,
 ) -> torch.Tensor:
     """Accumulate into ``.grad`` the gradient of the mean loss over one logical batch.
 
@@ -168,8 +205,11 @@ def accumulate_gradients(
     last micro-batch. With ``noise``, each micro-batch's gradient is handed to the meter
     (absa.probes: the last one only on a single process), and with ``split`` a lone
     micro-batch also gives its first half's gradient by one extra backward; ``.grad`` is
-    the same either way. Returns float64 [loss sum, correct, samples] of this rank.
+    the same either way. ``rt`` gives the autocast precision (adversarial crafting included;
+    clamping stays fp32) and the loss scaler of fp16, whose factor ``.grad`` then carries.
+    Returns float64 [loss sum, correct, samples] of this rank.
     """
+    rt = rt or Runtime.plain(cfg, env.device)
     bare = D.unwrap(model)
     params = [p for p in bare.parameters() if p.requires_grad]
     scale = env.world_size / n_global
@@ -180,16 +220,18 @@ def accumulate_gradients(
     while upcoming is not None:  # one micro-batch of look-ahead to know which is last
         (x, y, m_adv), upcoming = upcoming, next(it, None)
         x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
-        x = _with_adversarial(bare, x, y, m_adv.to(env.device), cfg)
+        x = to_input(x, rt.channels_last)
         last = upcoming is None
         with D.maybe_no_sync(model, skip_sync=not last):
-            out = model(x)
-            loss_sum = F.cross_entropy(out, y, reduction="sum")
+            with rt.precision.autocast():
+                x = _with_adversarial(bare, x, y, m_adv.to(env.device), cfg)
+                out = model(x)
+                loss_sum = F.cross_entropy(out, y, reduction="sum")
             if noise is not None and split and first and last and len(y) >= 2:
                 _half_gradient(noise, out, y, params)
-            (loss_sum * scale).backward()
+            rt.precision.backward(loss_sum * scale)
         if noise is not None and not (last and env.distributed):
-            noise.micro_done(params, len(y), scale)
+            noise.micro_done(params, len(y), scale * rt.precision.loss_scale)
         first = False
         stats[0] += loss_sum.detach().double().cpu()
         stats[1] += (out.detach().argmax(1) == y).sum().item()
@@ -245,8 +287,14 @@ def train_epoch(
     epoch: int,
     on_step: Callable[[int, int, float], None] | None = None,
     noise: NoiseMeter | None = None,
+    rt: Runtime | None = None,
 ) -> EpochStats:
-    """One pass over the training split at the policy's batch size; returns train metrics."""
+    """One pass over the training split at the policy's batch size; returns train metrics.
+
+    On a single process an out-of-memory step is retried with half the micro-batch (kept
+    for the rest of the run, recorded in ``rt.backoffs``); under DDP it is raised, since the
+    other ranks are already inside the step's collectives."""
+    rt = rt or Runtime.plain(cfg, env.device)
     plan = policy.plan(epoch)
     n = len(data.train)
     seed = cfg.train.seed
@@ -270,21 +318,33 @@ def train_epoch(
         adv_mask = _adversarial_mask(batch_pos, local, plan.adv_fraction)
 
         def micro_iter(local=local, adv_mask=adv_mask):
-            for mb in micro_batches(torch.arange(len(local)), cfg.batch.max_micro_batch):
+            for mb in micro_batches(torch.arange(len(local)), rt.micro):
                 pos = local[mb]
                 x, y = data.train.get(perm[pos])
                 x = apply_augment(x, aug.take(pos) if aug is not None else None)
                 yield x, y, adv_mask[mb]
 
-        optimizer.zero_grad(set_to_none=True)
-        if noise is not None:
-            noise.begin_step(params)
         split = step in split_at and not env.distributed
-        out = accumulate_gradients(model, micro_iter(), len(batch_pos), env, cfg, noise, split)
+        while True:
+            optimizer.zero_grad(set_to_none=True)
+            if noise is not None:
+                noise.begin_step(params)
+            try:
+                with oom_guard(env.device):
+                    out = accumulate_gradients(
+                        model, micro_iter(), len(batch_pos), env, cfg, noise, split, rt
+                    )
+                break
+            except Exception as err:
+                if not is_oom(err) or env.distributed or rt.micro <= 1:
+                    raise
+                rt.micro = max(1, rt.micro // 2)
+                rt.backoffs.append({"epoch": epoch, "step": step, "micro_batch": rt.micro})
+        rt.precision.unscale(optimizer)
         if noise is not None:
             noise.end_step(params, len(batch_pos))
         _check_finite(out[0], env, epoch, step)
-        optimizer.step()
+        rt.precision.step(optimizer)
         stats[:3] += out
         stats[3] += int(adv_mask.sum())
         if on_step is not None:
@@ -442,6 +502,7 @@ class _Run:
     st: TrainState
     runlog: RunLog
     totals: dict[str, float]
+    rt: Runtime
 
 
 def run(
@@ -462,6 +523,11 @@ def run(
     _seed_everything(cfg)
     check_divisible(cfg, env.world_size)
     data = load_data(cfg.data)  # bad data fails before anything is written
+    for split in ("train", "test"):
+        moved, note = to_device_data(getattr(data, split), env.device, cfg.data.on_device)
+        setattr(data, split, moved)
+        if note and split == "train":
+            say(note)
     model = build_from_config(cfg.model, data.info).to(env.device)
     if cfg.schedule.method in ("abs", "absa", "hybrid"):  # a bad block fails before epoch 1
         try:
@@ -492,6 +558,7 @@ def _open(
     optimizer = make_optimizer(model, cfg)
     policy = policy_for(cfg)
     runlog = RunLog(run_dir, enabled=env.is_main)
+    rt = Runtime.plain(cfg, env.device)
     st = TrainState(noise=_noise_meter(cfg, None))
     if env.is_main:
         clean_temps(run_dir)
@@ -509,6 +576,8 @@ def _open(
             ck["epoch"], ck["updates"], ck["best_test_acc"], ck["hessian_vector"], ck["growths"]
         )
         st.noise = _noise_meter(cfg, ck.get("signals"))
+        rt.precision.load_state_dict(ck.get("scaler"))
+        rt.micro = int(ck.get("micro_batch") or rt.micro)
         ckpt_io.set_rng_state(ck["rng"])
         runlog.restore_metrics(st.epoch, ck.get("record"))
         say(f"resumed {run_dir} at epoch {st.epoch} ({st.updates} updates)")
@@ -522,7 +591,42 @@ def _open(
     for rec in read_metrics(run_dir) if resume and env.is_main else []:
         for k in totals:
             totals[k] += rec.get(f"{k}_seconds", 0.0) or 0.0
-    return _Run(cfg, env, run_dir, data, model, optimizer, policy, st, runlog, totals)
+    if cfg.batch.max_micro_batch == "auto" and not resume:
+        rt.micro = _auto_micro(cfg, env, data, model, rt, run_dir, say)
+    return _Run(cfg, env, run_dir, data, model, optimizer, policy, st, runlog, totals, rt)
+
+
+def _auto_micro(
+    cfg: Config,
+    env: D.DistEnv,
+    data: Data,
+    model: nn.Module,
+    rt: Runtime,
+    run_dir: Path,
+    say: Callable[[str], None],
+) -> int:
+    """``batch.max_micro_batch: auto``: the largest micro-batch (<= the largest batch the
+    run will use, a power of two) whose forward+backward fits on the accelerator, found by
+    halving; recorded in micro_batch.json. On a CPU nothing is probed (AUTO_MICRO_CPU).
+    Collective under DDP: every rank probes and the smallest size is used."""
+    if env.device.type not in ("cuda", "mps"):
+        say(f"batch.max_micro_batch: auto needs an accelerator; using {AUTO_MICRO_CPU} on the CPU")
+        return AUTO_MICRO_CPU
+    top = max(cfg.batch.size, cfg.schedule.max_batch or 0) // env.world_size
+    start = 1 << max(0, top - 1).bit_length()
+    sample = data.train.get(torch.arange(1))[0]
+    size, failed = probe_micro_batch(
+        model, sample, data.info.num_classes, start, env.device, rt.precision
+    )
+    size = int(env.all_reduce_min(torch.tensor([float(size)], device=env.device)).item())
+    if env.is_main:
+        atomic_write_text(
+            run_dir / "micro_batch.json",
+            json.dumps({"micro_batch": size, "tried": [start, *failed], "device": str(env.device)})
+            + "\n",
+        )
+    say(f"batch.max_micro_batch: auto -> {size} per process (out of memory at {failed or 'none'})")
+    return size
 
 
 def _noise_meter(cfg: Config, state: dict[str, Any] | None) -> NoiseMeter | None:
@@ -540,7 +644,9 @@ def _train_epochs(
 ) -> EvalResult | None:
     """The epoch loop: train, probe, let the policy decide, evaluate, checkpoint, log."""
     cfg, env, st, totals = r.cfg, r.env, r.st, r.totals
-    ddp_model = D.wrap_model(r.model, env, cfg.distributed.sync_batchnorm)
+    bare = prepare_model(r.model, cfg.train.channels_last, False, say)
+    ddp_model = D.wrap_model(bare, env, cfg.distributed.sync_batchnorm)
+    ddp_model = prepare_model(ddp_model, False, cfg.train.compile, say)
     probe_idx = probe_indices(len(r.data.train), cfg.hessian.probe_size, cfg.train.seed)
     test = None
     for epoch in range(st.epoch, cfg.train.epochs):
@@ -548,7 +654,7 @@ def _train_epochs(
         on_step = progress(epoch, cfg.train.epochs) if progress and env.is_main else None
         t0 = time.perf_counter()
         tr = train_epoch(
-            ddp_model, r.optimizer, r.data, cfg, env, r.policy, epoch, on_step, st.noise
+            ddp_model, r.optimizer, r.data, cfg, env, r.policy, epoch, on_step, st.noise, r.rt
         )
         t_train = time.perf_counter() - t0
         st.updates += tr.steps
@@ -563,7 +669,8 @@ def _train_epochs(
             st.growths.append(asdict(growth))
 
         t1 = time.perf_counter()
-        test = evaluate(r.model, r.data.test, env, cfg.train.eval_batch)
+        with r.rt.precision.autocast():
+            test = evaluate(r.model, r.data.test, env, cfg.train.eval_batch)
         t_eval = time.perf_counter() - t1
         st.best_test_acc = max(st.best_test_acc, test.acc)
         st.epoch = epoch + 1
@@ -575,7 +682,8 @@ def _train_epochs(
         record = _epoch_record(r, epoch, plan, tr, test, probe, growth, times, signals)
         if env.is_main:  # checkpoint first: metrics never hold an epoch last.pt lacks
             payload = _checkpoint_payload(r.model, r.optimizer, r.policy, cfg, st)
-            ckpt_io.save(r.run_dir / ckpt_io.LAST, {**payload, "record": record})
+            extra = {"scaler": r.rt.precision.state_dict(), "micro_batch": r.rt.micro}
+            ckpt_io.save(r.run_dir / ckpt_io.LAST, {**payload, **extra, "record": record})
         r.runlog.append_metrics(record)
         env.barrier()
         say(_epoch_line(record, cfg.train.epochs))
@@ -627,7 +735,8 @@ def _finish(r: _Run, test: EvalResult | None) -> Summary:
     """Final (robust) evaluation and summary.json: from now on the folder holds a finished run."""
     cfg, env, st = r.cfg, r.env, r.st
     if test is None:  # nothing left to train (resumed a finished run)
-        test = evaluate(r.model, r.data.test, env, cfg.train.eval_batch)
+        with r.rt.precision.autocast():
+            test = evaluate(r.model, r.data.test, env, cfg.train.eval_batch)
     adv = cfg.adversarial
     robust = []
     if adv.final_eval:

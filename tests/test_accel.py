@@ -1,0 +1,155 @@
+"""GPU-speed switches on the CPU: bf16/fp16 autocast (fp16 scaler state checkpointed, resume
+exact), Hessian probes in fp32 under autocast, channels_last, torch.compile, micro-batch
+sizing and out-of-memory backoff with a simulated OOM, on-device data degrading on CPU."""
+
+import pytest
+import torch
+
+from absa import accel as A
+from absa import models as M
+from absa import train as T
+from absa.data import load_data
+from absa.distributed import DistEnv
+from absa.probes import hessian_probe, probe_indices
+
+
+def _weights(run_dir):
+    return torch.load(run_dir / "last.pt", weights_only=True)["model"]
+
+
+def test_bf16_trains_on_cpu_and_differs_from_fp32(tiny_cfg, tmp_path):
+    a = T.run(tiny_cfg("train.precision=bf16"), run_dir=tmp_path / "bf16")
+    b = T.run(tiny_cfg(), run_dir=tmp_path / "fp32")
+    wa, wb = _weights(tmp_path / "bf16"), _weights(tmp_path / "fp32")
+    assert all(v.dtype == torch.float32 for v in wa.values())  # master weights stay fp32
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)  # autocast really ran in bf16
+    assert a.test_acc > 30 and abs(a.test_acc - b.test_acc) < 15
+
+
+def test_hessian_probe_is_fp32_even_inside_autocast(tiny_cfg):
+    cfg = tiny_cfg("model.name=small_cnn", "hessian.block=full", "hessian.max_iter=5")
+    data = load_data(cfg.data)
+    torch.manual_seed(0)
+    model = M.build_from_config(cfg.model, data.info)
+    idx = probe_indices(len(data.train), 64, 0)
+    plain = hessian_probe(model, data, cfg, DistEnv(), idx, epoch=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = hessian_probe(model, data, cfg, DistEnv(), idx, epoch=0)
+    assert inside.eigenvalue == plain.eigenvalue and inside.vector.dtype == torch.float32
+
+
+def test_fp16_scaler_state_is_checkpointed_and_resume_is_exact(tiny_cfg, tmp_path):
+    T.run(tiny_cfg("train.precision=fp16", "train.epochs=3"), run_dir=tmp_path / "full")
+    T.run(tiny_cfg("train.precision=fp16", "train.epochs=1"), run_dir=tmp_path / "cut")
+    ck = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    assert ck["scaler"]["scale"] > 0 and "_growth_tracker" in ck["scaler"]
+    T.run(tiny_cfg("train.precision=fp16", "train.epochs=3"), run_dir=tmp_path / "cut", resume=True)
+    wa, wb = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["scaler"]
+    sb = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["scaler"]
+    assert sa == sb
+
+
+def test_channels_last_model_and_inputs(tiny_cfg, tmp_path):
+    s = T.run(
+        tiny_cfg("model.name=small_cnn", "train.channels_last=true", "train.epochs=1"),
+        run_dir=tmp_path / "cl",
+    )
+    ref = T.run(tiny_cfg("model.name=small_cnn", "train.epochs=1"), run_dir=tmp_path / "ref")
+    assert s.test_acc == pytest.approx(ref.test_acc, abs=3.0)  # same math, other kernels
+    x = A.to_input(torch.rand(2, 3, 8, 8), True)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.slow
+def test_compiled_training_checkpoints_the_bare_module(tiny_cfg, tmp_path):
+    T.run(tiny_cfg("train.compile=true", "train.epochs=1"), run_dir=tmp_path / "c")
+    keys = list(_weights(tmp_path / "c"))
+    assert keys and not any("_orig_mod" in k for k in keys)
+
+
+def test_compiled_module_unwraps_to_the_bare_one():
+    from absa.distributed import unwrap
+
+    net = torch.nn.Linear(2, 2)
+    wrapper = torch.nn.Module()
+    wrapper._orig_mod = net  # what torch.compile's OptimizedModule holds
+    assert unwrap(wrapper) is net and A.unwrap_compiled(wrapper) is net
+
+
+# --- micro-batch sizing and out-of-memory backoff --------------------------------------------
+
+
+def test_find_micro_batch_halves_until_it_fits():
+    tried = []
+
+    def attempt(size):
+        tried.append(size)
+        if size > 100:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    assert A.find_micro_batch(attempt, 512) == (64, [512, 256, 128])
+    assert tried == [512, 256, 128, 64]
+    with pytest.raises(ValueError):  # other errors are not swallowed
+        A.find_micro_batch(lambda s: (_ for _ in ()).throw(ValueError("x")), 8)
+    with pytest.raises(torch.OutOfMemoryError):
+        A.find_micro_batch(lambda s: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")), 4)
+
+
+def _oom_above(limit):
+    """An mlp whose training forward 'runs out of memory' above ``limit`` samples."""
+
+    def factory(info, width):
+        model = M.mlp(info, width)
+        forward = model.forward
+
+        def guarded(x):
+            if model.training and torch.is_grad_enabled() and len(x) > limit:
+                raise torch.OutOfMemoryError(f"CUDA out of memory: {len(x)} samples (simulated)")
+            return forward(x)
+
+        model.forward = guarded
+        return model
+
+    return factory
+
+
+def test_out_of_memory_step_backs_off_and_gives_the_same_weights(tiny_cfg, tmp_path, monkeypatch):
+    monkeypatch.setitem(M.MODELS, "mlp", _oom_above(16))
+    cfg = tiny_cfg("batch.max_micro_batch=64", "data.augment=none")
+    T.run(cfg, run_dir=tmp_path / "backoff")
+    ck = torch.load(tmp_path / "backoff" / "last.pt", weights_only=True)
+    assert ck["micro_batch"] == 16  # 64 -> 32 -> 16, kept for the rest of the run
+    monkeypatch.setitem(M.MODELS, "mlp", M.mlp)
+    T.run(tiny_cfg("batch.max_micro_batch=16", "data.augment=none"), run_dir=tmp_path / "ref")
+    wa, wb = _weights(tmp_path / "backoff"), _weights(tmp_path / "ref")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_auto_micro_batch_on_cpu_says_what_it_uses(tiny_cfg, tmp_path):
+    lines = []
+    T.run(
+        tiny_cfg("batch.max_micro_batch=auto", "train.epochs=1"),
+        run_dir=tmp_path / "a",
+        log=lines.append,
+    )
+    assert any("auto needs an accelerator; using 256" in ln for ln in lines)
+    assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["micro_batch"] == 256
+
+
+def test_on_device_data_degrades_on_cpu(tiny_cfg):
+    data = load_data(tiny_cfg().data)
+    split, note = A.to_device_data(data.train, torch.device("cpu"), True)
+    assert split is data.train and "no CUDA device" in note
+    assert A.to_device_data(data.train, torch.device("cpu"), "auto") == (data.train, "")
+
+
+def test_bench_gpu_says_no_gpu_and_exits_0_on_cpu():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_gpu.py"
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True)
+    assert out.returncode == 0 and "no CUDA device" in out.stdout
