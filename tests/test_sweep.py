@@ -231,6 +231,11 @@ def test_slurm_executor_parameters(tmp_path, monkeypatch):
         },
     }
     path = _write(tmp_path, spec)
+    import sys
+    from pathlib import Path
+
+    # as on a machine without Slurm, even where slurm-wlm is installed: only python on PATH
+    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))
     with pytest.raises(ConfigError, match=r"slurm: Could not detect .srun"):
         S.run_sweep(path, executor="slurm", say=lambda _m: None)
     assert not (tmp_path / "out").exists()  # nothing written before the executor exists
