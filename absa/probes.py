@@ -111,7 +111,8 @@ def hessian_probe(
         data.train, probe_idx, cfg.batch.max_micro_batch, env.device, env.rank, env.world_size
     )
     gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed * 1_009 + epoch)
-    with model_mode(model, train=False), _no_autocast(env.device):
+    autocast_off = torch.autocast(device_type=torch.device(env.device).type, enabled=False)
+    with model_mode(model, train=False), autocast_off:
         if h.block == "last":
             op = last_layer_operator(model, batches, reduce=env.all_reduce_sum, device=env.device)
         else:
@@ -134,19 +135,6 @@ def hessian_probe(
             stderr, extra = rayleigh_stderr(op, res.vectors[0], reduce=env.all_reduce_sum)
             n_hvp += extra
     return ProbeResult(res.values[0], stderr, time.perf_counter() - t0, n_hvp, res.vectors[0])
-
-
-class _no_autocast:
-    """Context: autocast off on the device type (the probe is fp32 under mixed precision)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.ctx = torch.autocast(device_type=torch.device(device).type, enabled=False)
-
-    def __enter__(self) -> None:
-        self.ctx.__enter__()
-
-    def __exit__(self, *exc: object) -> None:
-        self.ctx.__exit__(*exc)
 
 
 def overhead_allows(cfg: Any, totals: Mapping[str, float], env: DistEnv) -> bool:

@@ -21,9 +21,10 @@ import os
 import re
 from pathlib import Path
 
+from absa.checkpoint import LAST
+from absa.runlog import SUMMARY
+
 LOCK = "run.lock"
-LAST = "last.pt"
-SUMMARY = "summary.json"
 _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # atomic_write_bytes' mkstemp names
 
 
