@@ -7,6 +7,7 @@ The model is analysed in eval mode (BatchNorm running statistics); its mode is r
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -31,10 +32,11 @@ class SpectrumRequest:
     method: str = "lanczos"
     max_iter: int = 100
     rtol: float = 1e-3
-    trace_samples: int = 100
-    density_iter: int = 60
+    trace_samples: int = 0  # Hutchinson samples; 0: no trace (opt-in: costs up to N HVPs)
+    density_iter: int = 0  # Lanczos steps per SLQ run; 0: no density (runs x steps HVPs)
     density_runs: int = 3
     seed: int = 0
+    hvp: str = "reverse"  # HVP of a full/named block (hessian.HVP_MODES)
 
 
 @dataclass
@@ -49,8 +51,11 @@ class Spectrum:
     trace: float | None = None
     trace_std_err: float | None = None
     trace_seconds: float = 0.0
+    trace_hvps: int = 0
     density: dict[str, Any] | None = None
     density_seconds: float = 0.0
+    density_hvps: int = 0
+    hvp_seconds: float | None = None  # one timed HVP (made when say or progress is given)
     vectors: list[Tensor] = field(default_factory=list, repr=False)
 
 
@@ -63,30 +68,117 @@ def batches_of(split: Any, n: int | None, batch: int, device: torch.device, seed
     return probe_batches(split, idx, batch, device)
 
 
-def operator_for(model: nn.Module, block: str, batches: Batches) -> tuple[Any, list[nn.Parameter]]:
+def operator_for(
+    model: nn.Module, block: str, batches: Batches, hvp: str = "reverse"
+) -> tuple[Any, list[nn.Parameter]]:
+    """The Hessian operator of ``block`` on ``batches`` and the block's parameters."""
     named = H.select_params(model, block)
     params = [p for _, p in named]
     if block == "last":
-        return H.last_layer_operator(model, batches), params
-    return H.HessianOperator(model, params, batches), params
+        return H.last_layer_operator(model, batches, hvp=hvp), params
+    return H.HessianOperator(model, params, batches, hvp=hvp), params
+
+
+# progress(phase, done, total): after each unit of work of a phase ("eigen", "trace",
+# "density": HVPs; "landscape": loss evaluations); total is the phase's upper bound
+Progress = Callable[[str, int, int], None]
+
+
+class _Metered:
+    """An operator that reports each HVP to ``tick`` (everything else is the wrapped one's)."""
+
+    def __init__(self, op: Any, tick: Callable[[], None]) -> None:
+        self._op = op
+        self._tick = tick
+
+    def matvec(self, v: Tensor) -> Tensor:
+        out = self._op.matvec(v)
+        self._tick()
+        return out
+
+    __call__ = matvec
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._op, name)
+
+
+def _metered(op: Any, phase: str, total: int, progress: Progress | None) -> Any:
+    if progress is None:
+        return op
+    done = [0]
+
+    def tick() -> None:
+        done[0] += 1
+        progress(phase, done[0], total)
+
+    progress(phase, 0, total)
+    return _Metered(op, tick)
+
+
+def time_hvp(op: Any, repeats: int = 2) -> float:
+    """Seconds of one HVP on a fixed unit vector (no random state is used): the fastest of
+    ``repeats``, as the first call also pays one-off costs (allocation, kernel selection)."""
+    v = torch.full((op.dim,), op.dim**-0.5, dtype=op.dtype, device=op.device)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        op.matvec(v)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def cost_line(what: str, hvps: int, hvp_seconds: float | None) -> str:
+    """``what: up to N HVPs, ~T s (one HVP took t s)``: said before a long phase."""
+    if hvp_seconds is None:
+        return f"{what}: up to {hvps} HVPs"
+    return (
+        f"{what}: up to {hvps} HVPs, ~{seconds_text(hvps * hvp_seconds)} "
+        f"(one HVP took {seconds_text(hvp_seconds)})"
+    )
+
+
+def seconds_text(s: float) -> str:
+    if s < 1:
+        return f"{s * 1000:.3g} ms"
+    if s < 120:
+        return f"{s:.3g} s"
+    return f"{s / 60:.3g} min"
+
+
+def eigen_hvp_bound(req: SpectrumRequest) -> int:
+    """Most HVPs the top-k phase can take: k x max_iter (power), max(max_iter, k) (Lanczos)."""
+    return req.k * req.max_iter if req.method == "power" else max(req.max_iter, req.k)
 
 
 def spectrum(
     model: nn.Module,
     batches: Batches,
     req: SpectrumRequest,
-    say: Callable[[str], None] = lambda _m: None,
+    say: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> Spectrum:
-    """Top-k eigenvalues, trace and density of the Hessian of the mean loss over ``batches``."""
+    """Top-k eigenvalues, and on request trace and density, of the Hessian of the mean loss
+    over ``batches``. With ``say``, each phase is announced with its cost estimate (from one
+    timed HVP); ``progress`` gets each HVP as it is done."""
+    tell = say or (lambda _m: None)
     with model_mode(model, train=False):
-        op, _ = operator_for(model, req.block, batches)
+        op, _ = operator_for(model, req.block, batches, req.hvp)
         if req.k > op.dim:
             raise ValueError(f"k={req.k} is larger than the block size {op.dim} ({req.block})")
         gen = torch.Generator().manual_seed(req.seed)
+        t_hvp = time_hvp(op) if (say is not None or progress is not None) else None
+        bound = eigen_hvp_bound(req)
+        tell(
+            cost_line(f"top-{req.k} eigenvalues ({req.method}, {op.dim} parameters)", bound, t_hvp)
+        )
         t0 = time.perf_counter()
-        say(f"top-{req.k} eigenvalues ({req.method}) on {op.dim} parameters...")
         eig = H.top_eigen(
-            op, k=req.k, method=req.method, max_iter=req.max_iter, rtol=req.rtol, generator=gen
+            _metered(op, "eigen", bound, progress),
+            k=req.k,
+            method=req.method,
+            max_iter=req.max_iter,
+            rtol=req.rtol,
+            generator=gen,
         )
         out = Spectrum(
             block=req.block,
@@ -96,19 +188,36 @@ def spectrum(
             converged=eig.converged,
             eigen_hvps=eig.n_hvp,
             eigen_seconds=time.perf_counter() - t0,
+            hvp_seconds=t_hvp,
             vectors=eig.vectors,
         )
+        if t_hvp is not None and eig.n_hvp:  # a better per-HVP time for the next phases
+            t_hvp = out.eigen_seconds / eig.n_hvp
         if req.trace_samples > 0:
+            tell(cost_line("trace (Hutchinson, stops at 1% std err)", req.trace_samples, t_hvp))
             t0 = time.perf_counter()
-            say(f"trace (Hutchinson, up to {req.trace_samples} samples)...")
-            tr = H.trace_hutchinson(op, req.trace_samples, gen, rtol=1e-2)
-            out.trace, out.trace_std_err = tr.trace, tr.std_err
+            tr = H.trace_hutchinson(
+                _metered(op, "trace", req.trace_samples, progress),
+                req.trace_samples,
+                gen,
+                rtol=1e-2,
+            )
+            out.trace, out.trace_std_err, out.trace_hvps = tr.trace, tr.std_err, tr.n_hvp
             out.trace_seconds = time.perf_counter() - t0
         if req.density_iter > 0 and req.density_runs > 0:
+            steps = min(req.density_iter, op.dim)
+            total = req.density_runs * steps
+            tell(
+                cost_line(
+                    f"density (SLQ, {req.density_runs} x {steps} Lanczos steps)", total, t_hvp
+                )
+            )
             t0 = time.perf_counter()
-            say(f"density (SLQ, {req.density_runs} x {req.density_iter} Lanczos steps)...")
-            den = H.density_slq(op, min(req.density_iter, op.dim), req.density_runs, gen)
+            den = H.density_slq(
+                _metered(op, "density", total, progress), steps, req.density_runs, gen
+            )
             out.density = {"nodes": den.nodes, "weights": den.weights, "mean": den.mean()}
+            out.density_hvps = den.n_hvp
             out.density_seconds = time.perf_counter() - t0
         return out
 
@@ -122,6 +231,11 @@ def mean_loss(model: nn.Module, batches: Batches) -> float:
     return total / max(count, 1)
 
 
+def landscape_evaluations(n_splits: int, points_1d: int, points_2d: int, surface: bool) -> int:
+    """Loss evaluations of ``landscape``: each is a forward pass over one split's sample."""
+    return n_splits * points_1d + (points_2d * points_2d if surface and points_2d > 1 else 0)
+
+
 def landscape(
     model: nn.Module,
     block: str,
@@ -130,21 +244,42 @@ def landscape(
     radius: float,
     points_1d: int = 21,
     points_2d: int = 11,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Loss along the top eigenvector (each split) and on the plane of the top two (first split)."""
+    """Loss along the top eigenvector (each split) and on the plane of the top two (first split).
+
+    ``progress("landscape", done, total)`` after each loss evaluation."""
+    total = landscape_evaluations(len(splits), points_1d, points_2d, len(vectors) >= 2)
+    done = [0]
+
+    def counted(fn: Callable[[], float]) -> Callable[[], float]:
+        def run() -> float:
+            value = fn()
+            done[0] += 1
+            if progress is not None:
+                progress("landscape", done[0], total)
+            return value
+
+        return run
+
     with model_mode(model, train=False):
         params = [p for _, p in H.select_params(model, block)]
         alphas = torch.linspace(-radius, radius, points_1d).tolist()
         out: dict[str, Any] = {"alphas": alphas, "curves": {}}
         for name, batches in splits.items():
             out["curves"][name] = L.curve_1d(
-                params, vectors[0], alphas, lambda b=batches: mean_loss(model, b)
+                params, vectors[0], alphas, counted(lambda b=batches: mean_loss(model, b))
             )
         if len(vectors) >= 2 and points_2d > 1:
             grid = torch.linspace(-radius, radius, points_2d).tolist()
             first = next(iter(splits))
             surf = L.surface_2d(
-                params, vectors[0], vectors[1], grid, grid, lambda: mean_loss(model, splits[first])
+                params,
+                vectors[0],
+                vectors[1],
+                grid,
+                grid,
+                counted(lambda: mean_loss(model, splits[first])),
             )
             out["surface"] = {"split": first, "alphas": grid, "betas": grid, "loss": surf.tolist()}
         return out

@@ -9,14 +9,33 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.table import Table
+
+# typer's rich help shows a "<bool>" type for flags (--dry-run, --help), which take no value
+_display_type_rich = typer.core.TyperOption.display_type_rich
+
+
+def _flag_display_type(self: Any, ctx: Any) -> str | None:
+    if getattr(self, "is_flag", False) or getattr(self, "count", False):
+        return None
+    return _display_type_rich(self, ctx)
+
+
+typer.core.TyperOption.display_type_rich = _flag_display_type  # type: ignore[method-assign]
+
+# the executors of absa.sweep (EXECUTORS there; tests/test_cli.py checks they agree): not
+# imported from it, so that `absa --help` does not import torch
+EXECUTORS = ("local", "slurm", "submitit-local")
+Executor = Literal["local", "slurm", "submitit-local"]
 
 app = typer.Typer(
     name="absa",
@@ -32,6 +51,27 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 console = Console()
+
+
+def _version(value: bool) -> None:
+    if value:
+        from absa import __version__
+
+        print(f"absa {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print absa's version and exit."
+        ),
+    ] = False,
+) -> None:
+    pass
+
 
 USER_ERROR = 2
 DIVERGED = 3
@@ -50,7 +90,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from absa.config import ConfigError
     from absa.data import DataError
     from absa.models import ModelError
-    from absa.train import RunFolderError
+    from absa.trainer import RunFolderError
 
     # OSError: unwritable out_dir, a file where a folder should be, a full disk...
     return (
@@ -67,7 +107,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 @contextmanager
 def _handled() -> Iterator[None]:
     """Turn known failures into one line on stderr and a non-zero exit."""
-    from absa.train import TrainingDiverged
+    from absa.trainer import TrainingDiverged
 
     try:
         yield
@@ -79,6 +119,20 @@ def _handled() -> Iterator[None]:
         raise typer.Exit(DIVERGED) from None
     except _user_errors() as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        raise typer.Exit(USER_ERROR) from None
+    except (MemoryError, RuntimeError) as err:
+        from absa.accel import is_oom
+
+        cpu = "can't allocate memory" in str(err)  # torch's DefaultCPUAllocator
+        if not (isinstance(err, MemoryError) or is_oom(err) or cpu):
+            raise
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        err_console.print(
+            f"[bold red]error:[/] out of memory ({first}); lower batch.max_micro_batch, "
+            "data.image_size or train.eval_batch",
+            highlight=False,
+            soft_wrap=True,
+        )
         raise typer.Exit(USER_ERROR) from None
     except KeyboardInterrupt:
         err_console.print("interrupted; the last completed epoch's checkpoint is kept")
@@ -94,7 +148,26 @@ ConfigOpt = Annotated[
 OverridesArg = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Dotted overrides applied after the YAML, e.g. optim.lr=0.2 batch.size=512",
+        metavar="KEY=VALUE",
+        help="Dotted overrides applied after the YAML, e.g. optim.lr=0.2 batch.size=512 "
+        "(every key: docs/config.md).",
+        show_default=False,
+    ),
+]
+CheckpointOverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="KEY=VALUE",
+        help="Dotted overrides of the checkpoint's (or -c config's) settings, e.g. "
+        "hessian.probe_size=1024 train.eval_batch=256.",
+        show_default=False,
+    ),
+]
+EvalOverridesArg = Annotated[
+    list[str] | None,
+    typer.Argument(
+        metavar="KEY=VALUE",
+        help="Dotted overrides of the checkpoint's config, e.g. adversarial.pgd_steps=20.",
         show_default=False,
     ),
 ]
@@ -102,6 +175,13 @@ OverridesArg = Annotated[
 ThreadsOpt = Annotated[
     int | None,
     typer.Option(help="torch.set_num_threads(N) (train.threads; default: the run's setting)."),
+]
+TrustOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-model-code/--no-trust-model-code",
+        help="Import the module:function model a checkpoint's config names (runs its code).",
+    ),
 ]
 DeviceOpt = Annotated[
     str | None,
@@ -142,18 +222,120 @@ def _run_overrides(threads: int | None, device: str | None) -> list[str]:
     return out
 
 
-def _progress_factory(progress: Any) -> Callable[[int, int], Callable[[int, int, float], None]]:
-    def factory(epoch: int, epochs: int) -> Callable[[int, int, float], None]:
+# --- live progress of `absa train` ----------------------------------------------------------
+#
+# The trainer gets ``progress(epoch, epochs) -> on_step`` once per epoch (rank 0, terminal
+# only) and calls ``on_step(step, n_steps, info)`` with either
+#   * a float: the learning rate (the original 3-argument call), or
+#   * a mapping, every key optional:
+#       phase         "train" (default) | "hessian" | "eval" | "final_eval"; step/n_steps
+#                     count that phase's units (train steps, HVPs, eval batches; n_steps 0:
+#                     unknown, shown as a pulsing bar)
+#       lr, batch_size, adv_fraction     the step's settings
+#       loss, acc     running mean train loss and accuracy (%) of the epoch so far
+#       lambda_max    the last top Hessian eigenvalue (kept on screen until a new one comes)
+#       updates       SGD updates of the run so far
+# Values that are None are ignored. See _progress_factory.
+
+PHASES = {
+    "train": "train",
+    "hessian": "Hessian probe",
+    "eval": "eval",
+    "final_eval": "final eval",
+}
+_KEPT = ("lambda_max",)  # shown across epochs until replaced
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None or not seconds >= 0 or seconds == float("inf"):
+        return "-:--:--"
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def step_text(info: Mapping[str, Any]) -> str:
+    """The numbers of a progress line, e.g. ``B 256  lr 0.05  loss 0.412  acc 88.1%``."""
+    parts = []
+    if info.get("batch_size") is not None:
+        parts.append(f"B {int(info['batch_size'])}")
+    if info.get("lr") is not None:
+        parts.append(f"lr {info['lr']:.3g}")
+    if info.get("loss") is not None:
+        parts.append(f"loss {info['loss']:.4g}")
+    if info.get("acc") is not None:
+        parts.append(f"acc {info['acc']:.1f}%")
+    if info.get("adv_fraction"):
+        parts.append(f"adv {info['adv_fraction']:.2g}")
+    if info.get("lambda_max") is not None:
+        parts.append(f"λmax {info['lambda_max']:.4g}")
+    return "  ".join(parts)
+
+
+def _progress_factory(
+    progress: Any, clock: Callable[[], float] = time.monotonic
+) -> Callable[[int, int], Callable[..., None]]:
+    """``progress(epoch, epochs) -> on_step(step, n_steps, lr_or_info)`` on a rich Progress.
+
+    One task per epoch: the phase, a bar of its steps, the step's numbers and two ETAs:
+    the epoch's (from this epoch's training steps so far) and the run's (from the run's
+    wall time per epoch so far, Hessian probes and evaluation included; from the first
+    epoch this process trained, so a resumed run estimates from its own epochs)."""
+    run: dict[str, Any] = {"t0": None, "e0": 0, "kept": {}}
+
+    def factory(epoch: int, epochs: int) -> Callable[..., None]:
+        now = clock()
+        if run["t0"] is None:
+            run["t0"], run["e0"] = now, epoch
         for task in list(progress.task_ids):
             progress.remove_task(task)
-        task = progress.add_task(f"epoch {epoch + 1}/{epochs}", total=None)
+        label = f"epoch {epoch}/{epochs - 1}"  # 0-based, as in metrics.jsonl
+        task = progress.add_task(f"{label} {PHASES['train']}", total=None, stats="")
+        state: dict[str, Any] = {"phase": "train", "t": now, "frac": 0.0, "eta": None}
 
-        def update(step: int, steps: int, lr: float) -> None:
-            progress.update(task, completed=step, total=steps)
+        def update(step: int, steps: int, info: Mapping[str, Any] | float | None = None) -> None:
+            if not isinstance(info, Mapping):
+                info = {} if info is None else {"lr": float(info)}
+            phase = str(info.get("phase") or "train")
+            t = clock()
+            if phase != state["phase"]:
+                state.update(phase=phase, t=t)
+            values = {k: v for k, v in info.items() if v is not None and k != "phase"}
+            run["kept"].update({k: values[k] for k in _KEPT if k in values})
+            if phase == "train":
+                state.setdefault("shown", {}).update(values)
+                if steps > 0:
+                    state["frac"] = min(step / steps, 1.0)
+                    if step > 0:
+                        state["eta"] = (t - state["t"]) / step * (steps - step)
+            shown = {**state.get("shown", {}), **run["kept"]}
+            done = epoch - run["e0"] + state["frac"]
+            left = epochs - epoch - state["frac"]
+            run_eta = (t - run["t0"]) / done * left if done > 0 else None
+            eta = state["eta"] if phase == "train" else None
+            etas = f"eta {_clock(eta)} epoch, {_clock(run_eta)} run"
+            text = step_text(shown)
+            progress.update(
+                task,
+                completed=step,
+                total=steps if steps > 0 else None,
+                description=f"{label} {PHASES.get(phase, phase)}",
+                stats=f"{text}  {etas}" if text else etas,
+            )
 
         return update
 
     return factory
+
+
+def _progress_columns() -> list[Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+
+    return [
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=18),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[stats]}"),
+    ]
 
 
 @contextmanager
@@ -162,24 +344,63 @@ def _progress_output() -> Iterator[tuple[Callable[[str], None], Any]]:
     if not err_console.is_terminal:
         yield (lambda msg: print(msg, flush=True)), None
         return
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err_console,
-        transient=True,
-    ) as progress:
+    with Progress(*_progress_columns(), console=err_console, transient=True) as progress:
         yield (
             (lambda msg: progress.console.print(msg, highlight=False)),
             _progress_factory(progress),
         )
 
 
-def _relaunch(nproc: int) -> None:
-    """``absa train --nproc N ...`` -> ``torchrun --standalone --nproc-per-node N -m absa train ...``."""
+@contextmanager
+def _phase_output() -> Iterator[tuple[Callable[[str], None], Any]]:
+    """``(say, progress(phase, done, total))`` for absa hessian: a bar per phase on a
+    terminal (with the time the phase has taken), plain lines and no bars otherwise."""
+    if not err_console.is_terminal:
+        yield print, None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    names = {
+        "eigen": "top-k eigenvalues (HVPs)",
+        "trace": "trace (HVPs)",
+        "density": "density (HVPs)",
+        "landscape": "loss landscape (loss evaluations)",
+    }
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(bar_width=24),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=True,
+    ) as bars:
+        tasks: dict[str, Any] = {}
+
+        def tick(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                for t in bars.tasks:  # the previous phases ended (maybe converged early)
+                    bars.update(t.id, total=t.completed)
+                tasks[phase] = bars.add_task(names.get(phase, phase), total=total)
+            bars.update(tasks[phase], completed=done, total=max(total, done))
+
+        yield (lambda m: bars.console.print(m, highlight=False)), tick
+
+
+def _relaunch(nproc: int, config: Path | None = None) -> None:
+    """``absa train --nproc N ...`` -> ``torchrun --standalone --nproc-per-node N -m absa train ...``.
+
+    ``config``: the file the parent chose without -c (configs/default.yaml), passed on."""
     from torch.distributed.run import main as torchrun_main
 
     args, skip = [], False
@@ -193,6 +414,11 @@ def _relaunch(nproc: int) -> None:
         if a.startswith("--nproc="):
             continue
         args.append(a)
+    given = {"-c", "--config", "--resume"} & set(args) or any(
+        a.startswith(("--config=", "--resume=")) for a in args
+    )
+    if config is not None and not given:
+        args[1:1] = ["-c", str(config)]  # args[0] is the subcommand
     from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
@@ -205,14 +431,45 @@ def _relaunch(nproc: int) -> None:
         raise typer.Exit(128 + int(err.sigval)) from None
 
 
+def default_config() -> Path | None:
+    """configs/default.yaml of the source tree absa runs from (a checkout or an editable
+    install), or None (an installed wheel ships no configs)."""
+    path = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+    return path if path.is_file() else None
+
+
+def _config_for(
+    config: Path | None, overrides: list[str], resume: Path | None, quiet: bool = False
+) -> Path | None:
+    """The config file a train command uses: -c, else the resumed run's config.yaml, else
+    (no overrides either: a bare ``absa train``) the repo's configs/default.yaml. With
+    overrides and no -c the built-in defaults are the base, as before; a terminal is told."""
+    if config is not None:
+        return config
+    if resume is not None:
+        return resume / "config.yaml"
+    note = (lambda m: None) if quiet else _note
+    if not overrides:
+        path = default_config()
+        if path is not None:
+            note(f"no -c given: using {path}")
+            return path
+        note("no -c given and no configs/default.yaml: training on the built-in defaults")
+    elif err_console.is_terminal:
+        note("no -c given: built-in defaults + the overrides (see docs/config.md)")
+    return None
+
+
+def _note(msg: str) -> None:
+    err_console.print(msg, highlight=False, soft_wrap=True, style="dim")
+
+
 def _check_before_launch(
     config: Path | None, overrides: list[str], resume: Path | None, nproc: int
 ) -> None:
     from absa import config as C
-    from absa.train import check_divisible, prepare_run_dir
+    from absa.trainer import check_divisible, prepare_run_dir
 
-    if config is None and resume is not None:
-        config = resume / "config.yaml"
     cfg = C.load(config, overrides)
     prepare_run_dir(cfg, config.stem if config is not None else "run", resume)
     check_divisible(cfg, nproc)
@@ -239,26 +496,46 @@ def train(
         typer.Option(help="Launch N local processes through torch.distributed.run (torchrun)."),
     ] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the summary here.")] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-config",
+            help="Print the fully resolved config (YAML) for -c and the overrides; train nothing.",
+        ),
+    ] = False,
 ) -> None:
     """Train a model; metrics.jsonl, config.yaml and last.pt go into the run folder.
 
-    The run folder is train.out_dir/train.run_name (default
-    runs/<config-stem>-<method>-b<batch>-s<seed>). Kill it any time: --resume RUN_DIR continues
-    from the last completed epoch and ends with the same weights as an uninterrupted run.
+    Without -c (and without overrides) it trains configs/default.yaml, the 30-epoch digits
+    baseline; every config key is listed in docs/config.md. The run folder is
+    train.out_dir/train.run_name (default runs/<config-stem>-<method>-b<batch>-s<seed>).
+    Kill it any time: --resume RUN_DIR continues from the last completed epoch and ends with
+    the same weights as an uninterrupted run.
     """
-    if nproc is not None and nproc > 1 and "RANK" not in os.environ:
+    if print_config:
+        with _handled():
+            from absa import config as C
+
+            path = _config_for(config, overrides or [], resume, quiet=True)
+            print(C.dump_yaml(C.load(path, overrides or [])), end="")
+        return
+    relaunch = nproc is not None and nproc > 1 and "RANK" not in os.environ
+    # a torchrun worker gets the parent's argv: only the parent says which config it uses
+    config = _config_for(config, overrides or [], resume, quiet="RANK" in os.environ)
+    if relaunch:
         with _handled():  # errors every worker would hit: report them once, before launching
             _check_before_launch(config, overrides or [], resume, nproc)
-        _relaunch(nproc)
+        _relaunch(nproc, config)
         return
     with _handled():
         from absa import config as C
         from absa import distributed as D
-        from absa.train import prepare_run_dir, run
+        from absa.trainer import prepare_run_dir, run
 
-        if config is None and resume is not None:
-            config = resume / "config.yaml"
         cfg = C.load(config, overrides or [])
+        if os.environ.get("RANK", "0") == "0":
+            for note in ignored_notes(cfg):
+                err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
         stem = config.stem if config is not None else "run"
         run_dir = prepare_run_dir(cfg, stem, resume)
         env = D.setup(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_s)
@@ -277,12 +554,44 @@ def train(
                 _write_json(json_out, summary.__dict__)
 
 
+def ignored_notes(cfg: Any) -> list[str]:
+    """A line naming the ``schedule.*`` keys the config sets that its method does not read
+    (none when there are none)."""
+    from absa.schedules import ignored_keys
+
+    method = cfg.schedule.method
+    keys = ignored_keys(method, [f"schedule.{k}" for k in cfg.schedule.model_fields_set])
+    if not keys:
+        return []
+    verb = "is" if len(keys) == 1 else "are"
+    return [f"{', '.join(keys)} {verb} ignored by schedule.method {method}"]
+
+
+def trajectory_text(summary: Any) -> str:
+    """The batch/lr path of a run, e.g. ``32 @ lr 0.05 -> 64 @ 0.1 from epoch 5 (eigenvalue)``."""
+    parts = [f"{summary.start_batch} @ lr {summary.start_lr:.3g}"]
+    for g in summary.growths:
+        parts.append(
+            f"{g['new_batch']} @ {g['new_lr']:.3g} from epoch {g['epoch'] + 1} ({g['trigger']})"
+        )
+    return " -> ".join(parts)
+
+
 def _print_summary(summary: Any) -> None:
     t = Table(title=f"absa train: {summary.run_dir}", show_header=False)
     t.add_row("test accuracy", f"{summary.test_acc:.2f}%  (best {summary.best_test_acc:.2f}%)")
+    for row in summary.robust:
+        t.add_row(
+            f"robust {row['attack']} eps {row['eps']:g}", f"{row['acc']:.2f}%  (n {row['n']})"
+        )
     t.add_row("test loss", f"{summary.test_loss:.4f}")
-    t.add_row("epochs / SGD updates", f"{summary.epochs} / {summary.updates}")
+    t.add_row("batch trajectory", trajectory_text(summary))
     t.add_row("final batch size", str(summary.final_batch))
+    saved = ""
+    if summary.bl_updates and summary.updates:
+        ratio = summary.bl_updates / summary.updates
+        saved = f"  (BL at batch {summary.start_batch}: {summary.bl_updates}, {ratio:.1f}x more)"
+    t.add_row("epochs / SGD updates", f"{summary.epochs} / {summary.updates}{saved}")
     t.add_row(
         "time train / hessian / eval",
         f"{summary.train_seconds:.1f}s / {summary.hessian_seconds:.1f}s / {summary.eval_seconds:.1f}s",
@@ -293,7 +602,7 @@ def _print_summary(summary: Any) -> None:
 @app.command("eval")
 def eval_cmd(
     checkpoint: Annotated[Path, typer.Option(help="last.pt or a run folder.")],
-    overrides: OverridesArg = None,
+    overrides: EvalOverridesArg = None,
     data_dir: Annotated[
         Path | None, typer.Option(help="Override data.root (where the dataset files are).")
     ] = None,
@@ -308,14 +617,12 @@ def eval_cmd(
     ] = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = None,
+    trust_model_code: TrustOpt = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
 ) -> None:
-    """Test loss and accuracy of a checkpoint, plus robust accuracy under FGSM and PGD.
-
-    Dotted overrides change the checkpoint's config, e.g. adversarial.pgd_steps=20.
-    """
+    """Test loss and accuracy of a checkpoint, plus robust accuracy under FGSM and PGD."""
     with _handled():
-        from absa.evaluate import evaluate, robustness
+        from absa.evaluation import evaluate, robustness
 
         _at_least("--limit", limit, 1)
         for e in eps or []:
@@ -323,7 +630,9 @@ def eval_cmd(
                 raise CliError(f"--eps: must be in [0, 1] (got {e:g})")
         extra = [f"data.root={data_dir}"] if data_dir is not None else []
         extra += _run_overrides(threads, device)
-        cfg, env, data, model, ck = _model_for(checkpoint, None, [*(overrides or []), *extra])
+        cfg, env, data, model, ck = _model_for(
+            checkpoint, None, [*(overrides or []), *extra], trust_model_code
+        )
         if robust:
             eps_list = list(eps) if eps else list(cfg.adversarial.eval_eps)
             out = robustness(
@@ -363,9 +672,20 @@ def _not_yet(name: str) -> None:
 
 
 def _model_for(
+    checkpoint: Path | None, config: Path | None, overrides: list[str], trust: bool = False
+) -> tuple[Any, Any, Any, Any, dict[str, Any] | None]:
+    """(cfg, env, data, model, checkpoint dict) from a checkpoint or a config (fresh init).
+    A checkpoint's ``module:function`` model is imported only with ``trust``."""
+    from absa.models import code_imports
+
+    mode = "allow" if trust or checkpoint is None else f"deny:{checkpoint}"
+    with code_imports(mode):
+        return _model_for_unguarded(checkpoint, config, overrides)
+
+
+def _model_for_unguarded(
     checkpoint: Path | None, config: Path | None, overrides: list[str]
 ) -> tuple[Any, Any, Any, Any, dict[str, Any] | None]:
-    """(cfg, env, data, model, checkpoint dict) from a checkpoint or a config (fresh init)."""
     from absa import checkpoint as ckpt_io
     from absa import config as C
     from absa.data import load_data
@@ -421,13 +741,36 @@ def torch_threads(n: int) -> None:
     torch.set_num_threads(n)
 
 
+def _source_context(cfg: Any, checkpoint: Path | None, config: Path | None) -> str:
+    """``run absa-b512-s0 (epoch 30), digits, small_cnn``: the figures' subtitle."""
+    if checkpoint is not None:
+        folder = checkpoint.parent if checkpoint.suffix == ".pt" else checkpoint
+        where = f"run {folder.name}"
+    else:
+        where = f"{config.name if config else 'defaults'} (fresh init)"
+    return f"{where}, {cfg.data.name}, {cfg.model.name} (width {cfg.model.width})"
+
+
+def _phase_size(option: str, on: bool | None, size: int | None, default: int, flag: str) -> int:
+    """The size of an opt-in phase: 0 (off) unless ``--flag`` or a positive ``size``."""
+    if on is False:
+        return 0
+    if size is not None and size == 0:
+        if on:
+            raise CliError(f"{option}: 0 contradicts --{flag} (give N >= 1 or drop --{flag})")
+        return 0
+    if on or size is not None:
+        return size if size is not None else default
+    return 0
+
+
 @app.command("hessian")
 def hessian_cmd(
     checkpoint: Annotated[
         Path | None, typer.Option(help="last.pt or a run folder (its config is used).")
     ] = None,
     config: ConfigOpt = None,
-    overrides: OverridesArg = None,
+    overrides: CheckpointOverridesArg = None,
     split: Annotated[str, typer.Option(help="train or test split.")] = "train",
     samples: Annotated[
         int | None,
@@ -441,16 +784,33 @@ def hessian_cmd(
     method: Annotated[str, typer.Option(help="lanczos or power.")] = "lanczos",
     max_iter: Annotated[int, typer.Option(help="Lanczos steps / power iterations.")] = 100,
     rtol: Annotated[float, typer.Option(help="Relative tolerance of the eigenvalues.")] = 1e-3,
+    trace: Annotated[
+        bool | None,
+        typer.Option(
+            "--trace/--no-trace",
+            help="Also estimate the trace (Hutchinson; up to --trace-samples HVPs). Off by default.",
+        ),
+    ] = None,
     trace_samples: Annotated[
-        int, typer.Option(help="Hutchinson samples for the trace (0: skip).")
-    ] = 100,
+        int | None,
+        typer.Option(help="Hutchinson samples of --trace (default 100; N > 0 implies --trace)."),
+    ] = None,
+    density: Annotated[
+        bool | None,
+        typer.Option(
+            "--density/--no-density",
+            help="Also estimate the eigenvalue density (SLQ; --density-runs x --density-iter "
+            "HVPs) and plot it with --plot. Off by default.",
+        ),
+    ] = None,
     density_iter: Annotated[
-        int, typer.Option(help="Lanczos steps per SLQ run for the density (0: skip).")
-    ] = 60,
+        int | None,
+        typer.Option(help="Lanczos steps per SLQ run (default 60; N > 0 implies --density)."),
+    ] = None,
     density_runs: Annotated[int, typer.Option(help="SLQ runs averaged.")] = 3,
     plot: Annotated[
         Path | None,
-        typer.Option(help="Folder for PNGs: 1D/2D loss landscape and eigenvalue density."),
+        typer.Option(help="Folder for PNGs: 1D/2D loss landscape (and density with --density)."),
     ] = None,
     radius: Annotated[
         float | None,
@@ -469,17 +829,17 @@ def hessian_cmd(
     ] = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = None,
+    trust_model_code: TrustOpt = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
 ) -> None:
-    """Hessian spectrum of a model: top-k eigenvalues, trace, density, loss-landscape plots.
+    """Hessian spectrum of a model: top-k eigenvalues (trace, density, landscape on request).
 
     The Hessian is of the mean cross-entropy over the chosen samples, with BatchNorm in eval
-    mode, on a parameter block: ``last`` (the classifier layer, fast: features are computed
-    once) or ``full`` (exact double-backprop HVPs; expensive on CPU).
+    mode, on a parameter block: [bold]last[/bold] (the classifier layer, fast: features are
+    computed once) or [bold]full[/bold] (exact double-backprop HVPs; expensive on CPU).
+    Before each long phase the expected cost is printed (from one timed HVP).
     """
     with _handled():
-        import math
-
         from absa import analysis as A
 
         if checkpoint is None and config is None:
@@ -501,8 +861,12 @@ def hessian_cmd(
             _at_least(option, value, low)
         _positive("--rtol", rtol)
         _positive("--radius", radius)
+        n_trace = _phase_size("--trace-samples", trace, trace_samples, 100, "trace")
+        n_density = _phase_size("--density-iter", density, density_iter, 60, "density")
         extra = _run_overrides(threads, device)
-        cfg, env, data, model, ck = _model_for(checkpoint, config, [*(overrides or []), *extra])
+        cfg, env, data, model, ck = _model_for(
+            checkpoint, config, [*(overrides or []), *extra], trust_model_code
+        )
         blk = block or cfg.hessian.block
         n = samples if samples is not None else cfg.hessian.probe_size
         chosen = data.train if split == "train" else data.test
@@ -514,16 +878,34 @@ def hessian_cmd(
             method=method,
             max_iter=max(max_iter, k),
             rtol=rtol,
-            trace_samples=trace_samples,
-            density_iter=density_iter,
+            trace_samples=n_trace,
+            density_iter=n_density,
             density_runs=density_runs,
             seed=seed,
+            hvp=cfg.hessian.hvp,
         )
-        say = (
-            (lambda m: err_console.print(m, highlight=False)) if err_console.is_terminal else print
-        )
-        spec = A.spectrum(model, batches, req, say)
         source = str(checkpoint) if checkpoint is not None else f"{config} (fresh init)"
+        context = _source_context(cfg, checkpoint, config)
+        result: dict[str, Any] = {}
+        with _phase_output() as (say, tick):
+            spec = A.spectrum(model, batches, req, say, tick)
+            if plot is not None:
+                result.update(
+                    _landscape_plots(
+                        model,
+                        data,
+                        batches,
+                        spec,
+                        (blk, n, batch, seed, max_iter, rtol),
+                        env,
+                        radius,
+                        points,
+                        plot,
+                        context,
+                        say,
+                        tick,
+                    )  # fmt: skip
+                )
         table = Table(title=f"absa hessian: {source}")
         table.add_column("quantity")
         table.add_column("value", justify="right")
@@ -538,13 +920,16 @@ def hessian_cmd(
         if spec.trace is not None:
             table.add_row(
                 "trace (Hutchinson)",
-                f"{spec.trace:.6g} +- {spec.trace_std_err:.2g} ({spec.trace_seconds:.2f}s)",
+                f"{spec.trace:.6g} +- {spec.trace_std_err:.2g} "
+                f"({spec.trace_hvps} HVPs, {spec.trace_seconds:.2f}s)",
             )
         if spec.density is not None:
             table.add_row(
-                "mean eigenvalue (SLQ)", f"{spec.density['mean']:.4g} ({spec.density_seconds:.2f}s)"
+                "mean eigenvalue (SLQ)",
+                f"{spec.density['mean']:.4g} ({spec.density_hvps} HVPs, "
+                f"{spec.density_seconds:.2f}s)",
             )
-        result: dict[str, Any] = {
+        result = {
             "source": source,
             "split": split,
             "block": blk,
@@ -555,71 +940,123 @@ def hessian_cmd(
             "converged": spec.converged,
             "eigen_hvps": spec.eigen_hvps,
             "eigen_seconds": spec.eigen_seconds,
+            "hvp_seconds": spec.hvp_seconds,
             "trace": spec.trace,
             "trace_std_err": spec.trace_std_err,
+            "trace_hvps": spec.trace_hvps,
             "trace_seconds": spec.trace_seconds,
             "density": spec.density,
+            "density_hvps": spec.density_hvps,
             "density_seconds": spec.density_seconds,
             "epoch": ck["epoch"] if ck else None,
+            **result,
         }
-        if plot is not None:
-            from absa import plots
-
-            lam = spec.eigenvalues[0]
-            r = radius if radius is not None else (math.sqrt(2 / lam) if lam > 0 else 1.0)
-            splits = {
-                "train": A.batches_of(data.train, n, batch, env.device, seed),
-                "test": A.batches_of(data.test, n, batch, env.device, seed),
-            }
-            say(f"loss landscape: {points} points per split, radius {r:.3g}...")
-            vecs = spec.vectors
-            if len(vecs) < 2 and spec.block_size >= 2:
-                vecs = A.spectrum(
-                    model,
-                    batches,
-                    A.SpectrumRequest(
-                        block=blk,
-                        k=2,
-                        method="lanczos",
-                        max_iter=max(max_iter, 2),
-                        rtol=rtol,
-                        trace_samples=0,
-                        density_iter=0,
-                        seed=seed,
-                    ),
-                ).vectors
-            land = A.landscape(model, blk, vecs, splits, r, points, max(points // 2, 3))
-            files = [plots.landscape_1d(land, lam, blk, plot / "landscape_1d.png")]
-            if "surface" in land:
-                files.append(plots.landscape_2d(land, blk, plot / "landscape_2d.png"))
-            if spec.density is not None:
-                files.append(
-                    plots.density(spec.density, spec.eigenvalues, blk, plot / "density.png")
-                )
-            result["landscape"] = land
-            result["plots"] = [str(f) for f in files]
-            table.add_row("plots", "\n".join(str(f) for f in files))
+        if "plots" in result:
+            table.add_row(
+                "landscape / plots",
+                f"{result['landscape_seconds']:.2f}s / {result['plots_seconds']:.2f}s",
+            )
+            table.add_row("plots", "\n".join(result["plots"]))
         console.print(table)
         if json_out is not None:
             _write_json(json_out, result)
 
 
+def _landscape_plots(
+    model: Any,
+    data: Any,
+    batches: Any,
+    spec: Any,
+    request: tuple[str, int, int, int, int, float],
+    env: Any,
+    radius: float | None,
+    points: int,
+    folder: Path,
+    context: str,
+    say: Callable[[str], None],
+    tick: Any,
+) -> dict[str, Any]:
+    """Loss landscape along the top two eigenvectors and the PNGs, with their times.
+    ``request``: (block, samples, micro-batch, seed, max_iter, rtol) of the spectrum."""
+    import math
+
+    from absa import analysis as A
+    from absa import plots
+
+    blk, n, batch, seed, max_iter, rtol = request
+    t_start = time.perf_counter()
+    lam = spec.eigenvalues[0]
+    r = radius if radius is not None else (math.sqrt(2 / lam) if lam > 0 else 1.0)
+    splits = {
+        "train": A.batches_of(data.train, n, batch, env.device, seed),
+        "test": A.batches_of(data.test, n, batch, env.device, seed),
+    }
+    vecs = spec.vectors
+    if len(vecs) < 2 and spec.block_size >= 2:
+        say("second eigenvector for the 2D surface...")
+        two = A.SpectrumRequest(
+            block=blk, k=2, method="lanczos", max_iter=max(max_iter, 2), rtol=rtol, seed=seed
+        )
+        vecs = A.spectrum(model, batches, two).vectors
+    points_2d = max(points // 2, 3)
+    evals = A.landscape_evaluations(len(splits), points, points_2d, len(vecs) >= 2)
+    t_loss = math.inf
+    for _ in range(2):  # the fastest of two: the first also pays one-off costs
+        t0 = time.perf_counter()
+        A.mean_loss(model, splits["train"])
+        t_loss = min(t_loss, time.perf_counter() - t0)
+    say(
+        f"loss landscape: {points} points x {len(splits)} splits"
+        + (f" + {points_2d}x{points_2d} surface" if len(vecs) >= 2 else "")
+        + f" = {evals} loss evaluations, ~{A.seconds_text(evals * t_loss)} "
+        f"(one took {A.seconds_text(t_loss)}); radius {r:.3g}"
+    )
+    land = A.landscape(model, blk, vecs, splits, r, points, points_2d, tick)
+    t_land = time.perf_counter() - t_start
+    t0 = time.perf_counter()
+    files = [plots.landscape_1d(land, lam, blk, folder / "landscape_1d.png", context)]
+    if "surface" in land:
+        files.append(plots.landscape_2d(land, blk, folder / "landscape_2d.png", context))
+    if spec.density is not None:
+        files.append(
+            plots.density(spec.density, spec.eigenvalues, blk, folder / "density.png", context)
+        )
+    t_plots = time.perf_counter() - t0
+    say(f"landscape {t_land:.2f}s, plots {t_plots:.2f}s: {', '.join(str(f) for f in files)}")
+    return {
+        "landscape": land,
+        "landscape_seconds": t_land,
+        "plots_seconds": t_plots,
+        "plots": [str(f) for f in files],
+    }
+
+
 @app.command()
 def sweep(
-    sweep_file: Annotated[Path, typer.Argument(help="Sweep YAML: base config + grid.")],
+    sweep_file: Annotated[
+        Path, typer.Argument(metavar="SWEEP_FILE", help="Sweep YAML: base config + grid.")
+    ],
     executor: Annotated[
-        str, typer.Option(help="local | slurm | submitit-local (submitit on this machine).")
+        Executor,
+        typer.Option(help="Where points run: submitit-local is submitit on this machine."),
     ] = "local",
     max_parallel: Annotated[
         int | None,
         typer.Option(help="Points at once (local) or array parallelism (slurm)."),
     ] = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="List points, folders and status; run nothing.")
+        bool,
+        typer.Option(
+            "--dry-run/--no-dry-run", help="List points, folders and status; run nothing."
+        ),
     ] = False,
-    no_wait: Annotated[
-        bool, typer.Option("--no-wait", help="slurm: return after submitting the job array.")
-    ] = False,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait",
+            help="slurm: wait for the job array (--no-wait: return once submitted).",
+        ),
+    ] = True,
 ) -> None:
     """Run a grid of configs (method x batch size x seed x ...) locally or on Slurm.
 
@@ -630,7 +1067,7 @@ def sweep(
     with _handled():
         from absa.sweep import run_sweep
 
-        result = run_sweep(sweep_file, executor, max_parallel, dry_run, say=_say, wait=not no_wait)
+        result = run_sweep(sweep_file, executor, max_parallel, dry_run, say=_say, wait=wait)
         if not dry_run:
             _say(
                 f"done {len(result.done)}, skipped (finished before) {len(result.skipped)}, "
@@ -644,15 +1081,22 @@ def sweep(
 
 @app.command()
 def report(
-    sweep_dir: Annotated[Path, typer.Argument(help="A sweep's out_dir (or a folder of runs).")],
+    sweep_dir: Annotated[
+        Path, typer.Argument(metavar="SWEEP_DIR", help="A sweep's out_dir (or a folder of runs).")
+    ],
     out: Annotated[
         Path | None,
         typer.Option(help="Where report.md/csv and PNGs go (default SWEEP_DIR/report)."),
     ] = None,
 ) -> None:
-    """Paper-style table (rows: batch size; columns: method with test accuracy and # SGD
-    updates, mean +- std over seeds) as Markdown/CSV, plus accuracy/updates-vs-batch and
-    batch/lr/lambda_max trajectory plots."""
+    """Tables and plots of a sweep's finished runs (report.md, report.csv, PNGs).
+
+    The paper-style table (rows: batch size; columns: method with final test accuracy and
+    SGD updates, mean ± std over seeds), a cost/robustness table (updates to a target
+    accuracy, samples processed, HVPs, Hessian time share, clean/FGSM/PGD accuracy), and
+    plots: accuracy and updates vs batch size, accuracy vs updates and vs wall time,
+    per-method batch/lr/lambda_max trajectories.
+    """
     with _handled():
         from absa.report import make_report
 

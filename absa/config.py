@@ -43,7 +43,7 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]+)?")  # what distributed.resol
 
 # Upper bounds of the integer fields: generous for any real run, small enough that every
 # value fits a C long where torch needs one and no typo becomes a huge allocation.
-# seeds: absa.data and absa.train derive generator seeds up to seed * 1_000_003 + 2**20,
+# seeds: absa.data and absa.trainer derive generator seeds up to seed * 1_000_003 + 2**20,
 # far below the 2**63 that torch.Generator.manual_seed takes
 MAX_SEED = 2**32 - 1
 MAX_BATCH = 2**24  # samples in one (logical or micro) batch
@@ -91,6 +91,7 @@ class Section(BaseModel):
 
 
 class DataConfig(Section):
+    # dataset; every one but digits and synthetic reads files under root
     name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
     root: PathField = Field(Path("data"), strict=False)  # folder holding the on-disk datasets
     download: bool = False  # opt-in torchvision download (needs internet)
@@ -98,11 +99,19 @@ class DataConfig(Section):
     image_size: int | None = Field(None, ge=4, le=MAX_SIDE)  # resize/upsample to this side (px)
     # synthetic: size; others: first N (seeded subset); samples
     train_size: int | None = Field(None, ge=1, le=MAX_SAMPLES)
-    test_size: int | None = Field(None, ge=1, le=MAX_SAMPLES)
+    test_size: int | None = Field(
+        None, ge=1, le=MAX_SAMPLES
+    )  # first N of the test split (subset seeded by split_seed + 1); null = all
     test_fraction: float = Field(0.25, gt=0, lt=1)  # digits: held-out fraction (fixed split)
     # digits/synthetic split and subset seed (independent of train.seed); see MAX_SEED
     split_seed: int = Field(0, ge=0, le=MAX_SEED)
     num_workers: int = Field(0, ge=0, le=256)  # imagefolder decoding processes
+    # imagefolder: evaluation resize side before the center crop to image_size (ImageNet:
+    # 256 for 224); null = image_size
+    resize_size: int | None = Field(None, ge=4, le=MAX_SIDE)
+    # imagefolder: training samples through RandomResizedCrop(image_size) + horizontal flip,
+    # seeded per sample, in place of data.augment's crop/flip; false = resize + center crop
+    folder_augment: bool = False
     # keep tensor datasets (uint8) and their augmentation on the accelerator: auto = on CUDA
     # when the split fits in a quarter of the free memory; no effect on CPU
     on_device: bool | Literal["auto"] = "auto"
@@ -140,9 +149,9 @@ class ModelConfig(Section):
 class OptimConfig(Section):
     # eta_0 at batch.size (see schedule.ref_batch for FB); above 1e6 SGD only overflows
     lr: float = Field(0.1, gt=0, le=1e6)
-    momentum: float = Field(0.9, ge=0, lt=1)
+    momentum: float = Field(0.9, ge=0, lt=1)  # SGD momentum beta (also LARS)
     weight_decay: float = Field(5e-4, ge=0, le=10)  # L2 coefficient; > 10 zeroes the weights
-    nesterov: bool = False
+    nesterov: bool = False  # Nesterov momentum (sgd/lars, when momentum > 0)
     # sgd (torch SGD) | adamw (torch AdamW) | lars (You et al. 2017) | lamb (You et al. 2019);
     # momentum/nesterov: sgd, lars; betas/eps: adamw, lamb (see absa.optim)
     name: Literal["sgd", "adamw", "lars", "lamb"] = "sgd"
@@ -177,10 +186,12 @@ class BatchConfig(Section):
 
 
 class TrainConfig(Section):
-    epochs: int = Field(30, ge=1, le=MAX_EPOCHS)
+    epochs: int = Field(
+        30, ge=1, le=MAX_EPOCHS
+    )  # epochs E of the run (may be raised on --resume, never lowered)
     seed: int = Field(0, ge=0, le=MAX_SEED)  # torch seed; epoch seeds derive from it
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (availability checked at run time)
-    out_dir: PathField = Field(Path("runs"), strict=False)
+    out_dir: PathField = Field(Path("runs"), strict=False)  # run folders go to out_dir/run_name
     run_name: RunNameField | None = None  # default: <config stem>-<method>-b<batch>-s<seed>
     eval_batch: int = Field(512, ge=1, le=MAX_BATCH)  # samples per evaluation forward pass
     deterministic: bool = True  # torch.use_deterministic_algorithms (warn-only)
@@ -207,11 +218,11 @@ class ScheduleConfig(Section):
     warmup_epochs: float = Field(5.0, ge=0, le=MAX_EPOCHS)  # fb: linear lr warm-up (epochs)
     alpha: float = Field(2.0, gt=1, le=1e6)  # abs: grow when lambda <= lambda_ref / alpha
     growth_factor: int = Field(2, ge=2, le=MAX_BATCH)  # batch multiplier at each growth
+    # lr at a new batch B': eta * B'/B (linear), * sqrt(B'/B), or unchanged
     lr_scaling: Literal["linear", "sqrt", "none"] = "linear"
     reference: Literal["peak", "first"] = "peak"  # first = the authors' rule
-    duration: int = Field(
-        10, ge=1, le=MAX_EPOCHS
-    )  # abs/absa/hybrid: grow anyway after this many epochs
+    # abs/absa/hybrid: grow anyway after this many epochs
+    duration: int = Field(10, ge=1, le=MAX_EPOCHS)
     eigenvalue_trigger: bool = True  # abs/absa: false = duration-only growth, no Hessian
     # abs/absa/hybrid: the eigenvalue trigger needs lambda + 2 stderr <= lambda_ref / alpha
     confidence: bool = False
@@ -229,12 +240,15 @@ class ScheduleConfig(Section):
 class HessianConfig(Section):
     block: str = "last"  # last | full | comma-separated name patterns
     probe_size: int = Field(4096, ge=1, le=MAX_SAMPLES)  # fixed probe subset of the train split
-    method: Literal["power", "lanczos"] = "power"
+    method: Literal["power", "lanczos"] = "power"  # top-eigenvalue solver of the training probe
     max_iter: int = Field(20, ge=1, le=10_000)  # Hessian-vector products per estimate
     rtol: float = Field(1e-3, gt=0, le=1)  # relative change that stops the iteration
-    warm_start: bool = True
+    warm_start: bool = True  # start each probe from the previous epoch's eigenvector
     max_overhead: float | None = Field(None, gt=0, lt=1)  # cap on hessian/train time
     stderr: bool = True  # lambda_max_stderr over probe chunks (one extra HVP per probe)
+    # HVP of a full/named block: reverse (double backprop), forward (forward-over-reverse,
+    # torch.func), auto (time one of each on the first probe chunk, keep the faster); exact
+    hvp: Literal["auto", "reverse", "forward"] = "reverse"
 
 
 class SignalsConfig(Section):
@@ -249,7 +263,7 @@ class SignalsConfig(Section):
 
 class AdversarialConfig(Section):
     fraction: float | None = Field(None, ge=0, le=1)  # r; None = 0.2 for absa, 0 otherwise
-    method: Literal["fgsm", "pgd", "fast_fgsm"] = "fgsm"
+    method: Literal["fgsm", "pgd", "fast_fgsm"] = "fgsm"  # attack crafting the training examples
     eps: float = Field(0.005, ge=0, le=1)  # [0,1] pixels
     pgd_steps: int = Field(10, ge=1, le=10_000)  # gradient steps per PGD example
     pgd_step_size: float | None = Field(None, gt=0, le=1)  # [0,1] pixels; default 2.5*eps/steps
@@ -270,6 +284,19 @@ class DistributedConfig(Section):
     sync_batchnorm: bool = False
 
 
+class LogConfig(Section):
+    """Experiment loggers besides metrics.jsonl (absa.loggers; rank 0 only, all off)."""
+
+    tensorboard: bool = False  # every metrics field per epoch + step scalars (pip: tensorboard)
+    jsonl: bool = False  # step scalars to steps.jsonl in the run folder
+    every_steps: int = Field(10, ge=1, le=1_000_000)  # step scalars every N SGD updates
+    wandb: bool = False  # Weights & Biases (pip: wandb)
+    wandb_project: str | None = None  # W&B project; null = W&B's default
+    mlflow: bool = False  # MLflow (pip: mlflow)
+    mlflow_uri: str | None = None  # tracking URI; null = MLflow's default (./mlruns)
+    mlflow_experiment: str | None = None  # experiment name; null = MLflow's default
+
+
 class Config(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -281,6 +308,7 @@ class Config(Section):
     adversarial: AdversarialConfig = AdversarialConfig()
     distributed: DistributedConfig = DistributedConfig()
     signals: SignalsConfig = SignalsConfig()
+    log: LogConfig = LogConfig()
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:

@@ -9,18 +9,32 @@ The operator is H = (1/N) sum_i d^2 l(x_i, y_i; theta) / d theta_B^2 over a para
 theta_B ("last" = the final classifier layer, the paper's block approximation; "full"; or name
 patterns) and all N samples of the given batches. Vectors are flat 1-D tensors over the block,
 in the order of ``select_params``.
+
+Two exact ways to get H v from one batch (``HessianOperator(hvp=...)``; same H, the results
+differ only by floating-point rounding):
+
+- ``reverse`` (the default): double backprop, grad of (grad L . v);
+- ``forward``: forward-over-reverse, the jvp of the gradient map in direction v
+  (``torch.func.jvp`` of ``torch.func.grad`` of the loss of ``torch.func.functional_call``
+  with the block's parameters as inputs; every other parameter and buffer is read from the
+  module, so the forward pass must not update buffers: BatchNorm in eval mode);
+- ``auto`` times one HVP of each on the first batch when the operator is built, checks that
+  they agree, and keeps the faster one (``op.hvp_mode``, ``op.hvp_timings``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 Batch = tuple[Tensor, Tensor]
 Reduce = Callable[[Tensor], Tensor]
@@ -33,6 +47,11 @@ def _identity(t: Tensor) -> Tensor:
 
 def _sum_ce(out: Tensor, y: Tensor) -> Tensor:
     return F.cross_entropy(out, y, reduction="sum")
+
+
+HVP_MODES = ("auto", "reverse", "forward")
+_clock = time.perf_counter  # auto's timer (tests replace it)
+EXACT_HVPS = ("reverse", "forward")
 
 
 def _as_batches(data: Batch | Iterable[Batch]) -> list[Batch]:
@@ -84,11 +103,32 @@ def select_params(model: nn.Module, block: str) -> list[tuple[str, nn.Parameter]
 
 
 class HessianOperator:
-    """v -> H v by double backprop over the block; data is one batch or a list of batches.
+    """v -> H v over the block; data is one batch or a list of batches.
 
     Each batch contributes the Hessian of its *summed* loss, the total is divided by the
     (reduced) sample count N, so several batches give exactly the HVP on their concatenation.
+
+    ``hvp`` picks how one batch's product is computed (see the module docstring):
+    ``reverse`` (default, double backprop), ``forward`` (forward-over-reverse with
+    ``torch.func``) or ``auto``. With ``auto`` the constructor runs one HVP of each on the
+    first batch (after an untimed warm-up of each on two of its samples; none of these
+    count in ``n_hvp``), sums the timings over ranks with ``reduce`` (so
+    every rank makes the same choice; call it on all ranks), and keeps ``forward`` only if it
+    was faster and agreed with ``reverse`` to ``AUTO_RTOL`` (relative norm); a forward pass that
+    torch.func cannot differentiate (an op without a forward-mode formula, a buffer updated in
+    place) makes it keep ``reverse``. After construction:
+
+    - ``hvp_mode``: ``"reverse"`` or ``"forward"``, the product ``matvec`` uses;
+    - ``hvp_timings``: ``{"reverse": s, "forward": s}``, seconds of one HVP on the first batch,
+      averaged over the ranks that hold a batch (``auto`` only; empty otherwise);
+    - ``hvp_agreement``: relative difference |Hv_fwd - Hv_rev| / |Hv_rev| of that trial;
+    - ``hvp_note``: why ``auto`` kept ``reverse`` when forward was unusable (else None).
+
+    Under DistributedDataParallel / DataParallel ``forward`` calls the wrapped module directly.
+    torch.func transforms must not run concurrently in several threads of one process.
     """
+
+    AUTO_RTOL = 1e-3  # fp32 forward and reverse HVPs agree to ~1e-6; a mismatch means a bug
 
     def __init__(
         self,
@@ -98,10 +138,13 @@ class HessianOperator:
         loss_fn: LossFn | None = None,
         reduce: Reduce | None = None,
         device: torch.device | str | None = None,
+        hvp: str = "reverse",
     ) -> None:
         plist = [p[1] if isinstance(p, tuple) else p for p in params]
         if not plist:
             raise ValueError("the parameter block is empty")
+        if hvp not in HVP_MODES:
+            raise ValueError(f"unknown hvp {hvp!r} (valid: {', '.join(HVP_MODES)})")
         self.model = model
         self.params = plist
         self.loss_fn = loss_fn or _sum_ce
@@ -116,6 +159,15 @@ class HessianOperator:
         if self.n_samples == 0:
             raise ValueError("no samples to compute the Hessian on")
         self.n_hvp = 0
+        self.hvp_mode = "reverse" if hvp == "auto" else hvp
+        self.hvp_timings: dict[str, float] = {}
+        self.hvp_agreement: float | None = None
+        self.hvp_note: str | None = None
+        self._names: list[str] | None = None
+        if hvp == "forward":
+            self._names = self._block_names()
+        elif hvp == "auto":
+            self._choose_hvp()
 
     def _flat(self, tensors: Sequence[Tensor | None]) -> Tensor:
         return torch.cat(
@@ -131,18 +183,119 @@ class HessianOperator:
             for c, p in zip(v.split([p.numel() for p in self.params]), self.params, strict=True)
         ]
 
+    # -- one batch's summed-loss HVP, both ways ---------------------------------------------
+
+    def _hvp_reverse(self, x: Tensor, y: Tensor, vs: Sequence[Tensor]) -> Tensor | None:
+        """Double backprop; None when the loss does not depend on the block at second order."""
+        loss = self.loss_fn(self.model(x), y)
+        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        dot = sum((g * u).sum() for g, u in zip(grads, vs, strict=True) if g is not None)
+        if not isinstance(dot, Tensor) or not dot.requires_grad:
+            return None
+        hv = torch.autograd.grad(dot, self.params, allow_unused=True)
+        return self._flat(hv).detach()
+
+    def _target(self) -> nn.Module:
+        """The module functional_call runs: the wrapped one under (Distributed)DataParallel."""
+        wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+        return self.model.module if isinstance(self.model, wrappers) else self.model
+
+    def _block_names(self) -> list[str]:
+        """Names of the block's parameters in the target module, in block order."""
+        names = {id(p): n for n, p in self._target().named_parameters()}
+        missing = [i for i, p in enumerate(self.params) if id(p) not in names]
+        if missing:
+            raise ValueError(
+                "hvp='forward' needs the block's tensors to be parameters of the model "
+                f"(block entry {missing[0]} is not)"
+            )
+        out = [names[id(p)] for p in self.params]
+        if len(set(out)) != len(out):
+            raise ValueError("hvp='forward': the block lists a parameter twice")
+        return out
+
+    def _hvp_forward(self, x: Tensor, y: Tensor, vs: Sequence[Tensor]) -> Tensor:
+        """Forward-over-reverse: d/dt grad L(theta_B + t v) at t = 0, with torch.func."""
+        if self._names is None:
+            self._names = self._block_names()
+        target, names = self._target(), self._names
+        primals = {n: p.detach() for n, p in zip(names, self.params, strict=True)}
+        tangents = {n: u for n, u in zip(names, vs, strict=True)}
+        frozen = {n: p.detach() for n, p in target.named_parameters() if n not in primals}
+
+        def loss(block: dict[str, Tensor]) -> Tensor:
+            return self.loss_fn(functional_call(target, {**frozen, **block}, (x,)), y)
+
+        _, hv = torch.func.jvp(torch.func.grad(loss), (primals,), (tangents,))
+        return self._flat([hv[n] for n in names]).detach()
+
+    def _hvp_batch(self, x: Tensor, y: Tensor, vs: Sequence[Tensor]) -> Tensor | None:
+        if self.hvp_mode == "forward":
+            return self._hvp_forward(x, y, vs)
+        return self._hvp_reverse(x, y, vs)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _choose_hvp(self) -> None:
+        """``auto``: one timed HVP of each kind on the first batch; collective via reduce."""
+        # [reverse s, forward s, ranks timed, ranks where forward failed or disagreed]
+        stats = torch.zeros(4, dtype=torch.float64)
+        note = None
+        if self.batches:
+            x, y = self.batches[0]
+            g = torch.Generator().manual_seed(0)
+            v = torch.randn(self.dim, generator=g, dtype=torch.float64)
+            vs = self._split((v / v.norm()).to(self.device, self.dtype))
+            # untimed warm-up on two samples: torch.func's first call costs ~1 s; a failure
+            # shows again in the timed call below
+            with contextlib.suppress(Exception):
+                self._hvp_forward(x[:2], y[:2], vs)
+            self._hvp_reverse(x[:2], y[:2], vs)
+            self._sync()
+            t0 = _clock()
+            ref = self._hvp_reverse(x, y, vs)
+            self._sync()
+            stats[0] = _clock() - t0
+            try:
+                t0 = _clock()
+                out = self._hvp_forward(x, y, vs)
+                self._sync()
+                stats[1] = _clock() - t0
+            except Exception as err:  # noqa: BLE001 - any failure means: not usable here
+                note = f"forward HVP failed: {type(err).__name__}: {str(err).strip()[:200]}"
+                stats[3] = 1.0
+            else:
+                ref = torch.zeros_like(out) if ref is None else ref
+                scale = float(ref.norm())
+                diff = float((out - ref).norm())
+                self.hvp_agreement = diff / scale if scale > 0 else diff
+                if self.hvp_agreement > self.AUTO_RTOL:
+                    note = f"forward and reverse HVPs differ (relative {self.hvp_agreement:.1e})"
+                    stats[3] = 1.0
+            stats[2] = 1.0
+        stats = self.reduce(stats.to(self.device)).cpu()
+        ranks = max(float(stats[2]), 1.0)
+        self.hvp_timings = {"reverse": float(stats[0]) / ranks, "forward": float(stats[1]) / ranks}
+        if float(stats[3]) > 0:
+            self.hvp_note = note or "forward HVP failed or disagreed on another rank"
+            self.hvp_mode = "reverse"
+        else:
+            fwd, rev = self.hvp_timings["forward"], self.hvp_timings["reverse"]
+            self.hvp_mode = "forward" if fwd < rev else "reverse"
+        if self.hvp_mode == "forward" and self._names is None:
+            self._names = self._block_names()
+
     def matvec(self, v: Tensor) -> Tensor:
         """H v for a flat vector v over the block (call on all ranks when reduce is collective)."""
         vs = self._split(v.to(self.device, self.dtype))
         total = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
         for x, y in self.batches:
-            loss = self.loss_fn(self.model(x), y)
-            grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
-            dot = sum((g * u).sum() for g, u in zip(grads, vs, strict=True) if g is not None)
-            if not isinstance(dot, Tensor) or not dot.requires_grad:
+            hv = self._hvp_batch(x, y, vs)
+            if hv is None:
                 continue  # the loss does not depend on the block at second order
-            hv = torch.autograd.grad(dot, self.params, allow_unused=True)
-            total += self._flat(hv).detach()
+            total += hv
         self.n_hvp += 1
         return self.reduce(total) / self.n_samples
 
@@ -221,13 +374,14 @@ def last_layer_operator(
     data: Batch | Iterable[Batch],
     reduce: Reduce | None = None,
     device: torch.device | str | None = None,
+    hvp: str = "reverse",
 ) -> LinearSoftmaxHessian | HessianOperator:
     """Hessian on the ``last`` block with the backbone fixed: features computed once.
 
     ``model.features(x)`` runs once per batch without gradients; the iterations then only
     touch the head (closed form for an ``nn.Linear`` head under cross-entropy, double
-    backprop on the head otherwise). Equals ``HessianOperator`` on ``select_params(model,
-    "last")``.
+    backprop on the head otherwise, or ``hvp`` as in ``HessianOperator``; the closed form
+    ignores it). Equals ``HessianOperator`` on ``select_params(model, "last")``.
     """
     head = model.classifier
     dev = torch.device(device) if device is not None else next(model.parameters()).device
@@ -240,7 +394,7 @@ def last_layer_operator(
         return LinearSoftmaxHessian(head, feats, labels, reduce)
     params = [p for p in head.parameters() if p.requires_grad]
     return HessianOperator(
-        head, params, list(zip(feats, labels, strict=True)), reduce=reduce, device=dev
+        head, params, list(zip(feats, labels, strict=True)), reduce=reduce, device=dev, hvp=hvp
     )
 
 
@@ -254,7 +408,7 @@ def rayleigh_stderr(
 
     lambda is the mean of per-piece quadratic forms q = v^T H_piece v: per sample for the
     closed-form linear head (q_i = z_i^T A_i z_i, z_i = V_W f_i + v_b), per batch for
-    double-backprop operators. Returns (std(q) / sqrt(#pieces), HVPs spent), None with fewer
+    ``HessianOperator`` (in its ``hvp_mode``). Returns (std(q) / sqrt(#pieces), HVPs spent), None with fewer
     than two pieces. Call on all ranks when ``reduce`` is collective.
     """
     reduce = reduce or _identity
@@ -271,13 +425,10 @@ def rayleigh_stderr(
         vs = op._split(v)
         pieces = []
         for x, y in op.batches:
-            loss = op.loss_fn(op.model(x), y)
-            grads = torch.autograd.grad(loss, op.params, create_graph=True, allow_unused=True)
-            dot = sum((g * u).sum() for g, u in zip(grads, vs, strict=True) if g is not None)
-            if not isinstance(dot, Tensor) or not dot.requires_grad:
+            hv = op._hvp_batch(x, y, vs)  # in the operator's hvp_mode
+            if hv is None:
                 pieces.append(0.0)
                 continue
-            hv = op._flat(torch.autograd.grad(dot, op.params, allow_unused=True))
             pieces.append(float((hv @ v).item()) / len(y))
         q = torch.tensor(pieces, dtype=torch.float64, device=op.device)
     q = q.double()

@@ -1,4 +1,6 @@
-"""PNG figures (matplotlib, Agg backend): landscapes, eigenvalue density, run trajectories."""
+"""PNG figures of ``absa hessian`` (matplotlib, Agg backend): loss landscapes along the top
+Hessian eigenvectors and the eigenvalue density. ``context`` (e.g. ``"run absa-b512-s0,
+digits, small_cnn"``) goes into every title."""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ import torch  # noqa: E402
 
 from absa.checkpoint import atomic_write_bytes  # noqa: E402
 from absa.hessian import Density, density_on_grid  # noqa: E402
+from absa.landscape import quadratic_model  # noqa: E402
+
+SMOOTHING = 0.01  # Gaussian width of the density plot, as a fraction of the spectrum's span
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -21,62 +26,119 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def landscape_1d(land: dict[str, Any], eigenvalue: float, block: str, path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(6, 4))
+def _title(what: str, context: str) -> str:
+    return f"{what}\n{context}" if context else what
+
+
+def landscape_1d(
+    land: dict[str, Any], eigenvalue: float, block: str, path: Path, context: str = ""
+) -> Path:
+    """Loss along the top eigenvector per split, with the quadratic model 0.5 lambda a^2."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
     styles = {"train": ("C0", "-", "o"), "test": ("C3", "--", "s")}
+    alphas = land["alphas"]
     for name, curve in land["curves"].items():
         color, ls, marker = styles.get(name, ("C2", ":", "^"))
+        ax.plot(alphas, curve, color=color, ls=ls, marker=marker, ms=3, label=f"{name} loss")
+    first = next(iter(land["curves"].values()), None)
+    if first and eigenvalue > 0:
+        base = first[len(first) // 2]
         ax.plot(
-            land["alphas"], curve, color=color, ls=ls, marker=marker, ms=3, label=f"{name} loss"
+            alphas,
+            quadratic_model(eigenvalue, alphas, base),
+            color="0.5",
+            ls=":",
+            lw=1.2,
+            label="quadratic model L0 + λ a²/2",
         )
-    ax.set_xlabel(f"step along the top Hessian eigenvector ({block} block), parameter-norm units")
+    lo = min(min(c) for c in land["curves"].values())
+    hi = max(max(c) for c in land["curves"].values())
+    ax.set_ylim(lo - 0.05 * (hi - lo + 1e-12), hi + 0.1 * (hi - lo + 1e-12))
+    ax.set_xlabel(f"step a along the top Hessian eigenvector ({block} block), parameter units")
     ax.set_ylabel("mean cross-entropy loss")
-    ax.set_title(f"1D loss landscape, lambda_max = {eigenvalue:.4g}")
+    ax.set_title(_title(f"1D loss landscape, λ_max = {eigenvalue:.4g}", context), fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def landscape_2d(land: dict[str, Any], block: str, path: Path) -> Path:
+def landscape_2d(land: dict[str, Any], block: str, path: Path, context: str = "") -> Path:
+    """Loss on the plane of the top two eigenvectors: 3D surface and contour map."""
     surf = land["surface"]
-    z = torch.tensor(surf["loss"])
+    z = torch.tensor(surf["loss"]).numpy()
     a = torch.tensor(surf["alphas"])
     b = torch.tensor(surf["betas"])
-    fig = plt.figure(figsize=(11, 4.5))
-    ax1 = fig.add_subplot(1, 2, 1, projection="3d")
-    aa, bb = torch.meshgrid(a, b, indexing="ij")
-    ax1.plot_surface(aa.numpy(), bb.numpy(), z.numpy(), cmap="viridis", alpha=0.9)
-    ax1.set_xlabel("top eigenvector v1")
-    ax1.set_ylabel("second eigenvector v2")
-    ax1.set_zlabel(f"{surf['split']} loss")
-    ax2 = fig.add_subplot(1, 2, 2)
-    cs = ax2.contourf(aa.numpy(), bb.numpy(), z.numpy(), levels=20, cmap="viridis")
-    fig.colorbar(cs, ax=ax2, label=f"{surf['split']} loss")
-    ax2.set_xlabel("step along v1")
+    aa, bb = (t.numpy() for t in torch.meshgrid(a, b, indexing="ij"))
+    fig = plt.figure(figsize=(10.5, 4.6))
+    grid = fig.add_gridspec(1, 2, width_ratios=(1.2, 1.0), wspace=0.02)
+    ax1 = fig.add_subplot(grid[0, 0], projection="3d")
+    ax1.plot_surface(aa, bb, z, cmap="viridis", alpha=0.95, linewidth=0)
+    ax1.set_xlabel("v1 step", labelpad=-2)
+    ax1.set_ylabel("v2 step", labelpad=-2)
+    ax1.set_zlabel(f"{surf['split']} loss", labelpad=-1)
+    ax1.tick_params(labelsize=7, pad=0)
+    ax1.view_init(elev=28, azim=-55)
+    ax1.set_box_aspect(None, zoom=1.25)
+    ax2 = fig.add_subplot(grid[0, 1])
+    cs = ax2.contourf(aa, bb, z, levels=20, cmap="viridis")
+    ax2.contour(aa, bb, z, levels=10, colors="k", linewidths=0.4, alpha=0.5)
+    ax2.plot([0], [0], marker="+", color="w", ms=10, mew=2)
+    fig.colorbar(cs, ax=ax2, label=f"{surf['split']} loss", fraction=0.05, pad=0.03)
+    ax2.set_xlabel("step along v1 (top eigenvector)")
     ax2.set_ylabel("step along v2")
-    ax2.set_title(f"2D loss surface ({block} block)")
-    fig.tight_layout()
+    ax2.set_aspect("equal")
+    fig.suptitle(
+        _title(f"2D loss surface, {block} block (+: trained weights)", context), fontsize=10
+    )
+    fig.subplots_adjust(left=0.0, right=0.93, bottom=0.11, top=0.86)
     return _save(fig, path)
 
 
-def density(den: dict[str, Any], eigenvalues: list[float], block: str, path: Path) -> Path:
+def density(
+    den: dict[str, Any], eigenvalues: list[float], block: str, path: Path, context: str = ""
+) -> Path:
+    """SLQ eigenvalue density: Gaussian-smoothed on a linear axis (the smoothing width is in
+    the legend), and below it the quadrature itself (Ritz values and their weights, log
+    axis), which shows outliers without smoothing artefacts."""
     d = Density(den["nodes"], den["weights"], 0)
     lo = min(min(n) for n in d.nodes)
     hi = max(max(n) for n in d.nodes)
     span = max(hi - lo, 1e-12)
-    sigma = span / 100
+    sigma = SMOOTHING * span
     grid = torch.linspace(lo - 0.05 * span, hi + 0.05 * span, 1000)
     phi = density_on_grid(d, grid, sigma)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.semilogy(grid.numpy(), (phi + 1e-12).numpy(), color="C0", label="SLQ density")
-    for i, lam in enumerate(eigenvalues):
-        ax.axvline(lam, color="C3", ls=":", lw=1, label="top-k eigenvalues" if i == 0 else None)
-    ax.set_xlabel("eigenvalue")
-    ax.set_ylabel("density (log scale)")
-    ax.set_title(f"Hessian eigenvalue density ({block} block)")
-    ax.set_ylim(bottom=1e-8)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, (ax, ax2) = plt.subplots(
+        2, 1, figsize=(6.5, 5.2), sharex=True, gridspec_kw={"height_ratios": (2, 1.3)}
+    )
+    ax.plot(
+        grid.numpy(),
+        phi.numpy(),
+        color="C0",
+        label=f"SLQ density, Gaussian smoothing σ = {sigma:.3g}\n"
+        f"({SMOOTHING:.0%} of the Ritz-value span)",
+    )
+    ax.fill_between(grid.numpy(), phi.numpy(), color="C0", alpha=0.15)
+    ax.set_ylabel("density (linear)")
+    ax.set_ylim(bottom=0)
+    runs = len(d.nodes)
+    for i, (nodes, weights) in enumerate(zip(d.nodes, d.weights, strict=True)):
+        w = [max(x / runs, 1e-16) for x in weights]
+        ax2.vlines(nodes, 1e-16, w, color=f"C{i % 10}", lw=1, alpha=0.8)
+        ax2.plot(
+            nodes, w, "o", color=f"C{i % 10}", ms=3, label=f"run {i + 1}" if runs > 1 else None
+        )
+    ax2.set_yscale("log")
+    weights_all = [max(x / runs, 1e-16) for ws in d.weights for x in ws]
+    ax2.set_ylim(min(weights_all) / 3, 2)
+    ax2.set_ylabel("Ritz weight τ\n(log)")
+    ax2.set_xlabel("eigenvalue")
+    for a in (ax, ax2):
+        for i, lam in enumerate(eigenvalues):
+            a.axvline(lam, color="C3", ls=":", lw=1, label="top-k (Lanczos)" if i == 0 else None)
+        a.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    ax2.legend(fontsize=7, ncol=4, loc="lower left")
+    ax.set_title(_title(f"Hessian eigenvalue density ({block} block)", context), fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

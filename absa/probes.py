@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,11 +114,13 @@ def hessian_probe(
     autocast_off = torch.autocast(device_type=torch.device(env.device).type, enabled=False)
     with model_mode(model, train=False), autocast_off:
         if h.block == "last":
-            op = last_layer_operator(model, batches, reduce=env.all_reduce_sum, device=env.device)
+            op = last_layer_operator(
+                model, batches, reduce=env.all_reduce_sum, device=env.device, hvp=h.hvp
+            )
         else:
             params = select_params(model, h.block)
             op = HessianOperator(
-                model, params, batches, reduce=env.all_reduce_sum, device=env.device
+                model, params, batches, reduce=env.all_reduce_sum, device=env.device, hvp=h.hvp
             )
         res = top_eigen(
             op,
@@ -181,8 +183,8 @@ class NoiseMeter:
     g2: _Ema = field(init=False)
     trace: _Ema = field(init=False)
     ip: _Ema = field(init=False)
-    direction: list[Tensor] | None = None  # unit previous mean gradient
-    _prev: list[Tensor] | None = None
+    direction: Tensor | None = None  # unit previous mean gradient (flat, float64)
+    _prev: Tensor | None = None
     _small: list[tuple[int, float, float | None]] = field(default_factory=list)
     _epoch_g2: list[float] = field(default_factory=list)
 
@@ -190,10 +192,21 @@ class NoiseMeter:
         self.g2, self.trace, self.ip = _Ema(self.ema), _Ema(self.ema), _Ema(self.ema)
 
     @staticmethod
-    def _grads(params: Iterable[nn.Parameter]) -> list[Tensor]:
-        return [
-            (p.grad.detach() if p.grad is not None else torch.zeros_like(p)).float() for p in params
-        ]
+    def _grads(params: Iterable[nn.Parameter]) -> Tensor:
+        """The accumulated ``.grad`` of ``params`` as one new flat fp32 vector (one
+        concatenation, then whole-vector arithmetic: no Python loop over tensors per step)."""
+        return torch.cat(
+            [
+                (p.grad.detach() if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                for p in params
+            ]
+        )
+
+    @staticmethod
+    def _flat(grads: Tensor | Sequence[Tensor]) -> Tensor:
+        if isinstance(grads, Tensor):
+            return grads
+        return torch.cat([g.reshape(-1).float() for g in grads])
 
     def begin_step(self, params: list[nn.Parameter]) -> None:
         self._small = []
@@ -202,28 +215,25 @@ class NoiseMeter:
     def micro_done(self, params: list[nn.Parameter], b: int, scale: float) -> None:
         """The micro-batch just accumulated ``scale * sum of its b per-sample gradients``."""
         now = self._grads(params)
-        delta = now if self._prev is None else [a - c for a, c in zip(now, self._prev, strict=True)]
-        self._prev = [t.clone() for t in now]
-        self.add_small([d / (scale * b) for d in delta], b)
+        delta = now if self._prev is None else now - self._prev
+        self._prev = now
+        self.add_small(delta / (scale * b), b)
 
-    def add_small(self, grads: list[Tensor], b: int) -> None:
-        """A mean gradient over b samples, unbiased for the same G as the step's."""
-        sq = float(sum((g.double() ** 2).sum() for g in grads))
-        proj = self._project(grads)
-        self._small.append((b, sq, proj))
+    def add_small(self, grads: Tensor | Sequence[Tensor], b: int) -> None:
+        """A mean gradient over b samples (flat, or per tensor), unbiased for the step's G."""
+        g = self._flat(grads).double()
+        self._small.append((b, float(torch.dot(g, g)), self._project(g)))
 
-    def _project(self, grads: list[Tensor]) -> float | None:
+    def _project(self, g: Tensor) -> float | None:
         if self.direction is None:
             return None
-        return float(
-            sum((g.double() * u).sum() for g, u in zip(grads, self.direction, strict=True))
-        )
+        return float(torch.dot(g, self.direction))
 
     def end_step(self, params: list[nn.Parameter], big: int) -> None:
         """Fold this step's estimates into the averages; remember the direction u."""
-        grads = self._grads(params)
-        sq_big = float(sum((g.double() ** 2).sum() for g in grads))
-        proj_big = self._project(grads)
+        g = self._grads(params).double()
+        sq_big = float(torch.dot(g, g))
+        proj_big = self._project(g)
         usable = [s for s in self._small if 0 < s[0] < big]
         if usable:
             g2s, trs, ips = [], [], []
@@ -238,7 +248,7 @@ class NoiseMeter:
                 self.ip.add(sum(ips) / len(ips))
             self._epoch_g2.append(sum(g2s) / len(g2s))
         norm = math.sqrt(sq_big)
-        self.direction = [g.double() / norm for g in grads] if norm > 0 else None
+        self.direction = g / norm if norm > 0 else None
         self._small, self._prev = [], None
 
     def epoch_signals(self) -> dict[str, float | None]:
@@ -276,7 +286,10 @@ class NoiseMeter:
         for key in ("g2", "trace", "ip"):
             value, weight = state[key]
             setattr(self, key, _Ema(self.ema, float(value), float(weight)))
-        self.direction = state["direction"]
+        d = state["direction"]  # one flat vector (a list of tensors in older checkpoints)
+        if isinstance(d, (list, tuple)):
+            d = torch.cat([t.reshape(-1).double() for t in d])
+        self.direction = None if d is None else d.double()
 
 
 def measure(

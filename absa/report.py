@@ -7,12 +7,23 @@ summary.json that is not a JSON object) are unreadable: skipped with a one-line 
 names the file.
 
 ``table`` groups the runs the way the paper's tables are laid out: one row per batch size B
-(the fixed batch of BL and FB, the maximum batch of GG, ABS and ABSA, which start from
-``batch.size`` and grow towards it), one column per method, each cell the final-epoch test accuracy as mean ± std
-over seeds (sample std, n-1; 0 for a single seed) and the mean number of SGD updates, plus
-the final batch size for adaptive methods. When runs of the same method and batch size
-differ in some other config key (say ``adversarial.eps``), that key becomes part of the
-column (``ABSA (eps=0.01)``).
+(the fixed batch of fixed-batch methods, the maximum batch of growing ones, which start from
+``batch.size`` and grow towards it), one column per method, each cell the final-epoch test
+accuracy as mean ± std over seeds (sample std, n-1; a single seed shows ``(n=1)`` instead)
+and the mean number of SGD updates, plus the final batch size for growing methods. The
+methods and which of them grow come from the registry (``absa.schedules.METHODS``).
+Ablations get their own column: ``ABSA (duration only)`` (``schedule.eigenvalue_trigger:
+false``) and ``replay of ABSA`` (method ``replay``, named after the replayed run's method).
+When runs of the same method and batch size differ in some other config key (say
+``adversarial.eps``), that key becomes part of the column (``ABSA (eps=0.01)``); a key
+missing from an older run's config.yaml counts as its default.
+
+Each group also gets its cost and robustness (the second table and the CSV): SGD updates
+to first reach the target accuracy (the best fixed-batch BL at the smallest batch, final
+accuracy minus ``TARGET_MARGIN`` points; per run from metrics.jsonl), samples processed
+(forward+backward passes: training samples plus adversarial samples times the attack's
+gradient steps), Hessian-vector products, the Hessian's share of the training time, wall
+time, and clean/FGSM/PGD accuracy per epsilon where summary.json has ``robust`` rows.
 """
 
 from __future__ import annotations
@@ -22,6 +33,7 @@ import io
 import json
 import math
 import statistics
+import textwrap
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,13 +45,30 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.ticker import (  # noqa: E402
+    FixedLocator,
+    FuncFormatter,
+    LogLocator,
+    MaxNLocator,
+    NullFormatter,
+    NullLocator,
+)
 
 from absa.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
-from absa.config import METHODS, ConfigError, read_yaml  # noqa: E402
+from absa.config import METHODS, Config, ConfigError, read_yaml, to_dict  # noqa: E402
 from absa.runlog import METRICS  # noqa: E402
+from absa.schedules import METHODS as REGISTRY  # noqa: E402
 
-ADAPTIVE = ("gg", "abs", "absa")
+# methods whose batch changes during a run (row: schedule.max_batch); a replay plays back
+# a recorded, usually growing, trajectory
+ADAPTIVE = tuple(m for m, spec in REGISTRY.items() if spec.grows)
+_VARYING = (*ADAPTIVE, "replay")
+# methods with the eigenvalue trigger that schedule.eigenvalue_trigger: false switches off
+_CURVATURE = ("abs", "absa", "hybrid")
+TARGET_METHOD = "bl"  # the target accuracy is this method's at its smallest batch ...
+TARGET_MARGIN = 1.0  # ... minus this many points
+# gradient computations per adversarial sample (crafting); pgd: adversarial.pgd_steps
+ATTACK_COST = {"fgsm": 1, "fast_fgsm": 1}
 # config keys that do not make two runs different experiments
 _IGNORED = {
     "train.seed",
@@ -52,11 +81,14 @@ _IGNORED = {
     "data.root",
     "data.download",
     "data.num_workers",
+    "schedule.eigenvalue_trigger",  # in the column's name ("duration only")
+    "schedule.replay_from",  # in the column's name ("replay of ...")
 }
-_IGNORED_SECTIONS = ("distributed.",)
+_IGNORED_SECTIONS = ("distributed.", "log.")  # log.*: where metrics are also sent
 _SHORT = {"adversarial.eps": "eps", "adversarial.fraction": "r", "batch.size": "B"}
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
 _LINESTYLES = ("-", "--", ":", "-.")
+_ATTACK_ORDER = ("clean", "fgsm", "fast_fgsm", "pgd")
 
 
 class ReportError(ValueError):
@@ -68,7 +100,7 @@ class RunRecord:
     name: str
     folder: Path
     method: str
-    batch_size: int  # the paper's row: batch.size (BL, FB) or schedule.max_batch (GG, ABS, ABSA)
+    batch_size: int  # the paper's row: batch.size (fixed) or schedule.max_batch (growing)
     final_batch: int
     seed: int
     test_acc: float  # final epoch
@@ -80,6 +112,16 @@ class RunRecord:
     hessian_seconds: float
     config: dict[str, Any]
     metrics: list[dict[str, Any]] = field(default_factory=list)
+    label: str = ""  # the column's method name: "ABSA", "ABSA (duration only)", "replay of ABSA"
+    eval_seconds: float = 0.0
+    robust: list[dict[str, Any]] = field(default_factory=list)  # summary.json's "robust"
+
+    def __post_init__(self) -> None:
+        self.label = self.label or method_name(self.method)
+
+    @property
+    def ablation(self) -> bool:
+        return self.label != method_name(self.method) or self.method == "replay"
 
 
 class Unreadable(ValueError):
@@ -101,14 +143,64 @@ def _run_folders(sweep_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.yaml").is_file())
 
 
+def method_name(method: str) -> str:
+    """A method as the tables show it: ``ABSA``, ``INNER_PRODUCT``."""
+    return method.upper()
+
+
+def _method(cfg: dict[str, Any]) -> str:
+    return str(cfg.get("schedule", {}).get("method", "bl"))
+
+
 def _row_batch(cfg: dict[str, Any]) -> int:
-    """Row of the paper's table: the fixed batch of BL/FB, the maximum batch of GG/ABS/ABSA
-    (which start from batch.size and grow towards it)."""
-    method = str(cfg.get("schedule", {}).get("method", "bl"))
+    """Row of the paper's table: the fixed batch of fixed-batch methods, the maximum batch of
+    growing ones (which start from batch.size and grow towards it)."""
     start = int(cfg.get("batch", {}).get("size", 128))
-    if method in ADAPTIVE:
+    if _method(cfg) in _VARYING:
         return int(cfg.get("schedule", {}).get("max_batch") or start)
     return start
+
+
+def _replay_source(cfg: dict[str, Any], where: Path | None = None) -> Path | None:
+    """The folder of the run a replay plays back: ``schedule.replay_from`` as written (absolute,
+    or relative to the working directory), else, when the sweep was moved or committed
+    elsewhere, the folder of that name next to the replay's own run folder ``where``."""
+    src = cfg.get("schedule", {}).get("replay_from")
+    if not src:
+        return None
+    given = Path(str(src))
+    candidates = [given]
+    if where is not None:
+        candidates += [where.parent / given.name]
+    return next((c for c in candidates if (c / "config.yaml").is_file()), None)
+
+
+def _replayed(
+    cfg: dict[str, Any], depth: int = 0, where: Path | None = None
+) -> dict[str, Any] | None:
+    """The config of the run a replay plays back (None if it cannot be read)."""
+    src = _replay_source(cfg, where)
+    if src is None or depth > 8:
+        return None
+    try:
+        return read_yaml(src / "config.yaml")
+    except (ConfigError, OSError):
+        return None
+
+
+def method_label(cfg: dict[str, Any], _depth: int = 0, where: Path | None = None) -> str:
+    """The column name of a run's method, ablations named as such: ``ABSA (duration only)``
+    for an eigenvalue-triggered method with ``schedule.eigenvalue_trigger: false``, ``replay
+    of ABSA`` for a replay (``REPLAY`` when the replayed run's config cannot be read).
+    ``where``: the run's folder (to find a replayed run that moved along with it)."""
+    method = _method(cfg)
+    if method == "replay":
+        src = _replayed(cfg, _depth, where)
+        nxt = _replay_source(cfg, where)
+        return f"replay of {method_label(src, _depth + 1, nxt)}" if src is not None else "REPLAY"
+    if method in _CURVATURE and cfg.get("schedule", {}).get("eigenvalue_trigger") is False:
+        return f"{method_name(method)} (duration only)"
+    return method_name(method)
 
 
 _JSON_KINDS = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
@@ -158,7 +250,19 @@ def _read_summary(path: Path) -> dict[str, Any]:
 
 
 # metrics.jsonl fields the table and the plots compute with: numbers or null
-_METRIC_NUMBERS = ("epoch", "batch_size", "lr", "lambda_max", "test_acc", "test_loss")
+_METRIC_NUMBERS = (
+    "epoch",
+    "batch_size",
+    "lr",
+    "lambda_max",
+    "test_acc",
+    "test_loss",
+    "updates",
+    "samples",
+    "adv_samples",
+    "hessian_hvps",
+    "seconds",
+)
 
 
 def _read_metrics(path: Path) -> list[dict[str, Any]]:
@@ -197,9 +301,18 @@ def _read_run(folder: Path) -> RunRecord:
     metrics = _read_metrics(folder / METRICS)
     last = metrics[-1] if metrics else {}
     with _blame(cfg_path):
-        method = str(cfg.get("schedule", {}).get("method", "bl"))
+        method = _method(cfg)
         batch_size = _row_batch(cfg)
+        if method == "replay" and (src := _replayed(cfg, where=folder)) is not None:
+            batch_size = _row_batch(src)  # the replayed run's row
         seed = int(cfg.get("train", {}).get("seed", 0))
+        label = method_label(cfg, where=folder)
+    with _blame(summary_path):
+        robust = summary.get("robust") or []
+        if not isinstance(robust, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("acc"), int | float) for r in robust
+        ):
+            raise Unreadable(f"{summary_path}: 'robust' is not a list of rows with an 'acc'")
     with _blame(summary_path):
         acc = last.get("test_acc")
         if acc is None:
@@ -223,6 +336,9 @@ def _read_run(folder: Path) -> RunRecord:
             hessian_seconds=float(summary.get("hessian_seconds") or 0.0),
             config=cfg,
             metrics=metrics,
+            label=label,
+            eval_seconds=float(summary.get("eval_seconds") or 0.0),
+            robust=robust,
         )
 
 
@@ -259,39 +375,118 @@ def _nothing_to_report(sweep_dir: Path, records: Collected) -> str:
     )
 
 
+# --- per-run costs --------------------------------------------------------------------------
+
+
+def _sum_metric(r: RunRecord, key: str) -> float | None:
+    """The sum of a metrics field over the run's epochs (None if no epoch logged it)."""
+    values = [m[key] for m in r.metrics if m.get(key) is not None]
+    return float(sum(values)) if values else None
+
+
+def attack_cost(cfg: dict[str, Any]) -> int:
+    """Gradient computations to craft one adversarial training example."""
+    adv = cfg.get("adversarial", {})
+    method = str(adv.get("method", "fgsm"))
+    if method == "pgd":
+        return int(adv.get("pgd_steps") or 10)
+    return ATTACK_COST.get(method, 1)
+
+
+def samples_processed(r: RunRecord) -> float | None:
+    """Forward+backward passes of the run: training samples plus adversarial samples times
+    the attack's gradient steps (None for runs whose metrics lack ``samples``)."""
+    samples = _sum_metric(r, "samples")
+    if samples is None:
+        return None
+    return samples + (_sum_metric(r, "adv_samples") or 0.0) * attack_cost(r.config)
+
+
+def hessian_share(r: RunRecord) -> float | None:
+    """Hessian probe time / training time (None without training time)."""
+    return r.hessian_seconds / r.train_seconds if r.train_seconds > 0 else None
+
+
+def wall_seconds(r: RunRecord) -> float:
+    return r.train_seconds + r.hessian_seconds + r.eval_seconds
+
+
+def updates_to_reach(r: RunRecord, target: float | None) -> int | None:
+    """SGD updates at the end of the first epoch whose test accuracy is >= ``target``."""
+    if target is None:
+        return None
+    for m in sorted(r.metrics, key=lambda m: m.get("epoch", 0)):
+        if m.get("test_acc") is not None and m["test_acc"] >= target and m.get("updates"):
+            return int(m["updates"])
+    return None
+
+
+def _robust_key(row: dict[str, Any]) -> str:
+    attack = str(row.get("attack", "?"))
+    return "clean" if attack == "clean" else f"{attack} {float(row.get('eps', 0.0)):g}"
+
+
+def _robust_order(key: str) -> tuple[int, str, float]:
+    attack, _, eps = key.partition(" ")
+    rank = _ATTACK_ORDER.index(attack) if attack in _ATTACK_ORDER else len(_ATTACK_ORDER)
+    return rank, attack, float(eps or 0.0)
+
+
+def robust_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """The robust accuracy columns present: ``clean``, ``fgsm 0.01``, ``pgd 0.01``, ..."""
+    return sorted({k for r in rows for k in r.get("robust", {})}, key=_robust_order)
+
+
 # --- the table ----------------------------------------------------------------------------
+
+
+_DEFAULTS: dict[str, str] | None = None
+
+
+def _defaults() -> dict[str, str]:
+    """The flat default config: the value of a key an older run's config.yaml lacks."""
+    global _DEFAULTS
+    if _DEFAULTS is None:
+        _DEFAULTS = _flat(to_dict(Config()))
+    return _DEFAULTS
 
 
 def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in tree.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and v:
             out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True, default=str)
     return out
 
 
+def _full_flat(r: RunRecord) -> dict[str, Any]:
+    return {**_defaults(), **_flat(r.config)}
+
+
 def _variant_keys(records: list[RunRecord]) -> dict[str, list[str]]:
-    """Per method: config keys that differ between runs of one (batch size, method) group."""
+    """Per method label: config keys that differ between runs of one (batch size, label)."""
     groups: dict[tuple[int, str], list[dict[str, Any]]] = {}
     for r in records:
-        groups.setdefault((r.batch_size, r.method), []).append(_flat(r.config))
-    keys: dict[str, list[str]] = {r.method: [] for r in records}
-    for (_batch, method), flats in groups.items():
+        groups.setdefault((r.batch_size, r.label), []).append(_full_flat(r))
+    keys: dict[str, list[str]] = {r.label: [] for r in records}
+    for (_batch, label), flats in groups.items():
         for k in sorted(set().union(*flats)):
-            if k in _IGNORED or k.startswith(_IGNORED_SECTIONS) or k in keys[method]:
+            if k in _IGNORED or k.startswith(_IGNORED_SECTIONS) or k in keys[label]:
                 continue
             if len({f.get(k) for f in flats}) > 1:
-                keys[method].append(k)
+                keys[label].append(k)
     return keys
 
 
 def _variant(record: RunRecord, keys: list[str]) -> str:
-    flat = _flat(record.config)
+    flat = _full_flat(record)
     parts = []
     for k in keys:
         v = json.loads(flat[k]) if k in flat else None
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)  # warmup_epochs=2, not 2.0
         parts.append(f"{_SHORT.get(k, k.split('.')[-1])}={'none' if v is None else v}")
     return ", ".join(parts)
 
@@ -301,34 +496,66 @@ def _method_order(method: str) -> int:
 
 
 def column_label(method: str, variant: str = "") -> str:
-    return method.upper() + (f" ({variant})" if variant else "")
+    """``ABSA``, ``ABSA (eps=0.01)``; ``method`` may be a label (``replay of ABSA``)."""
+    name = method if method != method.lower() or " " in method else method_name(method)
+    return name + (f" ({variant})" if variant else "")
 
 
 def _std(xs: list[float]) -> float:
     return statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
+def _mean(xs: Iterable[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return statistics.fmean(vals) if vals else None
+
+
+def target_accuracy(rows: list[dict[str, Any]]) -> tuple[float | None, str]:
+    """(target, how): the best BL group at BL's smallest batch, final accuracy minus
+    TARGET_MARGIN points; (None, why) without BL runs."""
+    bl = [r for r in rows if r["method"] == TARGET_METHOD and not r["ablation"]]
+    if not bl:
+        return None, f"no {method_name(TARGET_METHOD)} run, so no target accuracy"
+    small = min(r["batch"] for r in bl)
+    best = max((r for r in bl if r["batch"] == small), key=lambda r: r["acc_mean"])
+    target = best["acc_mean"] - TARGET_MARGIN
+    return target, (
+        f"target {target:.2f}% = {best['column']} at B = {small} ({best['acc_mean']:.2f}%) "
+        f"- {TARGET_MARGIN:g} pt"
+    )
+
+
 def table(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
-    """One row per (row batch, method[, variant]) group, sorted by batch then method."""
+    """One row per (row batch, method label[, variant]) group, sorted by batch then method."""
     records = list(records)
     keys = _variant_keys(records)
     groups: dict[tuple[int, str, str], list[RunRecord]] = {}
     for r in records:
-        groups.setdefault((r.batch_size, r.method, _variant(r, keys[r.method])), []).append(r)
+        groups.setdefault((r.batch_size, r.label, _variant(r, keys[r.label])), []).append(r)
+
+    def order(kv: Any) -> tuple[Any, ...]:
+        (batch, label, variant), rs = kv
+        method = rs[0].method
+        return batch, _method_order(method), rs[0].ablation, method, label, variant
+
     rows = []
-    for (batch, method, variant), rs in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], _method_order(kv[0][1]), kv[0][1], kv[0][2])
-    ):
+    for (batch, label, variant), rs in sorted(groups.items(), key=order):
         rs = sorted(rs, key=lambda r: (r.seed, r.name))
         accs = [r.test_acc for r in rs]
         best = [r.best_test_acc for r in rs]
         finals = [r.final_batch for r in rs]
+        robust: dict[str, list[float]] = {}
+        for r in rs:
+            for row in r.robust:
+                robust.setdefault(_robust_key(row), []).append(float(row["acc"]))
         rows.append(
             {
                 "batch": batch,
-                "method": method,
+                "method": rs[0].method,
+                "label": label,
+                "ablation": rs[0].ablation,
                 "variant": variant,
-                "column": column_label(method, variant),
+                "column": column_label(label, variant),
                 "n_seeds": len(rs),
                 "seeds": [r.seed for r in rs],
                 "acc_mean": statistics.fmean(accs),
@@ -342,16 +569,33 @@ def table(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
                 "test_loss_mean": statistics.fmean(r.test_loss for r in rs),
                 "train_seconds_mean": statistics.fmean(r.train_seconds for r in rs),
                 "hessian_seconds_mean": statistics.fmean(r.hessian_seconds for r in rs),
+                "wall_seconds_mean": statistics.fmean(wall_seconds(r) for r in rs),
+                "hessian_share_mean": _mean(hessian_share(r) for r in rs),
+                "hvps_mean": _mean(_sum_metric(r, "hessian_hvps") for r in rs),
+                "samples_processed_mean": _mean(samples_processed(r) for r in rs),
+                "robust": {k: statistics.fmean(v) for k, v in robust.items()},
+                "robust_n": {k: len(v) for k, v in robust.items()},
                 "runs": [r.name for r in rs],
+                "_records": rs,
             }
         )
+    target, _ = target_accuracy(rows)
+    for row in rows:
+        reached = [updates_to_reach(r, target) for r in row.pop("_records")]
+        hit = [u for u in reached if u is not None]
+        row["target_acc"] = target
+        row["target_reached"] = len(hit)
+        row["updates_to_target_mean"] = statistics.fmean(hit) if hit else None
     return rows
 
 
 def _columns(rows: list[dict[str, Any]]) -> list[str]:
-    seen: dict[str, tuple[int, str, str]] = {}
+    seen: dict[str, tuple[Any, ...]] = {}
     for r in rows:
-        seen.setdefault(r["column"], (_method_order(r["method"]), r["method"], r["variant"]))
+        seen.setdefault(
+            r["column"],
+            (_method_order(r["method"]), r["ablation"], r["method"], r["label"], r["variant"]),
+        )
     return sorted(seen, key=lambda c: seen[c])
 
 
@@ -359,14 +603,21 @@ def _num(x: float) -> str:
     return f"{x:.0f}" if abs(x - round(x)) < 1e-9 else f"{x:.1f}"
 
 
+def _grows(row: dict[str, Any]) -> bool:
+    return row["method"] in _VARYING or row["final_batch"] != row["batch"]
+
+
 def cell(row: dict[str, Any], show_n: bool = False) -> str:
-    """``91.00 ± 1.41 / 120`` (+ ``→ 4096`` final batch for adaptive methods)."""
-    text = f"{row['acc_mean']:.2f} ± {row['acc_std']:.2f} / {_num(row['updates_mean'])}"
+    """``91.00 ± 1.41 / 120`` (``98.50 (n=1) / 120`` for one seed), + ``→ 4096`` (final
+    batch) for growing methods, + `` (n=3)`` when the table mixes seed counts."""
+    n = row["n_seeds"]
+    spread = f"± {row['acc_std']:.2f}" if n > 1 else "(n=1)"
+    text = f"{row['acc_mean']:.2f} {spread} / {_num(row['updates_mean'])}"
     lo, hi = row["final_batch_min"], row["final_batch"]
-    if row["method"] in ADAPTIVE or hi != row["batch"]:
+    if _grows(row):
         text += f" → {hi}" if lo == hi else f" → {lo}–{hi}"
-    if show_n:
-        text += f" (n={row['n_seeds']})"
+    if show_n and n > 1:
+        text += f" (n={n})"
     return text
 
 
@@ -381,14 +632,27 @@ def _grid(rows: list[dict[str, Any]]) -> tuple[list[str], list[tuple[int, dict[s
 
 def caption(rows: list[dict[str, Any]]) -> str:
     ns = sorted({r["n_seeds"] for r in rows})
-    seeds = (
-        f"{ns[0]} seed{'s' if ns[0] != 1 else ''}" if len(ns) == 1 else "n seeds, shown per cell"
-    )
+    if len(ns) == 1:
+        seeds = f"{ns[0]} seed{'s' if ns[0] != 1 else ''}"
+    else:
+        seeds = "n seeds (n shown per cell; one seed: no std)"
     return (
         f"Final-epoch test accuracy (%), mean ± std over {seeds} / mean number of SGD updates; "
-        "→ final batch size of adaptive methods. Rows: batch size B (BL, FB: fixed at B; "
-        "GG, ABS, ABSA: growing from batch.size up to B), as in the paper's tables."
+        "→ final batch size of growing methods. Rows: batch size B (fixed-batch methods: "
+        "fixed at B; growing methods: from batch.size up to B), as in the paper's tables."
     )
+
+
+def _esc(s: str) -> str:
+    return s.replace("|", "\\|")
+
+
+def _markdown_table(header: list[str], align: list[str], body: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(_esc(h) for h in header) + " |",
+        "|" + "|".join(align) + "|",
+        *("| " + " | ".join(_esc(c) for c in line) + " |" for line in body),
+    ]
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
@@ -396,22 +660,116 @@ def to_markdown(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "_no finished runs_\n"
     cols, grid, _ = _grid(rows)
-
-    def esc(s: str) -> str:
-        return s.replace("|", "\\|")
-
-    lines = [
-        "| batch | " + " | ".join(esc(c) for c in cols) + " |",
-        "|---:|" + "|".join(":---" for _ in cols) + "|",
-    ]
-    for batch, cells in grid:
-        lines.append(f"| {batch} | " + " | ".join(esc(cells.get(c, "–")) for c in cols) + " |")
+    body = [[str(batch), *(cells.get(c, "–") for c in cols)] for batch, cells in grid]
+    lines = _markdown_table(["batch", *cols], ["---:", *(":---" for _ in cols)], body)
     return "\n".join(lines) + "\n\n" + caption(rows) + "\n"
+
+
+# --- the cost and robustness table ----------------------------------------------------------
+
+
+def _si(x: float | None) -> str:
+    if x is None:
+        return "–"
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(x) >= scale:
+            return f"{x / scale:.3g}{unit}"
+    return _num(x)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def cost_header() -> list[str]:
+    return [
+        "batch",
+        "method",
+        "n",
+        "acc %",
+        "updates",
+        "to target",
+        "samples",
+        "HVPs",
+        "Hess/train",
+        "wall s",
+    ]
+
+
+def cost_cells(row: dict[str, Any]) -> list[str]:
+    """One line of the cost table."""
+    reached, n = row["target_reached"], row["n_seeds"]
+    if row["target_acc"] is None or not reached:
+        to_target = "–" if row["target_acc"] is None else "not reached"
+    else:
+        to_target = _num(row["updates_to_target_mean"]) + (
+            f" ({reached}/{n})" if reached < n else ""
+        )
+    return [
+        str(row["batch"]),
+        row["column"],
+        str(n),
+        f"{row['acc_mean']:.2f}",
+        _num(row["updates_mean"]),
+        to_target,
+        _si(row["samples_processed_mean"]),
+        _si(row["hvps_mean"]),
+        _pct(row["hessian_share_mean"]),
+        f"{row['wall_seconds_mean']:.1f}",
+    ]
+
+
+def robust_header(rows: list[dict[str, Any]]) -> list[str]:
+    return ["batch", "method", *robust_columns(rows)]
+
+
+def robust_cells(row: dict[str, Any], robust: list[str]) -> list[str]:
+    return [
+        str(row["batch"]),
+        row["column"],
+        *(f"{row['robust'][k]:.2f}" if k in row["robust"] else "–" for k in robust),
+    ]
+
+
+def cost_caption(rows: list[dict[str, Any]]) -> str:
+    _, how = target_accuracy(rows)
+    return (
+        "Means over seeds. To target: SGD updates until the test accuracy first reached the "
+        f"target ({how}; (k/n): only k of n seeds reached it, mean over those). Samples: "
+        "forward+backward passes, training samples plus adversarial ones times the attack's "
+        "gradient steps (Hessian probes not included: see HVPs, Hessian-vector products). "
+        "Hess/train: Hessian probe time / training time. Wall s: train + Hessian + eval."
+    )
+
+
+ROBUST_CAPTION = (
+    "Test accuracy (%) of the final model, clean and under FGSM/PGD at eps in [0,1] pixels "
+    "(adversarial.final_eval), mean over the seeds that computed it."
+)
+
+
+def cost_markdown(rows: list[dict[str, Any]]) -> str:
+    """The cost table, and the robust accuracy table when runs computed one, as Markdown."""
+    if not rows:
+        return ""
+    header = cost_header()
+    align = ["---:", ":---", *("---:" for _ in header[2:])]
+    body = [cost_cells(r) for r in rows]
+    out = "\n".join(_markdown_table(header, align, body)) + "\n\n" + cost_caption(rows) + "\n"
+    robust = robust_columns(rows)
+    if robust:
+        body = [robust_cells(r, robust) for r in rows if r["robust"]]
+        align = ["---:", ":---", *("---:" for _ in robust)]
+        table_md = "\n".join(_markdown_table(robust_header(rows), align, body))
+        out += "\n## Robust accuracy\n\n" + table_md + "\n\n" + ROBUST_CAPTION + "\n"
+    return out
 
 
 CSV_FIELDS = (
     "batch",
     "method",
+    "label",
+    "ablation",
     "variant",
     "n_seeds",
     "seeds",
@@ -426,42 +784,179 @@ CSV_FIELDS = (
     "test_loss_mean",
     "train_seconds_mean",
     "hessian_seconds_mean",
+    "wall_seconds_mean",
+    "hessian_share_mean",
+    "hvps_mean",
+    "samples_processed_mean",
+    "target_acc",
+    "target_reached",
+    "updates_to_target_mean",
     "runs",
 )
 
 
 def to_csv(rows: list[dict[str, Any]]) -> str:
-    """One CSV line per group (full float precision; lists joined with ';')."""
+    """One CSV line per group (full float precision; lists joined with ';'; empty for
+    unknown), then one ``robust_<attack>_<eps>`` column per robust accuracy present."""
+    robust = robust_columns(rows)
+    names = {k: "robust_" + k.replace(" ", "_") for k in robust}
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(
+        buf, fieldnames=[*CSV_FIELDS, *names.values()], extrasaction="ignore", lineterminator="\n"
+    )
     writer.writeheader()
     for r in rows:
-        writer.writerow(
-            {k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()}
-        )
+        line = {k: ";".join(map(str, v)) if isinstance(v, list) else v for k, v in r.items()}
+        line.update({names[k]: v for k, v in r["robust"].items()})
+        writer.writerow({k: "" if v is None else v for k, v in line.items()})
     return buf.getvalue()
 
 
-def rich_table(rows: list[dict[str, Any]], title: str = "sweep report") -> Any:
+def _table(
+    title: str, header: list[str], lines: list[list[str]], left: tuple[int, ...] = ()
+) -> Any:
+    """A rich table whose cells never wrap (columns ``left`` left-aligned, others right)."""
     from rich.table import Table
 
-    t = Table(title=title, caption=caption(rows) if rows else None)
-    t.add_column("batch", justify="right")
-    cols, grid, _ = _grid(rows) if rows else ([], [], False)
-    for c in cols:
-        t.add_column(c, justify="right")
-    for batch, cells in grid:
-        t.add_row(str(batch), *(cells.get(c, "–") for c in cols))
+    t = Table(title=title)
+    for i, h in enumerate(header):
+        t.add_column(h, justify="left" if i in left else "right", no_wrap=True)
+    for line in lines:
+        t.add_row(*line)
     return t
 
 
+def _fits(console: Any, table: Any) -> bool:
+    """Whether ``table`` fits the console unshrunk (measured without the console's width cap)."""
+    if console is None:
+        return True
+    wide = console.options.update_width(10**6)
+    return console.measure(table, options=wide).maximum <= console.width
+
+
+def fit_tables(
+    console: Any,
+    title: str,
+    header: list[str],
+    lines: list[list[str]],
+    keys: int = 1,
+    left: tuple[int, ...] = (),
+) -> list[Any]:
+    """The table as one rich table if it fits the console's width, else as several: the
+    first ``keys`` columns repeated in each, the others split into parts that fit (titled
+    ``title (1/2)``, ...), so that no header or cell is wrapped or cut."""
+    if not header:
+        return [_table(title, header, lines, left)]
+
+    def make(idx: list[int], name: str) -> Any:
+        return _table(
+            name,
+            [header[i] for i in idx],
+            [[line[i] for i in idx] for line in lines],
+            tuple(j for j, i in enumerate(idx) if i in left),
+        )
+
+    whole = make(list(range(len(header))), title)
+    if _fits(console, whole):
+        return [whole]
+    key_idx = list(range(min(keys, len(header))))
+    parts: list[list[int]] = [[]]
+    for i in range(len(key_idx), len(header)):
+        trial = make(key_idx + parts[-1] + [i], title)
+        if parts[-1] and not _fits(console, trial):
+            parts.append([i])
+        else:
+            parts[-1].append(i)
+    if len(parts) == 1:
+        return [whole]
+    return [make(key_idx + part, f"{title} ({k}/{len(parts)})") for k, part in enumerate(parts, 1)]
+
+
+def rich_table(rows: list[dict[str, Any]], title: str = "sweep report") -> Any:
+    """The paper-shaped table for the terminal (its caption is printed apart, as a paragraph:
+    a table caption would wrap to the table's width)."""
+    cols, grid, _ = _grid(rows) if rows else ([], [], False)
+    lines = [[str(batch), *(cells.get(c, "–") for c in cols)] for batch, cells in grid]
+    return _table(title, ["batch", *cols], lines)
+
+
+TRANSPOSED_NOTE = (
+    "Too wide for this terminal, so shown transposed: one row per method, one column per "
+    "batch size B; each cell: accuracy on the first line, updates (→ final batch) below."
+)
+
+
+def rich_tables(
+    rows: list[dict[str, Any]], title: str = "sweep report", console: Any = None
+) -> tuple[list[Any], bool]:
+    """(tables, transposed): the paper-shaped table when it fits the console's width, else
+    the table transposed (rows: methods, columns: batch sizes, each cell on two lines),
+    split into parts if even that is too wide."""
+    table = rich_table(rows, title)
+    if _fits(console, table) or not rows:
+        return [table], False
+    cols, grid, show_n = _grid(rows)
+    by = {(r["column"], r["batch"]): r for r in rows}
+    batches = [b for b, _ in grid]
+    lines = []
+    for c in cols:
+        line = [c]
+        for b in batches:
+            row = by.get((c, b))
+            line.append("–" if row is None else cell(row, show_n).replace(" / ", "\n", 1))
+        lines.append(line)
+    header = ["method", *(f"B = {b}" for b in batches)]
+    return fit_tables(console, title, header, lines, keys=1, left=(0,)), True
+
+
+def rich_cost_tables(rows: list[dict[str, Any]], name: str = "", console: Any = None) -> list[Any]:
+    """The cost table and (when runs computed one) the robust accuracy table for rich, each
+    split into parts (batch and method repeated) when ``console`` is too narrow for it."""
+    return [t for part in _rich_cost_parts(rows, name, console) for t in part]
+
+
+def _rich_cost_parts(
+    rows: list[dict[str, Any]], name: str = "", console: Any = None
+) -> list[list[Any]]:
+    suffix = f": {name}" if name else ""
+    body = [cost_cells(r) for r in rows]
+    out = [fit_tables(console, f"cost{suffix}", cost_header(), body, keys=2, left=(1,))]
+    robust = robust_columns(rows)
+    if robust:
+        lines = [robust_cells(r, robust) for r in rows if r["robust"]]
+        title = f"robust accuracy %{suffix}"
+        out.append(fit_tables(console, title, robust_header(rows), lines, keys=2, left=(1,)))
+    return out
+
+
 # --- figures ------------------------------------------------------------------------------
+
+ZOOM_POINTS = 5.0  # accuracy_vs_batch.png: the zoomed panel shows cells within this of the best
+ACC_WINDOW = 15.0  # accuracy_vs_updates/time.png: the y axis starts this far below the target
+LOG2_TICKS = 8  # at most this many labelled powers of two on a batch-size axis
 
 
 def _save(fig: Any, path: Path) -> Path:
     atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
     plt.close(fig)
     return path
+
+
+def context_of(records: Iterable[RunRecord]) -> str:
+    """``digits, small_cnn (width 16)``: datasets and models of the runs."""
+    datasets, models = [], []
+    for r in records:
+        d = str(r.config.get("data", {}).get("name", "?"))
+        m = r.config.get("model", {})
+        model = f"{m.get('name', '?')} (width {m.get('width', '?')})"
+        datasets += [d] if d not in datasets else []
+        models += [model] if model not in models else []
+    return f"{' / '.join(datasets)}, {' / '.join(models)}"
+
+
+def _title(what: str, name: str, context: str) -> str:
+    head = f"{what}: {name}" if name else what
+    return f"{head}\n{context}" if context else head
 
 
 def _styles(columns: list[str]) -> dict[str, dict[str, Any]]:
@@ -475,6 +970,37 @@ def _styles(columns: list[str]) -> dict[str, dict[str, Any]]:
     }
 
 
+def _plain(value: float, _pos: Any = None) -> str:
+    return f"{value:g}"
+
+
+def _log2_axis(axis: Any, values: Iterable[float]) -> None:
+    """A log2 axis with plain tick labels at the powers of two spanned (32, 64, ...)."""
+    vals = [v for v in values if v and v > 0]
+    if not vals:
+        return
+    lo, hi = math.floor(math.log2(min(vals))), math.ceil(math.log2(max(vals)))
+    step = 1 if hi - lo < LOG2_TICKS else math.ceil((hi - lo) / (LOG2_TICKS - 1))
+    # counted down from the top, so the largest batch (say 16384) always has its label
+    ticks = sorted(2.0**k for k in range(hi, lo - 1, -step))
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:.0f}" if v >= 1 else f"{v:g}"))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def _log10_axis(axis: Any, values: Iterable[float] = ()) -> None:
+    """A log axis labelled in plain numbers, 0.01, 0.02, 0.05, 0.1 ... (1, 2, 5 per decade
+    over a short range, fewer over a long one; no 6x10^0 minor labels)."""
+    vals = [v for v in values if v and v > 0]
+    decades = math.log10(max(vals) / min(vals)) if vals else 1.0
+    subs = (1.0, 2.0, 5.0) if decades <= 1.5 else (1.0, 3.0) if decades <= 2.5 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs))
+    axis.set_major_formatter(FuncFormatter(_plain))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
 def _batch_axis(ax: Any, batches: list[int]) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(batches)
@@ -484,12 +1010,10 @@ def _batch_axis(ax: Any, batches: list[int]) -> None:
         ax.set_xlim(batches[0] / 2, batches[0] * 2)
 
 
-def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
-    """Final test accuracy vs batch size B, one line per method, std error bars."""
-    cols = _columns(rows)
-    styles = _styles(cols)
-    batches = sorted({r["batch"] for r in rows})
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+_BATCH_AXIS = "batch size B: fixed, or maximum of growing methods (log2 scale)"
+
+
+def _accuracy_lines(ax: Any, rows: list[dict[str, Any]], cols: list[str], styles: Any) -> None:
     for i, c in enumerate(cols):
         rs = sorted((r for r in rows if r["column"] == c), key=lambda r: r["batch"])
         shift = 2 ** (0.05 * (i - (len(cols) - 1) / 2))  # keep error bars apart
@@ -503,22 +1027,142 @@ def plot_accuracy(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pa
             label=c,
             **styles[c],
         )
+
+
+def _reference(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The row the target comes from: the best BL group at BL's smallest batch."""
+    bl = [r for r in rows if r["method"] == TARGET_METHOD and not r["ablation"]]
+    if not bl:
+        return None
+    small = min(r["batch"] for r in bl)
+    return max((r for r in bl if r["batch"] == small), key=lambda r: r["acc_mean"])
+
+
+def _zoom_panel(ax: Any, rows: list[dict[str, Any]], cols: list[str], styles: Any) -> None:
+    """The cells within ZOOM_POINTS of the best mean, one slot each, grouped by batch row B:
+    mean ± std with its value written next to it; the cells below listed per group."""
+    best = max(r["acc_mean"] for r in rows)
+    floor = best - ZOOM_POINTS
+    batches = sorted({r["batch"] for r in rows})
+    x, ticks, labels, spans = 0.0, [], [], []
+    shown = []
+    for b in batches:
+        group = sorted((r for r in rows if r["batch"] == b), key=lambda r: cols.index(r["column"]))
+        top = [r for r in group if r["acc_mean"] >= floor]
+        if not top:
+            continue
+        first = x
+        for r in top:
+            st = styles[r["column"]]
+            ax.errorbar(
+                [x], [r["acc_mean"]], yerr=[r["acc_std"]], capsize=4, ms=8, lw=1.8,
+                color=st["color"], marker=st["marker"], ls="none",
+            )  # fmt: skip
+            ax.annotate(
+                f"{r['acc_mean']:.2f}", (x, r["acc_mean"]), xytext=(7, 0),
+                textcoords="offset points", va="center", fontsize=8,
+            )  # fmt: skip
+            ticks.append(x)
+            labels.append(r["column"])
+            shown.append(r)
+            x += 1.0
+        below = [r for r in group if r["acc_mean"] < floor]
+        spans.append((first, x - 1.0, b, below))
+        x += 0.8  # a gap between batch rows
+    lo = min(r["acc_mean"] - r["acc_std"] for r in shown)
+    hi = max(r["acc_mean"] + r["acc_std"] for r in shown)
+    pad = max(0.2, 0.08 * (hi - lo))
+    ax.set_ylim(lo - 3 * pad, hi + 2.4 * pad)  # room for the group labels and the legend
+    ax.set_xlim(-0.7, x - 0.3)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
+    ax.minorticks_off()
+    hidden = []
+    for first, last, b, below in spans:
+        ax.text(
+            (first + last) / 2, hi + 1.0 * pad, f"B = {b}", ha="center", va="bottom",
+            fontsize=9, fontweight="bold",
+        )  # fmt: skip
+        if below:
+            hidden.append(
+                f"B = {b}: " + ", ".join(f"{r['column']} {r['acc_mean']:.1f}" for r in below)
+            )
+        if last < x - 1.8:
+            ax.axvline(last + 0.9, color="0.7", lw=0.8)
+    if hidden:  # under the tick labels
+        note = "not in the zoom (see the left panel): " + "; ".join(hidden)
+        ax.text(
+            0.0, -0.36, "\n".join(textwrap.wrap(note, 112)), transform=ax.transAxes,
+            fontsize=7, color="0.35", va="top",
+        )  # fmt: skip
+    ref = _reference(rows)
+    if ref is not None:
+        target = ref["acc_mean"] - TARGET_MARGIN
+        ax.axhline(
+            ref["acc_mean"], color="0.25", ls="--", lw=1,
+            label=f"{ref['column']} at B = {ref['batch']}: {ref['acc_mean']:.2f}%",
+        )  # fmt: skip
+        ax.axhline(
+            target, color="0.25", ls=":", lw=1,
+            label=f"target {target:.2f}% ({TARGET_MARGIN:g} pt below it)",
+        )  # fmt: skip
+        ax.legend(loc="lower left", fontsize=8, framealpha=0.9)
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_ylabel("final test accuracy (%), mean ± std")
+    ax.set_title(
+        f"zoom: the {len(shown)} cells within {ZOOM_POINTS:g} pt of the best mean, by batch row",
+        fontsize=10,
+    )
+
+
+def plot_accuracy(
+    rows: list[dict[str, Any]], path: Path, title: str = "", context: str = ""
+) -> Path:
+    """Final test accuracy vs batch size B, one line per method, std error bars; when some
+    cells are far below the best, a second panel shows the cells within ZOOM_POINTS of the
+    best mean side by side (one slot per cell, grouped by B, values written on)."""
+    cols = _columns(rows)
+    styles = _styles(cols)
+    batches = sorted({r["batch"] for r in rows})
+    best = max(r["acc_mean"] for r in rows)
+    top = [r for r in rows if r["acc_mean"] >= best - ZOOM_POINTS]
+    zoom = 1 < len(top) < len(rows)
+    fig, axes = plt.subplots(
+        1, 2 if zoom else 1, figsize=(14 if zoom else 7.5, 5.9 if zoom else 5), squeeze=False,
+        gridspec_kw={"width_ratios": (1, 1.15)} if zoom else None,
+    )  # fmt: skip
+    ax = axes[0][0]
+    _accuracy_lines(ax, rows, cols, styles)
     _batch_axis(ax, batches)
-    ax.set_xlabel("batch size B: fixed (BL, FB) or maximum (GG, ABS, ABSA), log2 scale")
-    ax.set_ylabel("final test accuracy (%)")
-    ax.set_title(f"Test accuracy vs batch size{f' ({title})' if title else ''}")
+    ax.set_xlabel(_BATCH_AXIS)
     ax.grid(alpha=0.3)
-    ax.legend(title="method (error bars: std over seeds)", fontsize=9)
-    fig.tight_layout()
+    ax.set_ylabel("final test accuracy (%), mean ± std over seeds")
+    if zoom:
+        ax.set_title("all methods", fontsize=10)
+        _zoom_panel(axes[0][1], rows, cols, styles)
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(len(cols), 6), fontsize=9)
+    fig.suptitle(_title("Test accuracy vs batch size", title, context), fontsize=11)
+    legend_in = 0.3 + 0.22 * math.ceil(len(cols) / 6)  # the legend's height, inches
+    height = fig.get_figheight()
+    if zoom:  # fixed margins: tight_layout would also make room for the zoom's footnote
+        fig.subplots_adjust(
+            left=0.05, right=0.99, top=1 - 0.85 / height, bottom=(legend_in + 1.55) / height,
+            wspace=0.16,
+        )  # fmt: skip
+    else:
+        fig.tight_layout(rect=(0, legend_in / height, 1, 1))
     return _save(fig, path)
 
 
-def plot_updates(rows: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+def plot_updates(
+    rows: list[dict[str, Any]], path: Path, title: str = "", context: str = ""
+) -> Path:
     """Mean number of SGD updates vs batch size B (log-log)."""
     cols = _columns(rows)
     styles = _styles(cols)
     batches = sorted({r["batch"] for r in rows})
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(7.5, 5))
     for c in cols:
         rs = sorted((r for r in rows if r["column"] == c), key=lambda r: r["batch"])
         ax.plot(
@@ -531,71 +1175,259 @@ def plot_updates(rows: list[dict[str, Any]], path: Path, title: str = "") -> Pat
         )
     _batch_axis(ax, batches)
     ax.set_yscale("log")
-    ax.set_xlabel("batch size B: fixed (BL, FB) or maximum (GG, ABS, ABSA), log2 scale")
+    _log10_axis(ax.yaxis, [r["updates_mean"] for r in rows])
+    ax.set_xlabel(_BATCH_AXIS)
     ax.set_ylabel("SGD updates, mean over seeds (log scale)")
-    ax.set_title(f"Number of SGD updates vs batch size{f' ({title})' if title else ''}")
+    ax.set_title(_title("SGD updates vs batch size", title, context), fontsize=11)
     ax.grid(alpha=0.3, which="both")
     ax.legend(title="method", fontsize=9)
     fig.tight_layout()
     return _save(fig, path)
 
 
-def plot_trajectories(records: list[RunRecord], path: Path, title: str = "") -> Path:
-    """Batch size, learning rate and lambda_max per epoch: one line per run."""
+def _run_columns(records: list[RunRecord]) -> tuple[dict[str, str], list[str]]:
+    """Each run's column (method label + variant) and the columns in table order."""
     keys = _variant_keys(records)
-    labels = {r.name: column_label(r.method, _variant(r, keys[r.method])) for r in records}
-    cols = sorted(
-        set(labels.values()),
-        key=lambda c: next((_method_order(r.method), c) for r in records if labels[r.name] == c),
-    )
-    colors = {c: f"C{i % 10}" for i, c in enumerate(cols)}
-    batches = sorted({r.batch_size for r in records})
-    ls = {b: _LINESTYLES[i % len(_LINESTYLES)] for i, b in enumerate(batches)}
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
-    any_lambda = False
+    col_of = {r.name: column_label(r.label, _variant(r, keys[r.label])) for r in records}
+    order: dict[str, tuple[Any, ...]] = {}
     for r in records:
-        ms = [m for m in r.metrics if m.get("epoch") is not None]
-        if not ms:
-            continue
-        # epoch e trains on [e, e+1) of the x axis; lambda_max is measured at its end, e+1
-        ep = [m["epoch"] for m in ms] + [ms[-1]["epoch"] + 1]
-        style = {"color": colors[labels[r.name]], "ls": ls[r.batch_size], "lw": 1.4, "alpha": 0.85}
-        for ax, key in ((axes[0], "batch_size"), (axes[1], "lr")):
-            ys = [m.get(key) for m in ms]
-            ax.plot(ep, [*ys, ys[-1]], drawstyle="steps-post", **style)
-        ends = [m["epoch"] + 1 for m in ms]
-        lam = [(e, m["lambda_max"]) for e, m in zip(ends, ms, strict=True) if m.get("lambda_max")]
-        lam = [(e, v) for e, v in lam if v > 0]
-        if lam:
-            any_lambda = True
-            axes[2].plot(*zip(*lam, strict=True), marker=".", ms=5, **style)
-    axes[0].set_yscale("log", base=2)
-    axes[0].set_ylabel("batch size (log2)")
-    axes[1].set_yscale("log")
-    axes[1].set_ylabel("learning rate at epoch start (log)")
-    axes[2].set_ylabel("top Hessian eigenvalue\nlambda_max (log)")
+        order.setdefault(col_of[r.name], (_method_order(r.method), r.ablation, r.method, r.label))
+    return col_of, sorted(order, key=lambda c: (order[c], c))
+
+
+def _geomean(xs: list[float]) -> float:
+    return math.exp(statistics.fmean(math.log(x) for x in xs))
+
+
+def _per_epoch(runs: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+    """At each position the runs share: the mean x (epochs) and the geometric mean of y."""
+    n = min(len(r) for r in runs)
+    return [
+        (statistics.fmean(r[i][0] for r in runs), _geomean([r[i][1] for r in runs]))
+        for i in range(n)
+    ]
+
+
+def plot_trajectories(
+    records: list[RunRecord], path: Path, title: str = "", context: str = ""
+) -> Path:
+    """Batch size, learning rate and lambda_max per epoch as small multiples: one row per
+    method (table column), one colour per batch row B; seeds thin, their geometric mean bold."""
+    col_of, cols = _run_columns(records)
+    batches = sorted({r.batch_size for r in records})
+    bcolor = {b: f"C{i % 10}" for i, b in enumerate(batches)}
+    fig, axes = plt.subplots(
+        len(cols), 3, figsize=(12, 1.2 + 2.3 * len(cols)), sharex=True, sharey="col", squeeze=False
+    )
+    all_batch: list[float] = []
+    all_values: dict[str, list[float]] = {"lr": [], "lam": []}
+    any_lambda = False
+    for i, c in enumerate(cols):
+        row_axes = axes[i]
+        row_lambda = False
+        for b in batches:
+            group = [r for r in records if col_of[r.name] == c and r.batch_size == b]
+            curves: dict[str, list[list[tuple[float, float]]]] = {
+                "batch_size": [],
+                "lr": [],
+                "lam": [],
+            }
+            for r in group:
+                ms = sorted(
+                    (m for m in r.metrics if m.get("epoch") is not None), key=lambda m: m["epoch"]
+                )
+                ms = [m for m in ms if m.get("batch_size") and m.get("lr")]
+                if not ms:
+                    continue
+                # epoch e trains on [e, e+1); lambda_max is measured at its end, e+1
+                ep = [m["epoch"] for m in ms] + [ms[-1]["epoch"] + 1]
+                for key in ("batch_size", "lr"):
+                    ys = [float(m[key]) for m in ms]
+                    curves[key].append(list(zip(ep, [*ys, ys[-1]], strict=True)))
+                lam = [
+                    (m["epoch"] + 1.0, float(m["lambda_max"]))
+                    for m in ms
+                    if (m.get("lambda_max") or 0) > 0
+                ]
+                if lam:
+                    curves["lam"].append(lam)
+                all_batch += [float(m["batch_size"]) for m in ms]
+                all_values["lr"] += [float(m["lr"]) for m in ms]
+                all_values["lam"] += [v for _e, v in lam]
+            for ax, key in zip(row_axes, ("batch_size", "lr", "lam"), strict=True):
+                runs = curves[key]
+                if not runs:
+                    continue
+                step = {"drawstyle": "steps-post"} if key != "lam" else {"marker": ".", "ms": 4}
+                for run in runs:
+                    alone = {"lw": 1.8} if len(runs) == 1 else {"lw": 0.8, "alpha": 0.45}
+                    ax.plot(*zip(*run, strict=True), color=bcolor[b], **alone, **step)
+                if len(runs) > 1:
+                    ax.plot(*zip(*_per_epoch(runs), strict=True), color=bcolor[b], lw=2.2, **step)
+                if key == "lam":
+                    row_lambda = any_lambda = True
+        if not row_lambda:
+            row_axes[2].text(
+                0.5, 0.5, "no Hessian probes", ha="center", va="center",
+                transform=row_axes[2].transAxes, color="0.45",
+            )  # fmt: skip
+        row_axes[1].set_title(c, fontweight="bold", fontsize=10)
+        row_axes[0].set_ylabel("batch size")
+        row_axes[1].set_ylabel("learning rate")
+        row_axes[2].set_ylabel("λ_max")
+        for ax in row_axes:
+            ax.grid(alpha=0.3, which="major")
+    axes[0][0].set_yscale("log", base=2)
+    _log2_axis(axes[0][0].yaxis, all_batch)
+    axes[0][1].set_yscale("log")
+    _log10_axis(axes[0][1].yaxis, all_values["lr"])
     if any_lambda:
-        axes[2].set_yscale("log")
-    else:
-        axes[2].text(
-            0.5,
-            0.5,
-            "no Hessian probes recorded",
-            ha="center",
-            va="center",
-            transform=axes[2].transAxes,
-            color="0.4",
-        )
-    axes[2].set_xlabel("epochs completed")
-    axes[2].xaxis.set_major_locator(MaxNLocator(integer=True))
-    for ax in axes:
+        axes[0][2].set_yscale("log")
+        _log10_axis(axes[0][2].yaxis, all_values["lam"])
+    for ax in axes[-1]:
+        ax.set_xlabel("epochs completed")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    handles = [Line2D([], [], color=bcolor[b], lw=2, label=f"B = {b}") for b in batches]
+    handles += [
+        Line2D([], [], color="0.3", lw=0.8, alpha=0.6, label="one seed"),
+        Line2D([], [], color="0.3", lw=2.2, label="geometric mean over seeds (or the one seed)"),
+    ]
+    height = fig.get_figheight()
+    fig.suptitle(
+        _title("Per-method schedules (all axes log scale but epochs)", title, context),
+        fontsize=11,
+        y=1 - 0.1 / height,
+        va="top",
+    )
+    fig.legend(
+        handles=handles, loc="upper center", ncol=len(handles), fontsize=8,
+        bbox_to_anchor=(0.5, 1 - 0.62 / height), frameon=False,
+    )  # fmt: skip
+    fig.subplots_adjust(
+        left=0.07, right=0.99, top=1 - 1.3 / height, bottom=0.6 / height, hspace=0.32, wspace=0.28
+    )
+    return _save(fig, path)
+
+
+def _cumulative_seconds(ms: list[dict[str, Any]]) -> list[float]:
+    out, total = [], 0.0
+    for m in ms:
+        sec = m.get("seconds")
+        if sec is None:
+            sec = sum(m.get(k) or 0.0 for k in ("train_seconds", "hessian_seconds", "eval_seconds"))
+        total += float(sec)
+        out.append(total)
+    return out
+
+
+def plot_accuracy_vs(
+    records: list[RunRecord],
+    rows: list[dict[str, Any]],
+    path: Path,
+    x: str = "updates",
+    title: str = "",
+    context: str = "",
+) -> Path:
+    """Test accuracy per epoch against SGD updates (``x="updates"``) or wall time
+    (``x="seconds"``): one panel per batch row B, one colour per method; seeds thin, the
+    mean over seeds (epoch by epoch) bold; the target accuracy dashed."""
+    col_of, cols = _run_columns(records)
+    styles = _styles(cols)
+    batches = sorted({r.batch_size for r in records})
+    target, _how = target_accuracy(rows)
+    fig, axes = plt.subplots(
+        1, len(batches), figsize=(1 + 4.6 * len(batches), 4.8), sharey=True, squeeze=False
+    )
+    seen: dict[str, Any] = {}
+    seen_max: dict[tuple[int, str], list[float]] = {}
+
+    def curves(c: str, b: int) -> list[list[tuple[float, float]]]:
+        runs = []
+        for r in records:
+            if col_of[r.name] != c or r.batch_size != b:
+                continue
+            ms = sorted(
+                (m for m in r.metrics if m.get("epoch") is not None), key=lambda m: m["epoch"]
+            )
+            ms = [m for m in ms if m.get("test_acc") is not None]
+            if x == "updates":
+                ms = [m for m in ms if m.get("updates")]
+                xs = [float(m["updates"]) for m in ms]
+            else:
+                xs = _cumulative_seconds(ms)
+            pts = [(t, float(m["test_acc"])) for t, m in zip(xs, ms, strict=True) if t > 0]
+            if pts:  # (runs that logged no times have none to plot against)
+                runs.append(pts)
+        return runs
+
+    def mean_of(runs: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
+        n = min(len(run) for run in runs)
+        return [
+            (
+                statistics.fmean(run[i][0] for run in runs),
+                statistics.fmean(run[i][1] for run in runs),
+            )
+            for i in range(n)
+        ]
+
+    ref = _reference(rows)
+    ref_runs = curves(ref["column"], ref["batch"]) if ref is not None else []
+    ref_handle = None
+    for ax, b in zip(axes[0], batches, strict=True):
+        if ref_runs and b != ref["batch"]:  # the baseline's curve, for comparison
+            (ref_handle,) = ax.plot(
+                *zip(*mean_of(ref_runs), strict=True), color="0.55", lw=3, alpha=0.35,
+                label=f"{ref['column']} at B = {ref['batch']} (reference)", zorder=1,
+            )  # fmt: skip
+        for c in cols:
+            runs = curves(c, b)
+            if not runs:
+                continue
+            st = styles[c]
+            for run in runs:
+                ax.plot(*zip(*run, strict=True), color=st["color"], ls=st["ls"], lw=0.8, alpha=0.4)
+            (line,) = ax.plot(*zip(*mean_of(runs), strict=True), lw=2, ms=4, label=c, **st)
+            seen_max[(id(ax), c)] = [y for run in runs for _x, y in run]
+            seen.setdefault(c, line)
+        if target is not None:
+            ax.axhline(target, color="0.25", ls="--", lw=1)
+        if ax.lines:
+            ax.set_xscale("log")
+            _log10_axis(ax.xaxis, [v for ln in ax.lines for v in ln.get_xdata()])
+        else:
+            ax.text(0.5, 0.5, "nothing logged", ha="center", transform=ax.transAxes, color="0.45")
+        ax.set_title(f"B = {b}", fontsize=10)
         ax.grid(alpha=0.3, which="both")
-    handles = [Line2D([], [], color=colors[c], lw=2, label=c) for c in cols]
-    if len(batches) > 1:
-        handles += [Line2D([], [], color="0.3", ls=ls[b], label=f"B = {b}") for b in batches]
-    axes[0].legend(handles=handles, fontsize=8, ncol=2, loc="best")
-    axes[0].set_title(f"Per-run schedules{f' ({title})' if title else ''}")
-    fig.tight_layout()
+        ax.set_xlabel(
+            "SGD updates (log scale)"
+            if x == "updates"
+            else "wall time, s (train + Hessian + eval; log)"
+        )
+    if target is not None:  # the region where the target is reached, readable
+        top = max((v for ax in axes[0] for ln in ax.lines for v in ln.get_ydata()), default=100)
+        axes[0][0].set_ylim(target - ACC_WINDOW, min(100.5, top + 0.1 * ACC_WINDOW))
+        for ax in axes[0]:
+            below = [ln.get_label() for ln in ax.lines if ln.get_label() in seen]
+            below = [c for c in below if max(seen_max[(id(ax), c)]) < target - ACC_WINDOW]
+            if below:
+                ax.text(
+                    0.02, 0.02, "below the axis: " + ", ".join(below), transform=ax.transAxes,
+                    fontsize=8, color="0.35",
+                )  # fmt: skip
+        axes[0][0].set_ylabel(
+            f"test accuracy (%) after each epoch\n(from target - {ACC_WINDOW:g} pt)"
+        )
+    else:
+        axes[0][0].set_ylabel("test accuracy (%) after each epoch")
+    handles = [seen[c] for c in cols if c in seen]
+    if ref_handle is not None:
+        handles.append(ref_handle)
+    if target is not None:
+        handles.append(Line2D([], [], color="0.25", ls="--", lw=1, label=f"target {target:.2f}%"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8)
+    what = "Test accuracy vs SGD updates" if x == "updates" else "Test accuracy vs wall time"
+    fig.suptitle(_title(f"{what} (bold: mean over seeds)", title, context), fontsize=11)
+    fig.tight_layout(rect=(0, 0.05 + 0.05 * math.ceil(len(handles) / 8), 1, 1))
     return _save(fig, path)
 
 
@@ -678,7 +1510,7 @@ def make_report(
 ) -> ReportResult:
     """Write report.md, report.csv and the PNGs into ``out_dir`` (default sweep_dir/report).
 
-    Prints the table with rich when ``console`` (a rich Console) is given; ``warn`` gets one
+    Prints the tables with rich when ``console`` (a rich Console) is given; ``warn`` gets one
     line per unreadable run that was skipped. Nothing is written when no run is readable.
     """
     sweep_dir = Path(sweep_dir)
@@ -691,6 +1523,7 @@ def make_report(
     out.mkdir(parents=True, exist_ok=True)
     rows = table(records)
     name = _sweep_name(sweep_dir)
+    context = context_of(records)
     notes = [f"{len(records)} finished runs from `{sweep_dir}`."]
     if records.unfinished:
         notes.append(
@@ -699,18 +1532,51 @@ def make_report(
     if records.unreadable:
         bad = "; ".join(records.unreadable.values())
         notes.append(f"{len(records.unreadable)} unreadable runs ignored ({bad}).")
-    markdown = f"# Sweep report: {name}\n\n" + to_markdown(rows) + "\n" + " ".join(notes) + "\n"
+    recs = list(records)
+    plots = [
+        plot_accuracy(rows, out / "accuracy_vs_batch.png", name, context),
+        plot_updates(rows, out / "updates_vs_batch.png", name, context),
+    ]
+    if any(r.metrics for r in recs):
+        plots.append(plot_trajectories(recs, out / "trajectories.png", name, context))
+    if any(m.get("test_acc") is not None and m.get("updates") for r in recs for m in r.metrics):
+        plots.append(
+            plot_accuracy_vs(recs, rows, out / "accuracy_vs_updates.png", "updates", name, context)
+        )
+        plots.append(
+            plot_accuracy_vs(recs, rows, out / "accuracy_vs_time.png", "seconds", name, context)
+        )
+    figures = (
+        "Figures: " + ", ".join(f"[{p.stem.replace('_', ' ')}]({p.name})" for p in plots) + "."
+    )
+    markdown = (
+        f"# Sweep report: {name}\n\n{context}.\n\n"
+        + to_markdown(rows)
+        + "\n## Cost\n\n"
+        + cost_markdown(rows)
+        + "\n"
+        + " ".join(notes)
+        + "\n\n"
+        + figures
+        + "\n"
+    )
     md_path, csv_path = out / "report.md", out / "report.csv"
     atomic_write_text(md_path, markdown)
     atomic_write_text(csv_path, to_csv(rows))
-    plots = [
-        plot_accuracy(rows, out / "accuracy_vs_batch.png", name),
-        plot_updates(rows, out / "updates_vs_batch.png", name),
-    ]
-    if any(r.metrics for r in records):
-        plots.append(plot_trajectories(list(records), out / "trajectories.png", name))
     if console is not None:
-        console.print(rich_table(rows, f"sweep report: {name}"))
+        main, transposed = rich_tables(rows, f"sweep report: {name} ({context})", console)
+        for t in main:
+            console.print(t)
+        console.print(caption(rows), highlight=False)
+        if transposed:
+            console.print(TRANSPOSED_NOTE, highlight=False)
+        parts = _rich_cost_parts(rows, name, console)  # cost [, robust accuracy]
+        captions = (cost_caption(rows), ROBUST_CAPTION)[: len(parts)]
+        for tables, text in zip(parts, captions, strict=True):
+            console.print()
+            for t in tables:
+                console.print(t)
+            console.print(text, highlight=False)
         for note in notes:
             console.print(note, highlight=False)
     return ReportResult(

@@ -80,7 +80,15 @@ class RunLock:
     def acquire(self) -> RunLock:
         """Create the folder and take the lock; RunFolderError if another process has it."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        path = self.dir / LOCK
+        try:  # O_NOFOLLOW: a planted symlink must not make the pid overwrite another file
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as err:
+            if path.is_symlink():
+                raise RunFolderError(
+                    f"{path}: is a symlink; refusing to use it as a lock"
+                ) from None
+            raise err
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import subprocess
 import sys
@@ -104,7 +105,9 @@ class RunLog:
     def append_metrics(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        with (self.dir / METRICS).open("a") as fh:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW  # never through a symlink
+        fd = os.open(self.dir / METRICS, flags, 0o666)
+        with os.fdopen(fd, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(_clean(record)) + "\n")
             fh.flush()
 

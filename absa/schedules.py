@@ -16,7 +16,7 @@ if it needs a signal nobody measures yet, one function in absa.probes.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -617,6 +617,33 @@ METHODS: dict[str, MethodSpec] = {
     "replay": MethodSpec(Replay, False, _replay, "play back a finished run's trajectory"),
 }
 GROWING = tuple(m for m, spec in METHODS.items() if spec.grows)
+
+_GROW = ("max_batch", "growth_factor", "lr_scaling", "lr_guard")
+_CURVATURE = ("alpha", "reference", "duration", "eigenvalue_trigger", "confidence")
+READS: dict[str, frozenset[str]] = {  # the schedule.* keys each method's policy reads
+    "bl": frozenset(),
+    "fb": frozenset({"ref_batch", "warmup_epochs"}),
+    "gg": frozenset({"max_batch"}),
+    "seesaw": frozenset({"max_batch"}),
+    "abs": frozenset(_GROW + _CURVATURE),
+    "absa": frozenset(_GROW + _CURVATURE),
+    "gns": frozenset((*_GROW, "gns_ratio")),
+    "inner_product": frozenset((*_GROW, "ip_theta", "ip_nu")),
+    "hybrid": frozenset((*_GROW, *_CURVATURE, "gns_ratio")),
+    "replay": frozenset({"replay_from"}),
+}
+
+
+def ignored_keys(method: str, keys: Iterable[str]) -> list[str]:
+    """The dotted ``schedule.*`` keys among ``keys`` that ``method`` does not read (a BL run
+    with ``schedule.max_batch`` set, say): worth a warning, not an error."""
+    reads = READS[method] | {"method"}
+    out = []
+    for key in keys:
+        section, _, name = key.partition(".")
+        if section == "schedule" and name and name not in reads:
+            out.append(key)
+    return sorted(set(out))
 
 
 def make_policy(cfg: Config, trajectory: dict[str, Any] | None = None) -> Policy:

@@ -42,6 +42,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -70,6 +71,7 @@ from absa.config import (
     validate,
 )
 from absa.rundir import holder
+from absa.schedules import ignored_keys
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 SUMMARY = "summary.json"
@@ -545,6 +547,14 @@ class PointJob:
     (absa reads the SLURM_* variables); elsewhere ``nproc > 1`` goes through torchrun.
     ``checkpoint`` stops the training process and requeues the same point, which then
     resumes from its ``last.pt``.
+
+    Signals on Slurm: the training process ignores SIGUSR2, the signal submitit asks Slurm to
+    send before the time limit (``--signal=USR2@90``; ``scancel --signal=USR2`` sends it
+    too), so that only submitit's handler acts on it: it calls ``checkpoint`` (which stops
+    the training process) and requeues the job. A training process ended by SIGTERM
+    (``scontrol requeue``, preemption, ``scancel``, the time limit) is Slurm ending the job:
+    the task then waits for Slurm to kill it instead of reporting a failure, so a requeued
+    point leaves no failure behind and resumes from its last epoch.
     """
 
     def __init__(self) -> None:
@@ -564,7 +574,8 @@ class PointJob:
             rank, ntasks, cluster = job_env.global_rank, job_env.num_tasks, job_env.cluster
         except RuntimeError:  # called outside a job (tests, debugging)
             rank, ntasks, cluster = 0, 1, "local"
-        per_task = cluster == "slurm" and ntasks > 1
+        on_slurm = cluster == "slurm"
+        per_task = on_slurm and ntasks > 1
         folder = Path(task.folder)
         if status(folder) == "done":
             return _summary(folder)
@@ -576,9 +587,22 @@ class PointJob:
             log, offset = (folder / f"log.rank{rank}.txt").open("a"), 0
         try:
             self._proc = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, cwd=task.cwd, env=child_env(task.threads)
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=task.cwd,
+                env=child_env(task.threads),
+                preexec_fn=_ignore_usr2 if on_slurm else None,
             )
             rc = self._proc.wait()
+            if on_slurm and rc == -signal.SIGTERM:
+                log.write(
+                    f"=== absa sweep {time.strftime('%Y-%m-%d %H:%M:%S')}: training stopped by "
+                    "SIGTERM (Slurm requeue, preemption, scancel or time limit); last.pt is "
+                    "kept and the point resumes from it\n"
+                )
+                log.flush()
+                time.sleep(_SLURM_KILL_WAIT_S)  # Slurm sends SIGKILL after its KillWait
         finally:
             _stop(self._proc)
             self._proc = None
@@ -593,10 +617,55 @@ class PointJob:
         return _summary(folder)
 
     def checkpoint(self, task: PointTask) -> Any:
+        """Called by submitit's signal handler, possibly while ``__call__`` waits for the
+        process: ``Popen.wait`` must not be used here (the interrupted wait holds its lock)."""
         import submitit
 
-        _stop(self._proc)
+        _terminate(self._proc)
         return submitit.helpers.DelayedSubmission(PointJob(), task)
+
+
+# how long a Slurm task whose training process got SIGTERM waits to be killed (KillWait)
+_SLURM_KILL_WAIT_S = 300.0
+
+
+def _ignore_usr2() -> None:
+    """preexec_fn: the child ignores SIGUSR2 (inherited through exec), leaving it to submitit."""
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+
+
+def _exited(pid: int) -> bool:
+    """Whether ``pid`` has ended (gone, or a zombie not yet reaped), without reaping it."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
+    except (OSError, IndexError):  # no /proc: ask the kernel whether the pid exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+def _terminate(proc: subprocess.Popen[bytes] | None, grace_s: float = 10.0) -> None:
+    """SIGTERM (then SIGKILL) our child and wait until it has ended, without reaping it:
+    safe inside a signal handler that interrupted ``proc.wait()``."""
+    if proc is None or proc.returncode is not None:
+        return
+    for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):
+        try:
+            os.kill(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if _exited(proc.pid):
+                return
+            time.sleep(0.05)
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, group: bool = False, grace_s: float = 10.0) -> None:
@@ -805,7 +874,30 @@ def _executor(sweep: Sweep, executor: str, max_parallel: int) -> Any:
         text = str(err).strip()
         first = text.splitlines()[0] if text else type(err).__name__
         raise ConfigError(f"{sweep.path}: {cluster}: {first}") from None
+    if cluster == "slurm" and shutil.which("sinfo"):  # without it, sbatch says what is wrong
+        problem = _slurm_unreachable()
+        if problem:
+            raise ConfigError(f"{sweep.path}: slurm: no Slurm controller answers: {problem}")
     return ex
+
+
+def _slurm_unreachable() -> str:
+    """Why no Slurm controller answers ``sinfo`` ("" when one does); checked before writing."""
+    try:
+        res = subprocess.run(
+            ["sinfo", "--noheader", "--format=%P"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"sinfo: {err}"
+    if res.returncode == 0:
+        return ""
+    lines = [ln.strip() for ln in res.stderr.splitlines() if ln.strip()]
+    hint = "" if os.environ.get("SLURM_CONF") else " (SLURM_CONF is not set)"
+    return (lines[-1] if lines else f"sinfo exited with status {res.returncode}") + hint
 
 
 def _run_submitit(
@@ -834,13 +926,29 @@ def _run_submitit(
             raise ConfigError(f"{executor}: submission failed: {first}") from None
         t0 = time.monotonic()
         for p, job in zip(wave, jobs, strict=True):
+            logs = _job_logs(job)
             atomic_write_text(
                 p.folder / "job.json",
-                json.dumps({"executor": executor, "job_id": job.job_id}, indent=2) + "\n",
+                json.dumps(
+                    {
+                        "executor": executor,
+                        "job_id": job.job_id,
+                        "submitit_stdout": str(logs.stdout),
+                        "submitit_stderr": str(logs.stderr),
+                    },
+                    indent=2,
+                )
+                + "\n",
             )
-            say(f"submitted {p.name} as job {job.job_id}")
+            say(
+                f"submitted {p.name} as job {job.job_id}: log {p.folder / LOG}; "
+                f"submitit log {logs.stderr} (and .out)"
+            )
         if not wait:
             result.pending.extend(p.name for p in wave)
+            continue
+        if executor == "slurm":
+            _wait_slurm(wave, jobs, sweep, say, result, t0)
             continue
         left = dict(zip((p.name for p in wave), zip(wave, jobs, strict=True), strict=True))
         while left:
@@ -853,6 +961,155 @@ def _run_submitit(
                 if status(p) != "done":
                     error = failure(p) or _job_error(job)
                 _record(p, error, t0, say, result)
+
+
+def _job_logs(job: Any) -> Any:
+    """submitit's paths of a job's first task (its log files, result pickle)."""
+    from submitit.core.utils import JobPaths
+
+    return JobPaths(job.paths.folder, job_id=job.job_id, task_id=0)
+
+
+# --- Slurm job states from squeue (no accounting needed) --------------------------------------
+
+# states after which a job never runs again; anything else (PENDING, RUNNING, COMPLETING,
+# REQUEUED, REQUEUE_HOLD, SUSPENDED, PREEMPTED while it requeues, ...) means wait
+SLURM_ENDED = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "OUT_OF_MEMORY",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "REVOKED",
+    }
+)
+GONE = "GONE"  # no longer listed by squeue (finished more than MinJobAge ago)
+_GONE_GRACE_S = 60.0  # a job never listed yet is not taken for finished before this
+
+
+@dataclass(frozen=True)
+class SlurmState:
+    state: str
+    nodes: str = ""
+    reason: str = ""
+
+    def describe(self) -> str:
+        if self.state == "RUNNING" and self.nodes:
+            return f"RUNNING on {self.nodes}"
+        if self.state == "PENDING" and self.reason and self.reason != "None":
+            return f"PENDING ({self.reason})"
+        if self.state == GONE:
+            return "no longer listed by squeue"
+        return self.state
+
+
+def squeue_states(job_ids: list[str]) -> dict[str, SlurmState] | None:
+    """States of jobs and array tasks (``123`` or ``123_4``) from one ``squeue`` call; jobs it
+    no longer lists are absent. None when squeue fails (the controller did not answer)."""
+    mains = sorted({j.split("_")[0] for j in job_ids})
+    if not mains:
+        return {}
+    cmd = ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%N|%r"]
+    cmd.append(f"--jobs={','.join(mains)}")
+    try:
+        res = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if res.returncode != 0:
+        # every job id has been purged (MinJobAge): squeue rejects the list
+        return {} if "Invalid job id" in res.stderr else None
+    out: dict[str, SlurmState] = {}
+    for line in res.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) >= 2 and parts[0]:
+            state = parts[1].split()[0].rstrip("+") if parts[1].strip() else "UNKNOWN"
+            out[parts[0]] = SlurmState(state, *(x.strip() for x in parts[2:4]))
+    return out
+
+
+def _poll_max_s() -> float:
+    """Longest pause between two squeue calls: ABSA_SLURM_POLL_S (default 30 s)."""
+    try:
+        return max(0.2, float(os.environ.get("ABSA_SLURM_POLL_S", "30")))
+    except ValueError:
+        return 30.0
+
+
+def _wait_slurm(
+    wave: list[Point], jobs: list[Any], sweep: Sweep, say: Say, result: SweepResult, t0: float
+) -> None:
+    """Wait for the jobs with squeue, printing each job's state changes; the run folder
+    (summary.json, status.json) then says whether its point finished."""
+    poll_max = _poll_max_s()
+    mains = " ".join(sorted({job.job_id.split("_")[0] for job in jobs}))
+    say(
+        f"job states from squeue (every 1-{poll_max:g} s; Slurm accounting/sacct is not used); "
+        f"Ctrl-C stops waiting, not the jobs (scancel {mains} does)"
+    )
+    left = {job.job_id: (p, job) for p, job in zip(wave, jobs, strict=True)}
+    seen: dict[str, str] = {}  # job id -> last state printed
+    delay = min(1.0, poll_max)
+    failing_since: float | None = None
+    while left:
+        time.sleep(delay)
+        states = squeue_states(list(left))
+        now = time.monotonic()
+        if states is None:
+            if failing_since is None:
+                failing_since = now
+                say("squeue did not answer; retrying (job states may lag)")
+            delay = min(delay * 2, poll_max)
+            continue
+        if failing_since is not None:
+            say(f"squeue answers again (after {now - failing_since:.0f}s)")
+            failing_since = None
+        changed = False
+        for jid, (p, job) in list(left.items()):
+            st = states.get(jid)
+            if st is None:
+                if jid not in seen and now - t0 < _GONE_GRACE_S:
+                    continue  # not listed yet
+                st = SlurmState(GONE)
+            text = st.describe()
+            if seen.get(jid) != text:
+                seen[jid] = text
+                changed = True
+                say(f"job {jid} ({p.name}): {text}")
+            if st.state not in SLURM_ENDED and st.state != GONE:
+                continue
+            del left[jid]
+            error = ""
+            if status(p) != "done":
+                error = failure(p) or _slurm_job_error(job, st.state)
+                if failure(p) is None:  # the job died before absa could record it
+                    end_attempt(_task(p, sweep.nproc), None, 0, error)
+            _record(p, error, t0, say, result)
+        delay = min(1.0, poll_max) if changed else min(delay * 2, poll_max)
+
+
+def _slurm_job_error(job: Any, state: str) -> str:
+    """The error of a job that ended without a summary: its submitit result, else its state.
+
+    Reads task 0's result pickle directly: submitit's ``job.exception()`` would wait (and call
+    sacct) for a job that never wrote one."""
+    import pickle
+
+    paths = _job_logs(job)
+    try:
+        with open(paths.result_pickle, "rb") as fh:
+            outcome, payload = pickle.load(fh)
+    except Exception:  # noqa: BLE001 - no result (killed, cancelled), unreadable
+        outcome, payload = None, None
+    if outcome == "error" and str(payload).strip():
+        return _error_line(str(payload))
+    ended = "left the queue" if state == GONE else f"ended {state}"
+    return f"job {job.job_id} {ended} without a summary (submitit log: {paths.stderr})"
 
 
 def _job_error(job: Any) -> str:
@@ -921,6 +1178,11 @@ def run_sweep(
         f"{counts['partial']} partial, {counts['failed']} failed, "
         f"{len(points) - sum(counts.values())} pending); run folders in {sweep.runs_dir}"
     )
+    for p in points:  # keys a grid block or point sets that its method does not read
+        extra = ignored_keys(p.config.schedule.method, p.values)
+        if extra:
+            verb = "is" if len(extra) == 1 else "are"
+            say(f"note: {p.name}: {', '.join(extra)} {verb} ignored by its schedule.method")
     for p in points:
         if states[p.name] == "running" and not dry_run:
             say(f"skip {p.name}: running (pid {holder(p.folder)} holds its run folder)")

@@ -40,7 +40,7 @@ import torch.multiprocessing as mp
 
 from absa import config as C
 from absa import distributed as D
-from absa import train as T
+from absa import trainer as T
 from absa.data import load_data
 from absa.models import build_model
 from absa.probes import hessian_probe, probe_indices

@@ -66,7 +66,7 @@ def _bare(model, x, y, combo, steps, warmup) -> float:
 def _absa(model, x, y, combo, steps, warmup) -> float:
     """absa's trainer path (accumulate_gradients + the runtime's step): samples/s."""
     from absa import config as C
-    from absa import train as T
+    from absa import trainer as T
     from absa.accel import prepare_model
     from absa.distributed import DistEnv
 

@@ -19,12 +19,22 @@ synthetic data (3x32x32, 10 classes):
    vector, up to --cmp-max-iter HVPs) on the last layer of every model and on the full
    model of the small ones; agreement of the eigenvalues (relative difference) and vectors.
 
+4. HVP cost (--sections hvp): on --hvp-samples samples in chunks of --hvp-chunk, full model,
+   BatchNorm in eval mode: seconds per gradient (``HessianOperator.loss_and_grad``), per
+   reverse HVP (double backprop, ``hvp="reverse"``), per forward HVP (forward-over-reverse
+   with torch.func, ``hvp="forward"``) and, for reference, forward-over-reverse with autograd
+   dual numbers and a Gauss-Newton product (not the Hessian); medians of --hvp-reps
+   interleaved rounds (wall and process CPU time), FLOPs from torch.utils.flop_counter, the
+   HVP/gradient ratios (target <= 3x) and what ``hvp="auto"`` picks.
+
 Targets: last-layer eigenvalue on a 4096-sample probe <= 3% of a 50k-sample epoch (OK/MISS);
 full-model eigenvalue in as few HVPs as the tolerance allows (HVP counts reported).
 Peak RSS is the process high-water mark (getrusage), printed after each phase.
 
     python scripts/bench_hessian.py [--models small_cnn,resnet18] [--probe 4096]
         [--full-resnet18] [--full-probe 256] [--full-iters 5] [--cmp-max-iter 60]
+        [--sections main,hvp] [--hvp-models small_cnn,resnet8] [--hvp-samples 512]
+        [--hvp-chunk 128] [--hvp-reps 5]
 """
 
 from __future__ import annotations
@@ -42,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from absa import config as C
-from absa import train as T
+from absa import trainer as T
 from absa.attacks import model_mode
 from absa.data import Data, load_data
 from absa.distributed import DistEnv
@@ -361,6 +371,188 @@ def bench_full_heavy(
     )
 
 
+# --- 4. HVP cost: reverse vs forward-over-reverse vs a gradient -----------------------------
+
+HVP_TARGET = 3.0  # exact HVP / gradient on the same samples
+
+
+def _dual_hvp(model: nn.Module, names: list[str], chunks, v: dict[str, torch.Tensor]):
+    """Reference: forward-over-reverse with autograd's dual numbers (torch.autograd.forward_ad)
+    instead of torch.func; same product as HessianOperator(hvp="forward")."""
+    import torch.autograd.forward_ad as fwad
+
+    out = {n: torch.zeros_like(t) for n, t in v.items()}
+    params = dict(model.named_parameters())
+    for x, y in chunks:
+        with fwad.dual_level():
+            duals = {n: fwad.make_dual(params[n].detach().requires_grad_(), v[n]) for n in names}
+            frozen = {n: p.detach() for n, p in params.items() if n not in duals}
+            loss = F.cross_entropy(
+                torch.func.functional_call(model, {**frozen, **duals}, (x,)), y, reduction="sum"
+            )
+            grads = torch.autograd.grad(loss, list(duals.values()))
+            for n, g in zip(names, grads, strict=True):
+                out[n] += fwad.unpack_dual(g).tangent
+    return out
+
+
+def _gauss_newton(model: nn.Module, names: list[str], chunks, v: dict[str, torch.Tensor]):
+    """Reference only, NOT the Hessian: G v = J^T H_out J v (H_out: softmax cross-entropy's
+    Hessian in the logits), by a jvp of the logits and one backward."""
+    out = {n: torch.zeros_like(t) for n, t in v.items()}
+    params = dict(model.named_parameters())
+    primals = {n: params[n].detach() for n in names}
+    block = [params[n] for n in names]
+    for x, _y in chunks:  # H_out does not depend on the labels
+        frozen = {n: p.detach() for n, p in params.items() if n not in primals}
+
+        def logits(pb, x=x, frozen=frozen):
+            return torch.func.functional_call(model, {**frozen, **pb}, (x,))
+
+        z, jv = torch.func.jvp(logits, (primals,), (v,))
+        p = torch.softmax(z.detach(), dim=1)
+        hjv = p * jv - p * (p * jv).sum(dim=1, keepdim=True)
+        grads = torch.autograd.grad(model(x), block, hjv)
+        for n, g in zip(names, grads, strict=True):
+            out[n] += g
+    return out
+
+
+def _flops(fn) -> float | None:
+    """FLOPs of one call (torch.utils.flop_counter: matmuls and convolutions only)."""
+    try:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        return float(counter.get_total_flops())
+    except Exception:  # noqa: BLE001 - the count is informative only
+        return None
+
+
+def bench_hvp_model(name: str, args: argparse.Namespace) -> dict[str, float | str]:
+    """Seconds per gradient, per reverse / forward HVP (and references) on the same samples,
+    BatchNorm in eval mode, the full model; interleaved rounds, medians."""
+    import statistics
+
+    cfg = C.load(
+        None,
+        ["data.name=synthetic", f"data.train_size={args.hvp_samples}", "data.test_size=64"],
+    )
+    data = load_data(cfg.data)
+    torch.manual_seed(args.seed)
+    model = build_model(name, data.info, args.width).eval()
+    idx = torch.arange(len(data.train))
+    chunks = [data.train.get(c) for c in idx.split(args.hvp_chunk)]
+    params = select_params(model, "full")
+    names = [n for n, _ in params]
+    rev = HessianOperator(model, params, chunks)
+    fwd = HessianOperator(model, params, chunks, hvp="forward")
+    g = _gen(args.seed + 5)
+    v = torch.randn(rev.dim, generator=g)
+    v /= v.norm()
+    vd = dict(zip(names, rev._split(v), strict=True))
+    n = len(idx)
+
+    def flat(d):
+        return torch.cat([d[k].reshape(-1) for k in names]) / n
+
+    methods = {
+        "gradient": rev.loss_and_grad,
+        "reverse HVP (double backprop)": lambda: rev.matvec(v),
+        "forward HVP (torch.func jvp of grad)": lambda: fwd.matvec(v),
+        "fwd-over-rev, dual numbers (reference)": lambda: _dual_hvp(model, names, chunks, vd),
+        "Gauss-Newton product (reference, not exact)": lambda: _gauss_newton(
+            model, names, chunks, vd
+        ),
+    }
+    print(
+        f"\n=== [4] HVP cost, {name}: {rev.dim:,} parameters (full block), {n} samples in "
+        f"chunks of {args.hvp_chunk}, BatchNorm eval, {args.hvp_reps} interleaved rounds ==="
+    )
+    outs = {k: fn() for k, fn in methods.items()}  # warm-up, untimed
+    ref = outs["reverse HVP (double backprop)"]
+    for k in ("forward HVP (torch.func jvp of grad)", "fwd-over-rev, dual numbers (reference)"):
+        o = outs[k] if isinstance(outs[k], torch.Tensor) else flat(outs[k])
+        print(f"    {k}: |Hv - Hv_reverse| / |Hv_reverse| = {(o - ref).norm() / ref.norm():.1e}")
+    gn = flat(outs["Gauss-Newton product (reference, not exact)"])
+    print(
+        f"    Gauss-Newton vs Hessian: v^T G v = {float(v @ gn):.4g}, v^T H v = "
+        f"{float(v @ ref):.4g}, |Gv - Hv| / |Hv| = {(gn - ref).norm() / ref.norm():.2f}"
+    )
+    wall: dict[str, list[float]] = {k: [] for k in methods}
+    cpu: dict[str, list[float]] = {k: [] for k in methods}
+    keys = list(methods)
+    for r in range(args.hvp_reps):
+        for k in keys[r % len(keys) :] + keys[: r % len(keys)]:  # rotate the order
+            clock = Clock()
+            methods[k]()
+            wall[k].append(clock.wall())
+            cpu[k].append(clock.cpu())
+    med_w = {k: statistics.median(t) for k, t in wall.items()}
+    med_c = {k: statistics.median(t) for k, t in cpu.items()}
+    flops = {k: _flops(fn) for k, fn in methods.items()}
+    g_w, g_c, g_f = med_w["gradient"], med_c["gradient"], flops["gradient"]
+    print(
+        f"    {'':44s} {'s (wall)':>9s} {'/grad':>6s} {'s (cpu)':>8s} {'/grad':>6s} "
+        f"{'GFLOP':>7s} {'/grad':>6s}"
+    )
+    for k in methods:
+        fl = flops[k]
+        fcol = f"{fl / 1e9:7.2f} {fl / g_f:5.2f}x" if fl and g_f else f"{'-':>7s} {'-':>6s}"
+        print(
+            f"    {k:44s} {med_w[k]:9.3f} {med_w[k] / g_w:5.2f}x {med_c[k]:8.3f} "
+            f"{med_c[k] / g_c:5.2f}x {fcol}"
+        )
+    clock = Clock()
+    auto = HessianOperator(model, params, chunks, hvp="auto")
+    t_auto = clock.wall()
+    trial = ", ".join(f"{k} {s:.3f} s" for k, s in auto.hvp_timings.items())
+    print(
+        f"    hvp=auto: picked {auto.hvp_mode} (trial on the first chunk: {trial}; "
+        f"agreement {auto.hvp_agreement:.1e}; construction {t_auto:.2f} s)"
+    )
+    exact = {"reverse": med_w["reverse HVP (double backprop)"]}
+    exact["forward"] = med_w["forward HVP (torch.func jvp of grad)"]
+    best = min(exact, key=exact.get)
+    ratio = exact[best] / g_w
+    print(
+        f"    best exact HVP: {best}, {ratio:.2f}x a gradient (target <= {HVP_TARGET:g}x)  "
+        f"{'OK' if ratio <= HVP_TARGET else 'MISS'}  {rss_note()}"
+    )
+    return {
+        "model": name,
+        "params": rev.dim,
+        "gradient_s": g_w,
+        "reverse_x": exact["reverse"] / g_w,
+        "forward_x": exact["forward"] / g_w,
+        "dual_x": med_w["fwd-over-rev, dual numbers (reference)"] / g_w,
+        "gn_x": med_w["Gauss-Newton product (reference, not exact)"] / g_w,
+        "reverse_cpu_x": med_c["reverse HVP (double backprop)"] / g_c,
+        "forward_cpu_x": med_c["forward HVP (torch.func jvp of grad)"] / g_c,
+        "flop_x": (flops["reverse HVP (double backprop)"] or 0) / g_f if g_f else float("nan"),
+        "auto": auto.hvp_mode,
+        "best": best,
+        "best_x": ratio,
+    }
+
+
+def hvp_summary(rows: list[dict[str, float | str]]) -> None:
+    print("\n=== [4] HVP / gradient cost ratios (wall-clock medians; cpu in brackets) ===")
+    print(
+        f"{'model':10s} {'params':>9s} {'grad s':>7s} {'reverse':>14s} {'forward':>14s} "
+        f"{'dual(ref)':>9s} {'GN(ref)':>8s} {'FLOPs rev':>9s} {'auto':>8s}  target <= 3x"
+    )
+    for r in rows:
+        print(
+            f"{r['model']:10s} {r['params']:9,d} {r['gradient_s']:7.3f} "
+            f"{r['reverse_x']:5.2f}x ({r['reverse_cpu_x']:4.2f}x) "
+            f"{r['forward_x']:5.2f}x ({r['forward_cpu_x']:4.2f}x) {r['dual_x']:8.2f}x "
+            f"{r['gn_x']:7.2f}x {r['flop_x']:8.2f}x {r['auto']:>8s}  "
+            f"{r['best']} {r['best_x']:.2f}x {'OK' if r['best_x'] <= HVP_TARGET else 'MISS'}"
+        )
+
+
 def summary(reps: list[ModelReport], args: argparse.Namespace) -> None:
     print("\n=== summary ===")
     head = (
@@ -455,9 +647,21 @@ def main() -> None:
         action="store_true",
         help="run the full model of large nets (ResNet-18) whatever the estimate",
     )
+    ap.add_argument(
+        "--sections",
+        default="main,hvp",
+        help="main: sections 1-3 (epoch, eigenvalues, power vs Lanczos); hvp: section 4",
+    )
+    ap.add_argument("--hvp-models", default="small_cnn,resnet8", help="models of section 4")
+    ap.add_argument("--hvp-samples", type=int, default=512, help="section 4: samples per pass")
+    ap.add_argument("--hvp-chunk", type=int, default=128, help="section 4: chunk (micro-batch)")
+    ap.add_argument("--hvp-reps", type=int, default=5, help="section 4: interleaved rounds")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    sections = {s.strip() for s in args.sections.split(",") if s.strip()}
+    if not sections <= {"main", "hvp"}:
+        ap.error(f"--sections: unknown {sorted(sections - {'main', 'hvp'})} (valid: main, hvp)")
     if args.micro > 256:
         print(f"warning: --micro {args.micro} > 256; glibc malloc makes big batches slow here")
 
@@ -468,11 +672,16 @@ def main() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, load {load0:.1f}, "
         f"{platform.processor() or platform.machine()}; synthetic 3x32x32 data, "
-        f"{args.probe} train/probe samples, seed {args.seed}"
+        + (f"{args.probe} train/probe samples, " if "main" in sections else "")
+        + f"seed {args.seed}"
     )
-    data = load_data(_cfg(args, "small_cnn").data)
-    reps = [bench_model(m.strip(), data, args) for m in args.models.split(",") if m.strip()]
-    summary(reps, args)
+    if "main" in sections:
+        data = load_data(_cfg(args, "small_cnn").data)
+        reps = [bench_model(m.strip(), data, args) for m in args.models.split(",") if m.strip()]
+        summary(reps, args)
+    if "hvp" in sections:
+        rows = [bench_hvp_model(m.strip(), args) for m in args.hvp_models.split(",") if m.strip()]
+        hvp_summary(rows)
     load1 = os.getloadavg()[0]
     print(
         f"\npeak RSS {peak_rss_mib():,.0f} MiB; total {total.wall():.0f} s wall, "

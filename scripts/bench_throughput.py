@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from absa import config as C
-from absa import train as T
+from absa import trainer as T
 from absa.data import load_data
 from absa.distributed import DistEnv
 from absa.models import build_model

@@ -1,6 +1,6 @@
 """Compare BL (small batch), BL and FB at a large batch, GG, ABS and ABSA in one table.
 
-Trains each configs/digits_*.yaml variant (and configs/default.yaml as the small-batch BL)
+Trains each configs/digits_*.yaml variant (and configs/digits_bl.yaml, the small-batch BL)
 for the given seeds on the embedded digits data, then prints test accuracy (mean +- std over
 seeds), # SGD updates, the update reduction against small-batch BL, the final batch size,
 and what triggered the batch growths of ABS/ABSA (eigenvalue drop vs duration fallback).
@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from absa import config as C
-from absa import train as T
+from absa import trainer as T
 from absa.runlog import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = [  # label, config
-    ("BL (small batch)", "configs/default.yaml"),
+    ("BL (small batch)", "configs/digits_bl.yaml"),
     ("BL (large batch)", "configs/digits_bl_large.yaml"),
     ("FB (large batch)", "configs/digits_fb.yaml"),
     ("GG", "configs/digits_gg.yaml"),

@@ -24,7 +24,7 @@ from absa import config as C
 from absa.checkpoint import atomic_write_text
 from absa.data import load_data
 from absa.distributed import DistEnv
-from absa.evaluate import evaluate, robust_accuracy
+from absa.evaluation import evaluate, robust_accuracy
 from absa.models import build_model
 from absa.report import plot_spectra
 

@@ -15,7 +15,7 @@ import torch
 
 from absa import checkpoint as ckpt_io
 from absa import config as C
-from absa import train as T
+from absa import trainer as T
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {

@@ -7,7 +7,7 @@ import torch
 
 from absa import accel as A
 from absa import models as M
-from absa import train as T
+from absa import trainer as T
 from absa.data import load_data
 from absa.distributed import DistEnv
 from absa.probes import hessian_probe, probe_indices
@@ -36,6 +36,29 @@ def test_hessian_probe_is_fp32_even_inside_autocast(tiny_cfg):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         inside = hessian_probe(model, data, cfg, DistEnv(), idx, epoch=0)
     assert inside.eigenvalue == plain.eigenvalue and inside.vector.dtype == torch.float32
+
+
+def test_probe_uses_the_configured_hvp(tiny_cfg, monkeypatch):
+    """hessian.hvp reaches the training probe: forward-over-reverse runs and gives the
+    reverse (double-backprop) eigenvalue up to rounding."""
+    from absa import hessian as H
+
+    calls = []
+    real = H.HessianOperator._hvp_forward
+    monkeypatch.setattr(
+        H.HessianOperator, "_hvp_forward", lambda self, *a: calls.append(1) or real(self, *a)
+    )
+    base = ("model.name=small_cnn", "hessian.block=full", "hessian.max_iter=5")
+    data = load_data(tiny_cfg().data)
+    idx = probe_indices(len(data.train), 64, 0)
+    values = {}
+    for mode in ("reverse", "forward"):
+        cfg = tiny_cfg(*base, f"hessian.hvp={mode}")
+        torch.manual_seed(0)
+        model = M.build_from_config(cfg.model, data.info)
+        values[mode] = hessian_probe(model, data, cfg, DistEnv(), idx, epoch=0).eigenvalue
+        assert bool(calls) == (mode == "forward")
+    assert values["forward"] == pytest.approx(values["reverse"], rel=1e-4)
 
 
 def test_fp16_scaler_state_is_checkpointed_and_resume_is_exact(tiny_cfg, tmp_path):

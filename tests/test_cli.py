@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -379,3 +380,288 @@ def test_report_with_no_readable_run_says_why(tmp_path):
         res, f"{tmp_path}: no readable runs: 2 skipped (first: {first}: not a JSON object"
     )
     assert not (tmp_path / "report").exists()
+
+
+# --- issue 15: the first hour of a new user --------------------------------------------------
+
+
+def test_version():
+    from absa import __version__
+
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and res.stdout.strip() == f"absa {__version__}"
+
+
+def test_print_config_resolves_and_trains_nothing(tmp_path):
+    import yaml
+
+    from absa import config as C
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model:\n  name: mlp\n")
+    out = tmp_path / "runs"
+    res = runner.invoke(
+        app, ["train", "-c", str(cfg), "--print-config", "optim.lr=0.2", f"train.out_dir={out}"]
+    )
+    assert res.exit_code == 0, res.output
+    tree = yaml.safe_load(res.stdout)
+    assert tree["model"]["name"] == "mlp" and tree["optim"]["lr"] == 0.2
+    assert tree == C.to_dict(C.load(cfg, ["optim.lr=0.2", f"train.out_dir={out}"]))
+    assert not out.exists()
+    res = runner.invoke(app, ["train", "--print-config", "optim.lrr=1"])
+    assert res.exit_code == 2 and "did you mean optim.lr" in res.output
+
+
+def test_default_config_is_the_repos():
+    from absa import cli
+
+    assert cli.default_config() == Path(__file__).resolve().parent.parent / "configs/default.yaml"
+
+
+def test_bare_train_uses_the_default_config(tmp_path, monkeypatch):
+    from absa import cli
+
+    cfg = tmp_path / "default.yaml"
+    cfg.write_text(
+        "model: {name: mlp, width: 8}\nbatch: {size: 128}\nhessian: {probe_size: 128}\n"
+        f"train: {{epochs: 1, out_dir: {tmp_path / 'runs'}}}\n"
+    )
+    monkeypatch.setattr(cli, "default_config", lambda: cfg)
+    res = runner.invoke(app, ["train"])
+    assert res.exit_code == 0, res.output
+    assert f"no -c given: using {cfg}" in res.stderr
+    assert (tmp_path / "runs" / "default-bl-b128-s0" / "summary.json").is_file()
+    res = runner.invoke(app, ["train", "--print-config"])  # the same file, quietly
+    assert res.exit_code == 0 and "width: 8" in res.stdout and res.stderr == ""
+
+
+def test_no_default_config_says_built_in_defaults(monkeypatch):
+    from absa import cli
+
+    notes = []
+    monkeypatch.setattr(cli, "default_config", lambda: None)
+    monkeypatch.setattr(cli, "_note", notes.append)
+    assert cli._config_for(None, [], None) is None
+    assert notes == ["no -c given and no configs/default.yaml: training on the built-in defaults"]
+    notes.clear()
+    assert cli._config_for(None, ["optim.lr=0.1"], None) is None and notes == []  # not a tty
+    run = Path("some/run")
+    assert cli._config_for(None, [], run) == run / "config.yaml"
+
+
+def test_nproc_passes_the_implicit_config_to_the_workers(monkeypatch, tmp_path):
+    import sys
+
+    import torch.distributed.run
+
+    from absa import cli
+
+    got = []
+    monkeypatch.setattr(torch.distributed.run, "main", lambda args: got.append(args))
+    monkeypatch.setattr(sys, "argv", ["absa", "train", "--nproc", "2", "train.epochs=1"])
+    cli._relaunch(2, tmp_path / "default.yaml")
+    assert got[-1][2:] == ["-m", "absa", "train", "-c", str(tmp_path / "default.yaml"),
+                           "train.epochs=1"]  # fmt: skip
+    monkeypatch.setattr(sys, "argv", ["absa", "train", "-c", "x.yaml", "--nproc=2"])
+    cli._relaunch(2, Path("x.yaml"))
+    assert got[-1][2:] == ["-m", "absa", "train", "-c", "x.yaml"]
+
+
+class _FakeProgress:
+    """What _progress_factory uses of rich's Progress, recording the last update."""
+
+    def __init__(self):
+        self.task_ids, self.last, self.made = [], {}, 0
+
+    def add_task(self, description, total=None, **fields):
+        self.task_ids.append(self.made)
+        self.made += 1
+        self.last = {"description": description, **fields}
+        return self.task_ids[-1]
+
+    def remove_task(self, task):
+        self.task_ids.remove(task)
+
+    def update(self, task, **kw):
+        self.last.update(kw)
+
+
+def test_progress_accepts_the_lr_call_and_the_info_dict():
+    from absa import cli
+
+    now = [0.0]
+    prog = _FakeProgress()
+    factory = cli._progress_factory(prog, clock=lambda: now[0])
+    on_step = factory(0, 10)
+    now[0] = 2.0
+    on_step(5, 20, 0.05)  # the original call: lr only
+    assert prog.last["description"] == "epoch 0/9 train" and prog.last["completed"] == 5
+    assert prog.last["stats"].startswith("lr 0.05  eta 0:00:06 epoch, 0:01:18 run")
+    info = {"lr": 0.1, "batch_size": 256, "loss": 0.4123, "acc": 88.06, "adv_fraction": 0.2}
+    now[0] = 4.0
+    on_step(10, 20, {**info, "lambda_max": None})
+    stats = prog.last["stats"]
+    for part in ("B 256", "lr 0.1", "loss 0.4123", "acc 88.1%", "adv 0.2", "eta 0:00:04 epoch"):
+        assert part in stats, stats
+    assert "λmax" not in stats
+    now[0] = 5.0
+    on_step(3, 20, {"phase": "hessian", "lambda_max": 12.5})  # the probe's HVPs
+    assert prog.last["description"] == "epoch 0/9 Hessian probe"
+    assert "λmax 12.5" in prog.last["stats"] and "B 256" in prog.last["stats"]
+    on_step(0, 0, {"phase": "eval"})
+    assert prog.last["description"] == "epoch 0/9 eval" and prog.last["total"] is None
+    now[0] = 6.0
+    on_step = factory(1, 10)  # next epoch: one task, lambda_max kept
+    assert prog.task_ids == [1]
+    on_step(1, 20, {"lr": 0.1, "batch_size": 512})
+    assert "λmax 12.5" in prog.last["stats"] and "B 512" in prog.last["stats"]
+
+
+def test_progress_on_a_real_rich_progress():
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from absa import cli
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=160)
+    with Progress(*cli._progress_columns(), console=console) as progress:
+        on_step = cli._progress_factory(progress)(3, 30)
+        on_step(5, 22, {"lr": 0.05, "batch_size": 256, "loss": 0.41, "acc": 88.1})
+        on_step(6, 22, 0.05)
+        progress.refresh()
+    assert "epoch 3/29 train" in buf.getvalue() and "B 256" in buf.getvalue()
+
+
+@pytest.mark.parametrize("cmd", ["train", "eval", "hessian", "sweep", "report"])
+def test_help_has_no_bool_placeholders_or_rst(cmd):
+    res = runner.invoke(app, [cmd, "--help"], env={"COLUMNS": "140"})
+    assert res.exit_code == 0
+    assert "<bool>" not in res.output and "``" not in res.output
+    assert "KEY=VALUE" in res.output or cmd in ("sweep", "report")
+
+
+def test_help_details():
+    help_of = {
+        c: runner.invoke(app, [c, "--help"], env={"COLUMNS": "200"}).output
+        for c in ("train", "hessian", "eval", "sweep")
+    }
+    assert "--print-config" in help_of["train"]
+    assert "--trace" in help_of["hessian"] and "--no-density" in help_of["hessian"]
+    assert "optim.lr=0.2 batch.size=512" not in help_of["hessian"]  # not train's overrides
+    assert "optim.lr=0.2 batch.size=512" not in help_of["eval"]
+    assert "<local|slurm|submitit-local>" in help_of["sweep"]
+    assert "--dry-run" in help_of["sweep"] and "--no-wait" in help_of["sweep"]
+
+
+def test_executor_is_a_choice_kept_in_step_with_sweep():
+    from absa import cli, sweep
+
+    assert cli.EXECUTORS == sweep.EXECUTORS
+    assert cli.Executor.__args__ == sweep.EXECUTORS
+    res = runner.invoke(app, ["sweep", "nosuch.yaml", "--executor", "cluster"])
+    assert res.exit_code == 2 and "cluster" in res.output
+
+
+def test_hessian_trace_and_density_are_opt_in(trained_run, tmp_path):
+    out, plots = tmp_path / "h.json", tmp_path / "plots"
+    base = ["hessian", "--checkpoint", str(trained_run), "--samples", "128", "-k", "2"]
+    base += ["--max-iter", "20", "--points", "5", "--threads", "1"]
+    res = runner.invoke(app, [*base, "--plot", str(plots), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    assert got["trace"] is None and got["density"] is None and got["trace_hvps"] == 0
+    assert sorted(p.name for p in plots.iterdir()) == ["landscape_1d.png", "landscape_2d.png"]
+    assert got["landscape_seconds"] > 0 and got["plots_seconds"] > 0
+    assert got["hvp_seconds"] > 0
+    # the cost is said before each phase
+    assert "top-2 eigenvalues (lanczos, " in res.output and "up to 20 HVPs, ~" in res.output
+    assert "(one HVP took" in res.output and "loss evaluations, ~" in res.output
+    res = runner.invoke(app, [*base, "--trace", "--density", "--density-iter", "5",
+                              "--json", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    assert got["trace"] is not None and 10 <= got["trace_hvps"] <= 100
+    assert got["density_hvps"] == 15 and "trace (Hutchinson" in res.output
+    res = runner.invoke(app, [*base, "--trace-samples", "30", "--no-trace", "--json", str(out)])
+    assert res.exit_code == 0 and json.loads(out.read_text())["trace"] is None
+
+
+def test_hessian_trace_with_zero_samples_is_one_line(trained_run):
+    res = runner.invoke(
+        app, ["hessian", "--checkpoint", str(trained_run), "--trace", "--trace-samples", "0"]
+    )
+    _assert_one_line_error(res, "--trace-samples: 0 contradicts --trace")
+
+
+def test_keys_a_method_ignores_get_one_note(tmp_path):
+    """A BL run with schedule.max_batch trains, with one note naming the ignored keys; a
+    method that reads them prints none."""
+    res = _train(tmp_path, "train.epochs=1", "schedule.max_batch=1024", "schedule.alpha=3")
+    assert res.exit_code == 0, res.output
+    notes = [line for line in res.output.splitlines() if line.startswith("note: schedule.")]
+    assert notes == ["note: schedule.alpha, schedule.max_batch are ignored by schedule.method bl"]
+    res = _train(
+        tmp_path,
+        "train.epochs=1",
+        "schedule.method=gg",
+        "schedule.max_batch=1024",
+        "train.run_name=gg",
+    )
+    assert res.exit_code == 0, res.output
+    assert "ignored by" not in res.output
+
+
+def test_every_schedule_key_is_read_by_some_method():
+    from absa.config import ScheduleConfig
+    from absa.schedules import METHODS, READS, ignored_keys
+
+    assert set(READS) == set(METHODS)
+    read = set().union(*READS.values())
+    assert set(ScheduleConfig.model_fields) - {"method"} == read
+    assert ignored_keys("fb", ["schedule.warmup_epochs", "optim.lr", "schedule.alpha"]) == [
+        "schedule.alpha"
+    ]
+
+
+def test_a_checkpoint_cannot_make_absa_import_code(tmp_path, monkeypatch):
+    """A last.pt whose config names model.name module:function (a module that would run on
+    import) is refused by eval/hessian/load_run/resume unless the user trusts it."""
+    import torch
+
+    import absa
+
+    res = _train(tmp_path, "train.epochs=1", "train.run_name=r")
+    assert res.exit_code == 0, res.output
+    ck_path = tmp_path / "r" / "last.pt"
+    ck = torch.load(ck_path, weights_only=True)
+    ck["config"]["model"]["name"] = "evilmod:make"
+    torch.save(ck, ck_path)
+    marker = tmp_path / "ran"
+    (tmp_path / "evilmod.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path)  # the module would be found in the current directory
+    for cmd in (
+        ["eval", "--checkpoint", str(ck_path), "--no-robust"],
+        ["hessian", "--checkpoint", str(ck_path), "-k", "1", "--samples", "64"],
+    ):
+        res = runner.invoke(app, cmd)
+        assert res.exit_code == 2, res.output
+        assert "--trust-model-code" in res.output and "Traceback" not in res.output
+    with pytest.raises(ValueError, match="trust_code=True"):
+        absa.load_run(tmp_path / "r")
+    res = _train(tmp_path, "train.epochs=2", "--resume", str(tmp_path / "r"))
+    assert res.exit_code == 2 and "model.name" in res.output  # compared, not imported
+    assert not marker.exists()
+    res = runner.invoke(app, ["eval", "--checkpoint", str(ck_path), "--trust-model-code"])
+    assert marker.exists()  # trusted: imported (the module has no `make`, so it then fails)
+    assert res.exit_code == 2 and "make" in res.output
+
+
+def test_out_of_memory_is_one_line(tmp_path):
+    """An image size within the config's bounds that does not fit in memory: one line,
+    exit 2, no traceback (seen: data.image_size=4096 on digits)."""
+    res = _train(tmp_path, "data.image_size=4096")
+    assert res.exit_code == 2, res.output
+    assert "out of memory" in res.output and "Traceback" not in res.output

@@ -645,5 +645,238 @@ def test_derived_seeds_of_the_largest_seed_fit_a_generator():
     assert D.augment_params(3, MAX_SEED, last, "crop_flip", 32).offsets.shape == (3, 2)
     assert len(probe_indices(3, 2, MAX_SEED)) == 2
     assert len(D.synthetic_split(1, MAX_SEED, offset=500_000)) == 1
-    torch.Generator().manual_seed(MAX_SEED * 1_009 + last)  # train.py's Hessian probe seed
+    torch.Generator().manual_seed(MAX_SEED * 1_009 + last)  # the trainer's Hessian probe seed
     assert MAX_SEED * 1_000_003 + 500_000 + 10**9 < 2**63  # synthetic_split's chunk seeds
+
+
+# --- imagefolder: streaming loader, persistent workers, seeded augmentation -----------------
+
+
+def _photo_tree(root, n_train=(4, 3, 4), n_val=(2, 1, 2)):
+    """Small JPEG and PNG files of varied sizes in 3 classes (train) and a val split."""
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    for split, counts in (("train", n_train), ("val", n_val)):
+        for c, n in enumerate(counts):
+            folder = root / split / f"n0{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                h, w = int(rng.integers(18, 40)), int(rng.integers(18, 40))
+                base = rng.integers(0, 256, (1, 1, 3))
+                arr = (base + rng.integers(-60, 60, (h, w, 3))).clip(0, 255).astype(np.uint8)
+                ext = "png" if i % 3 == 2 else "jpg"
+                Image.fromarray(arr).save(folder / f"{i}.{ext}")
+
+
+def _folder(root, **kw):
+    return D.load_data(DataConfig(name="imagefolder", root=root, image_size=12, **kw))
+
+
+def _cat(batches):
+    xs, ys = zip(*batches, strict=True)
+    return torch.cat(xs), torch.cat(ys)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    _photo_tree(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_folder_stream_yields_get_samples_in_order(photos, workers):
+    d = _folder(photos, num_workers=workers)
+    assert len(d.train) == 11 and not d.train.augments
+    order = torch.randperm(11, generator=torch.Generator().manual_seed(0))
+    batches = list(d.train.stream(order, 3))
+    assert [len(y) for _, y in batches] == [3, 3, 3, 2]
+    x, y = _cat(batches)
+    gx, gy = d.train.get(order)
+    assert x.dtype == torch.float32 and x.shape == (11, 3, 12, 12)
+    assert torch.equal(x, gx) and torch.equal(y, gy) and torch.equal(y, d.train.targets[order])
+    for i in (0, 5, 10):  # and each sample is what get() gives alone
+        assert torch.equal(x[i : i + 1], d.train.get(order[i : i + 1])[0])
+    sized = list(d.train.stream(order, [2, 4, 1, 4]))  # explicit micro-batch sizes
+    assert [len(y) for _, y in sized] == [2, 4, 1, 4] and torch.equal(_cat(sized)[0], x)
+    # a split held in memory streams through the same helper
+    t = D.TensorSplit(torch.arange(24, dtype=torch.uint8).view(6, 1, 2, 2), torch.arange(6))
+    got = list(D.stream_batches(t, torch.tensor([5, 0, 3]), 2))
+    assert [b[1].tolist() for b in got] == [[5, 0], [3]]
+    assert torch.equal(_cat(D.stream_batches(d.train, order, 4))[0], x)
+    with pytest.raises(ValueError, match="sum to 11"):
+        d.train.stream(order, [5, 5])
+
+
+def test_folder_stream_same_tensors_for_any_workers_and_micro_batches(photos):
+    order = torch.randperm(11, generator=torch.Generator().manual_seed(1))
+    out = {}
+    for workers in (0, 2):
+        d = _folder(photos, num_workers=workers, folder_augment=True)
+        for micro in (1, 4, 11):
+            out[workers, micro] = _cat(d.train.stream(order, micro, True, epoch=3, seed=5))
+    ref = out[0, 4]
+    for x, y in out.values():
+        assert torch.equal(x, ref[0]) and torch.equal(y, ref[1])
+    # a sample's tensor does not depend on its position either
+    rev = _cat(_folder(photos, folder_augment=True).train.stream(order.flip(0), 2, True, 3, 5))
+    assert torch.equal(rev[0].flip(0), ref[0])
+
+
+def test_folder_workers_start_once_for_the_whole_run(photos, monkeypatch):
+    """One set of workers per split: not per micro-batch, epoch or get()."""
+    from torch.utils.data import dataloader
+
+    starts = []
+    init = dataloader._MultiProcessingDataLoaderIter.__init__
+
+    def counting(self, loader):
+        starts.append(loader.num_workers)
+        init(self, loader)
+
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "__init__", counting)
+    d = _folder(photos, num_workers=2, folder_augment=True)
+    for epoch in range(2):
+        order = D.epoch_permutation(11, 0, epoch)
+        n = sum(1 for _ in d.train.stream(order, 2, True, epoch, seed=0))  # 6 micro-batches
+        assert n == 6
+        for step in order.split(4):  # or one stream per step
+            list(d.train.stream(step, 2, True, epoch, seed=0))
+        d.train.get(torch.tensor([0, 1, 2]))
+    assert starts == [2]
+    assert d.train._loader.persistent_workers and d.train._loader.prefetch_factor == 2
+    # a get() in the middle of a stream leaves the stream intact (temporary loader)
+    order = torch.arange(11)
+    it = d.train.stream(order, 4)
+    first = next(it)
+    probe = d.train.get(torch.tensor([10, 9]))
+    rest = list(it)
+    assert torch.equal(_cat([first, *rest])[0], d.train.get(order)[0])
+    assert torch.equal(probe[0], d.train.get(torch.tensor([10, 9]))[0])
+    assert starts == [2, 2]  # the temporary loader of that get()
+    # a new stream ends an unfinished one
+    old = d.train.stream(order, 4)
+    next(old)
+    assert len(list(d.train.stream(order, 4))) == 3
+    with pytest.raises(RuntimeError, match="newer stream"):
+        next(old)
+    assert starts == [2, 2]
+
+
+def test_folder_augmentation_is_seeded_per_sample(photos):
+    from PIL import Image
+
+    from absa import tv
+
+    tf = tv.load("torchvision.transforms.v2.functional")
+    d = _folder(photos, folder_augment=True)
+    assert d.train.augments and not d.test.augments
+    order = torch.arange(11)
+    a = _cat(d.train.stream(order, 4, True, epoch=2, seed=9))[0]
+    assert torch.equal(a, _cat(d.train.stream(order, 4, True, epoch=2, seed=9))[0])
+    assert not torch.equal(a, _cat(d.train.stream(order, 4, True, epoch=3, seed=9))[0])
+    assert not torch.equal(a, _cat(d.train.stream(order, 4, True, epoch=2, seed=8))[0])
+    assert not torch.equal(a, d.train.get(order)[0])  # random crops, not the center crop
+    assert torch.equal(_cat(d.train.stream(order, 4, False, 2, 9))[0], d.train.get(order)[0])
+    assert torch.equal(
+        _cat(d.test.stream(torch.arange(5), 2, True, 2, 9))[0], d.test.get(torch.arange(5))[0]
+    )
+    # exactly the documented recipe: crop_box and a flip drawn from Random(sample_seed(...))
+    flips = 0
+    for i in range(11):
+        img = Image.open(d.train.folder.samples[i][0]).convert("RGB")
+        rng = D.random.Random(D.sample_seed(9, 2, i))
+        top, left, h, w = D.crop_box(rng, img.height, img.width)
+        assert top >= 0 and left >= 0 and top + h <= img.height and left + w <= img.width
+        want = tf.resized_crop(tf.pil_to_tensor(img), top, left, h, w, [12, 12], antialias=True)
+        if rng.random() < 0.5:
+            want, flips = tf.horizontal_flip(want), flips + 1
+        assert torch.equal(a[i], want.float() / 255)
+    assert 0 < flips < 11
+    # without folder_augment training samples get the evaluation transform (old behaviour)
+    plain = _folder(photos)
+    assert torch.equal(_cat(plain.train.stream(order, 4, True, 2, 9))[0], plain.train.get(order)[0])
+
+
+def test_crop_box_matches_torchvision_distribution():
+    """Same algorithm as torchvision's RandomResizedCrop.get_params, another RNG."""
+    from absa import tv
+
+    get_params = tv.load("torchvision.transforms").RandomResizedCrop.get_params
+    torch.manual_seed(0)
+    img = torch.zeros(3, 300, 400)
+    theirs = [get_params(img, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(4000)]
+    rng = D.random.Random(0)
+    ours = [D.crop_box(rng, 300, 400) for _ in range(4000)]
+    for boxes in (ours, theirs):
+        assert all(t >= 0 and lf >= 0 and t + h <= 300 and lf + w <= 400 for t, lf, h, w in boxes)
+    stats = []
+    for boxes in (ours, theirs):
+        frac = torch.tensor([h * w / 120_000 for _, _, h, w in boxes])
+        aspect = torch.tensor([w / h for _, _, h, w in boxes]).log()
+        stats.append(torch.stack([frac.mean(), frac.std(), aspect.mean(), aspect.std()]))
+    torch.testing.assert_close(stats[0], stats[1], rtol=0, atol=0.02)
+    assert D.crop_box(D.random.Random(0), 10, 200) == (0, 93, 10, 13)  # fallback: central
+
+
+def test_folder_resize_size_then_center_crop(photos):
+    from PIL import Image
+
+    from absa import tv
+
+    tf = tv.load("torchvision.transforms.v2.functional")
+    path = None
+    for resize in (None, 20):
+        d = _folder(photos, resize_size=resize)
+        path = d.test.folder.samples[1][0]
+        img = tf.pil_to_tensor(Image.open(path).convert("RGB"))
+        want = tf.center_crop(tf.resize(img, [resize or 12], antialias=True), [12, 12])
+        assert torch.equal(d.test.get(torch.tensor([1]))[0][0], want.float() / 255)
+        assert d.info.image_size == 12
+    assert path is not None
+
+
+def test_unreadable_image_in_a_stream_is_one_line(photos):
+    bad = photos / "train" / "n01" / "1.jpg"
+    bad.write_bytes(b"not an image")
+    d = _folder(photos, num_workers=2)
+    order = torch.arange(11)
+    with pytest.raises(D.DataError) as e:
+        list(d.train.stream(order, 2))
+    assert _one_line_naming(e, bad).startswith(f"{bad}: not an image file PIL can decode")
+    assert len(list(d.train.stream(torch.tensor([0, 1, 2]), 2))) == 2  # the split still works
+
+
+def test_training_streams_folder_data_the_same_for_any_workers_and_micro_batch(
+    photos, tiny_cfg, monkeypatch
+):
+    """The trainer reads imagefolder batches through FolderSplit.stream: with the seeded
+    RandomResizedCrop + flip, 0 or 2 workers and micro-batches of 2 or 4 give the same
+    weights (an MLP has no batch statistics)."""
+    from absa import trainer as T
+
+    streamed = []
+    real = D.FolderSplit.stream
+    monkeypatch.setattr(
+        D.FolderSplit, "stream", lambda self, *a, **k: streamed.append(1) or real(self, *a, **k)
+    )
+
+    def weights(name, *extra):
+        cfg = tiny_cfg(
+            "data.name=imagefolder",
+            f"data.root={photos}",
+            "data.image_size=12",
+            "data.folder_augment=true",
+            "batch.size=4",
+            "signals.noise=false",
+            *extra,
+        )
+        T.run(cfg, run_dir=photos / name)
+        return torch.load(photos / name / "last.pt", weights_only=True)["model"]
+
+    a = weights("a", "batch.max_micro_batch=4")
+    assert len(streamed) == 2 * 3  # 2 epochs of 3 steps (11 images, batch 4)
+    b = weights("b", "batch.max_micro_batch=2", "data.num_workers=2")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)

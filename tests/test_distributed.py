@@ -2,7 +2,7 @@
 
 Two kinds of multi-process tests:
 
-* in-process: ``torch.multiprocessing`` spawns 2 workers that call ``absa.train`` directly.
+* in-process: ``torch.multiprocessing`` spawns 2 workers that call ``absa.trainer`` directly.
   One module-scoped session runs every scenario (start-up is paid once) and saves what
   each rank saw; the tests compare it with single-process runs of the same config.
 * real launches: ``absa train --nproc 2`` (torchrun), torchrun on this file, and two plain
@@ -37,7 +37,7 @@ import torch.multiprocessing as mp
 from absa import checkpoint as ckpt_io
 from absa import config as C
 from absa import distributed as D
-from absa import train as T
+from absa import trainer as T
 from absa.data import load_data, local_positions
 from absa.models import build_model
 from absa.probes import hessian_probe, probe_indices
@@ -265,7 +265,10 @@ def test_two_rank_checkpoint_resumes_on_one_process(session, tmp_path):
     full = session.out / "1rank" / "abs"
     _assert_close_state(ckpt_io.load(run)["model"], ckpt_io.load(full)["model"])
     assert summary.updates == session.ref["abs"].updates
-    assert [g["new_batch"] for g in summary.growths] == [128, 256]
+    # the growth to 256 decided at the last epoch never took effect: not in the summary
+    assert [g["new_batch"] for g in summary.growths] == [128]
+    assert _metrics(run)[-1]["growth"]["new_batch"] == 256
+    assert _metrics(run)[-1]["growth"]["effective"] is False
     assert [r["epoch"] for r in _metrics(run)] == [0, 1]
     assert [r["batch_size"] for r in _metrics(run)] == [64, 128]
 
@@ -385,7 +388,7 @@ def _repeated_runs(tmp_path: Path, repeats: int) -> None:
         assert json.loads((run / "env.json").read_text())["world_size"] == WORLD
         assert len(_metrics(run)) == 2 and (run / "summary.json").is_file()
         # epoch lines and the summary come from rank 0 only
-        assert res.stdout.count("epoch 1/2 ") == 1 and res.stdout.count("test accuracy") == 1
+        assert res.stdout.count("epoch 0/1 ") == 1 and res.stdout.count("test accuracy") == 1
     assert not bad, f"{len(bad)}/{repeats} runs failed:\n" + "\n".join(bad)
 
 

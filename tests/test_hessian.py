@@ -704,3 +704,192 @@ def test_operator_bad_inputs(mlp_case):
         H.HessianOperator(mlp_case.model, [], (mlp_case.x, mlp_case.y))
     with pytest.raises(ValueError):
         H.HessianOperator(mlp_case.model, H.select_params(mlp_case.model, "full"), [])
+
+
+# --- 11. forward-over-reverse and automatic HVPs --------------------------------------------
+
+CUTS = [0, 7, 30, 61, 96]  # several batches of unequal size
+
+
+def _batches(case: Case) -> list[tuple[Tensor, Tensor]]:
+    return [(case.x[a:b], case.y[a:b]) for a, b in zip(CUTS, CUTS[1:], strict=False)]
+
+
+@pytest.mark.parametrize("hvp", ["reverse", "forward", "auto"])
+@pytest.mark.parametrize(
+    ("which", "block"),
+    [
+        ("cnn", "full"),
+        ("cnn", "backbone.[03].weight,backbone.4,classifier.bias"),  # conv, BN, head
+        ("mlp", "full"),
+        ("mlp", "backbone.3.*"),
+    ],
+)
+def test_hvp_modes_match_dense_on_several_batches(which, block, hvp, request):
+    """Both exact products (and auto's choice) equal the dense Hessian of the concatenation;
+    the CNN has BatchNorm in eval mode with non-trivial running statistics."""
+    case: Case = request.getfixturevalue(f"{which}_case")
+    names = names_of(case.model, block)
+    hess = case.hess if block == "full" else dense_hessian(case.model, names, case.x, case.y)
+    buffers = bn_state(case.model)
+    op = H.HessianOperator(case.model, H.select_params(case.model, block), _batches(case), hvp=hvp)
+    assert op.hvp_mode in H.EXACT_HVPS and (hvp == "auto" or op.hvp_mode == hvp)
+    for seed in range(2):
+        v = rand_vec(op.dim, seed)
+        torch.testing.assert_close(op.matvec(v), hess @ v, rtol=0, atol=1e-10)
+    assert op.n_hvp == 2  # auto's trial products are not counted
+    assert all(torch.equal(b, buffers[n]) for n, b in case.model.named_buffers())
+    if hvp == "auto":
+        assert set(op.hvp_timings) == {"reverse", "forward"}
+        assert all(t > 0 for t in op.hvp_timings.values())
+        assert op.hvp_agreement is not None and op.hvp_agreement < 1e-10
+        assert op.hvp_note is None
+    else:
+        assert op.hvp_timings == {} and op.hvp_agreement is None
+
+
+def _old_matvec(op: H.HessianOperator, v: Tensor) -> Tensor:
+    """HessianOperator.matvec as it was before the hvp option (double backprop)."""
+    vs = op._split(v.to(op.device, op.dtype))
+    total = torch.zeros(op.dim, dtype=op.dtype, device=op.device)
+    for x, y in op.batches:
+        loss = op.loss_fn(op.model(x), y)
+        grads = torch.autograd.grad(loss, op.params, create_graph=True, allow_unused=True)
+        dot = sum((g * u).sum() for g, u in zip(grads, vs, strict=True) if g is not None)
+        if not isinstance(dot, Tensor) or not dot.requires_grad:
+            continue
+        total += op._flat(torch.autograd.grad(dot, op.params, allow_unused=True)).detach()
+    return op.reduce(total) / op.n_samples
+
+
+def test_default_hvp_is_the_unchanged_reverse_path(cnn_case):
+    op = H.HessianOperator(
+        cnn_case.model, H.select_params(cnn_case.model, "full"), _batches(cnn_case)
+    )
+    assert op.hvp_mode == "reverse" and op.hvp_timings == {}
+    f32 = build_model("small_cnn", load_data(DataConfig(name="digits")).info, 2).eval()
+    op32 = H.HessianOperator(f32, H.select_params(f32, "full"), (cnn_case.x.float(), cnn_case.y))
+    for o in (op, op32):
+        v = rand_vec(o.dim, 3)
+        assert torch.equal(o.matvec(v), _old_matvec(o, v))  # bitwise
+
+
+@pytest.mark.parametrize("method", ["power", "lanczos"])
+def test_auto_gives_the_same_top_eigenvalue(cnn_case, method):
+    params = H.select_params(cnn_case.model, "full")
+    auto = H.HessianOperator(cnn_case.model, params, _batches(cnn_case), hvp="auto")
+    rev = H.HessianOperator(cnn_case.model, params, _batches(cnn_case))
+    fwd = H.HessianOperator(cnn_case.model, params, _batches(cnn_case), hvp="forward")
+    vals = [
+        H.top_eigen(op, 1, method, max_iter=200, rtol=1e-10, generator=gen(1)).values[0]
+        for op in (auto, rev, fwd)
+    ]
+    assert vals[0] == pytest.approx(vals[1], rel=1e-8) == pytest.approx(vals[2], rel=1e-8)
+    assert vals[0] == pytest.approx(float(cnn_case.evals[-1]), rel=1e-6)
+    se = [H.rayleigh_stderr(op, cnn_case.evecs[:, -1])[0] for op in (rev, fwd)]
+    assert se[0] == pytest.approx(se[1], rel=1e-8)
+
+
+@pytest.mark.parametrize("slow", ["reverse", "forward"])
+def test_auto_keeps_the_faster_product(cnn_case, monkeypatch, slow):
+    """A fake clock: the slow product's trial advances it by 10 s, the other's by 1 s."""
+    now = [0.0]
+    monkeypatch.setattr(H, "_clock", lambda: now[0])
+    for name in ("reverse", "forward"):
+        inner = getattr(H.HessianOperator, f"_hvp_{name}")
+
+        def timed(self, x, y, vs, inner=inner, cost=10.0 if name == slow else 1.0):
+            now[0] += cost
+            return inner(self, x, y, vs)
+
+        monkeypatch.setattr(H.HessianOperator, f"_hvp_{name}", timed)
+    op = H.HessianOperator(
+        cnn_case.model, H.select_params(cnn_case.model, "full"), _batches(cnn_case), hvp="auto"
+    )
+    assert op.hvp_mode == ("forward" if slow == "reverse" else "reverse")
+    assert op.hvp_timings == {slow: 10.0, op.hvp_mode: 1.0}
+
+
+def test_auto_falls_back_to_reverse_when_forward_cannot_run():
+    """A forward pass that updates buffers (BatchNorm in train mode) defeats torch.func."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 2)).to(F64).train()
+    x, y = torch.randn(8, 4, dtype=F64), torch.randint(0, 2, (8,))
+    params = H.select_params(model, "full")
+    op = H.HessianOperator(model, params, (x, y), hvp="auto")
+    assert op.hvp_mode == "reverse" and "forward HVP failed" in op.hvp_note
+    forced = H.HessianOperator(model, params, (x, y), hvp="forward")
+    with pytest.raises(RuntimeError, match="in-place"):
+        forced.matvec(rand_vec(forced.dim, 0))
+
+
+def test_auto_disagreement_keeps_reverse(cnn_case, monkeypatch):
+    inner = H.HessianOperator._hvp_forward
+    monkeypatch.setattr(
+        H.HessianOperator, "_hvp_forward", lambda self, x, y, vs: 1.01 * inner(self, x, y, vs)
+    )
+    op = H.HessianOperator(
+        cnn_case.model, H.select_params(cnn_case.model, "full"), _batches(cnn_case), hvp="auto"
+    )
+    assert op.hvp_mode == "reverse" and "differ" in op.hvp_note
+    assert op.hvp_agreement == pytest.approx(0.01, rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("other", "mode", "note"),
+    [
+        ([0.0, 0.0, 1.0, 0.0], None, False),  # another rank as fast as this one: own choice
+        ([0.0, 100.0, 1.0, 0.0], "reverse", False),  # forward very slow on another rank
+        ([100.0, 0.0, 1.0, 0.0], "forward", False),  # reverse very slow on another rank
+        ([0.0, 0.0, 1.0, 1.0], "reverse", True),  # forward failed on another rank
+    ],
+)
+def test_auto_decides_on_timings_summed_over_ranks(mlp_case, other, mode, note):
+    """auto reduces [t_reverse, t_forward, ranks, failures]: every rank makes the same choice.
+    (Simulated: the other rank's numbers are added by reduce; real ranks are processes, and
+    torch.func transforms must not run concurrently in threads of one process.)"""
+    model, x, y = mlp_case.model, mlp_case.x, mlp_case.y
+    extra = torch.tensor(other, dtype=F64)
+    seen = []
+
+    def reduce(t: Tensor) -> Tensor:
+        if t.numel() == 4:  # auto's statistics
+            seen.append(t.clone())
+            return t + extra
+        return 2 * t  # the other rank holds the same data
+
+    op = H.HessianOperator(model, H.select_params(model, "full"), (x, y), reduce=reduce, hvp="auto")
+    assert len(seen) == 1 and seen[0][2] == 1.0
+    own = "forward" if seen[0][1] < seen[0][0] else "reverse"
+    assert op.hvp_mode == (mode or own)
+    assert (op.hvp_note is not None) == note
+    assert op.hvp_timings == pytest.approx(
+        {"reverse": float(seen[0][0] + extra[0]) / 2, "forward": float(seen[0][1] + extra[1]) / 2}
+    )
+    whole = H.HessianOperator(model, H.select_params(model, "full"), (x, y))
+    v = rand_vec(op.dim, 0)
+    torch.testing.assert_close(op.matvec(v), whole.matvec(v), rtol=0, atol=1e-10)
+
+
+def test_forward_on_a_non_linear_head_and_quadratic(tanh_head):
+    model, x, y = tanh_head
+    ref = H.last_layer_operator(model, (x, y))
+    fwd = H.last_layer_operator(model, (x, y), hvp="forward")
+    assert isinstance(fwd, H.HessianOperator) and fwd.hvp_mode == "forward"
+    v = rand_vec(ref.dim, 4)
+    torch.testing.assert_close(fwd.matvec(v), ref.matvec(v), rtol=0, atol=1e-10)
+    qmodel, batches, loss_fn, q = quadratic(LAM, 0)
+    op = H.HessianOperator(
+        qmodel, list(qmodel.parameters()), batches, loss_fn=loss_fn, hvp="forward"
+    )
+    a = q @ torch.diag(LAM) @ q.T
+    torch.testing.assert_close(op.matvec(v[: len(LAM)]), a @ v[: len(LAM)], rtol=0, atol=1e-10)
+
+
+def test_hvp_bad_arguments(mlp_case):
+    params = H.select_params(mlp_case.model, "full")
+    with pytest.raises(ValueError, match="hvp"):
+        H.HessianOperator(mlp_case.model, params, (mlp_case.x, mlp_case.y), hvp="gauss_newton")
+    stray = [nn.Parameter(torch.zeros(3, dtype=F64))]
+    with pytest.raises(ValueError, match="parameters of the model"):
+        H.HessianOperator(mlp_case.model, stray, (mlp_case.x, mlp_case.y), hvp="forward")

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from absa import config as C
-from absa import train as T
+from absa import trainer as T
 from absa.distributed import DistEnv
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -141,7 +141,13 @@ def test_make_report_writes_files_and_plots(sweep_dir, tmp_path):
     assert "1 unfinished runs ignored: bl-b32-s2" in res.markdown
     assert res.n_runs == 8 and res.unfinished == ["bl-b32-s2"]
     names = sorted(p.name for p in res.plots)
-    assert names == ["accuracy_vs_batch.png", "trajectories.png", "updates_vs_batch.png"]
+    assert names == [
+        "accuracy_vs_batch.png",
+        "accuracy_vs_time.png",
+        "accuracy_vs_updates.png",
+        "trajectories.png",
+        "updates_vs_batch.png",
+    ]
     for p in res.plots:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
     assert "ABSA" in buf.getvalue() and "91.00 ± 1.41 / 100" in buf.getvalue()
@@ -238,3 +244,310 @@ def test_torn_last_metrics_line_is_still_ignored(sweep_dir):
     _append_metrics(sweep_dir / "runs" / "bl-b32-s0", '{"epoch": 3, "test_a')
     recs = R.collect(sweep_dir)
     assert len(recs) == 8 and not recs.unreadable
+
+
+# --- issue 15 / issue 10: labels, one seed, cost and robustness columns ----------------------
+
+
+def _with_summary(folder, **extra):
+    path = folder / "summary.json"
+    summary = json.loads(path.read_text())
+    summary.update(extra)
+    path.write_text(json.dumps(summary))
+
+
+def _with_metrics(folder, change):
+    path = folder / "metrics.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    for rec in lines:
+        change(rec)
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines))
+
+
+def test_one_seed_shows_n_instead_of_zero_std(tmp_path):
+    runs = tmp_path / "s" / "runs"
+    _write_run(runs, "bl", ["batch.size=64"], 98.5, 10, 64)
+    md = R.to_markdown(R.table(R.collect(tmp_path / "s")))
+    assert "| 64 | 98.50 (n=1) / 10 |" in md and "± 0.00" not in md and "1 seed" in md
+
+
+def test_ablations_get_their_own_labelled_columns(tmp_path):
+    runs = tmp_path / "s" / "runs"
+    grow = ["batch.size=16", "schedule.method=absa", "schedule.max_batch=512"]
+    src = _write_run(runs, "absa", grow, 90.0, 10, 512)
+    _write_run(runs, "absa-dur", [*grow, "schedule.eigenvalue_trigger=false"], 89.0, 12, 512)
+    _write_run(runs, "replay", ["batch.size=16", "schedule.method=replay",
+                                f"schedule.replay_from={src}"], 88.0, 11, 512)  # fmt: skip
+    _write_run(runs, "gns", ["batch.size=16", "schedule.method=gns", "schedule.max_batch=512"],
+               87.0, 13, 512)  # fmt: skip
+    rows = R.table(R.collect(tmp_path / "s"))
+    assert [r["column"] for r in rows] == ["ABSA", "ABSA (duration only)", "GNS", "replay of ABSA"]
+    assert {r["column"]: r["ablation"] for r in rows} == {
+        "ABSA": False, "ABSA (duration only)": True, "GNS": False, "replay of ABSA": True,
+    }  # fmt: skip
+    assert {r["batch"] for r in rows} == {512}  # the replay sits in its source's row
+    assert all("→ 512" in R.cell(r) for r in rows)  # growing methods from the registry
+
+
+def test_growing_methods_come_from_the_registry():
+    from absa.schedules import METHODS
+
+    assert set(R.ADAPTIVE) == {m for m, spec in METHODS.items() if spec.grows}
+    assert {"seesaw", "gns", "inner_product", "hybrid"} <= set(R.ADAPTIVE)
+
+
+def test_key_missing_from_an_older_config_counts_as_its_default(tmp_path):
+    runs = tmp_path / "s" / "runs"
+    _write_run(runs, "a", ["batch.size=64"], 80.0, 10, 64)
+    old = _write_run(runs, "b", ["batch.size=64", "train.seed=1"], 82.0, 10, 64)
+    tree = C.read_yaml(old / "config.yaml")
+    del tree["train"]["deterministic"]  # written before the key existed
+    (old / "config.yaml").write_text(yaml.safe_dump(tree, sort_keys=False))
+    rows = R.table(R.collect(tmp_path / "s"))
+    assert [(r["column"], r["n_seeds"]) for r in rows] == [("BL", 2)]
+
+
+def test_cost_columns(tmp_path):
+    runs = tmp_path / "s" / "runs"
+    # BL at 32 ends at 90: target 89. Accuracies per epoch: acc-10, acc-9, acc (3 epochs)
+    _write_run(runs, "bl32", ["batch.size=32"], 90.0, 30, 32)
+    absa = ["batch.size=16", "schedule.method=absa", "schedule.max_batch=256",
+            "adversarial.method=pgd", "adversarial.pgd_steps=3"]  # fmt: skip
+    a0 = _write_run(runs, "absa-s0", absa, 95.0, 12, 256)  # 85, 86, 95: reaches 89 at the end
+    a1 = _write_run(runs, "absa-s1", [*absa, "train.seed=1"], 88.0, 12, 256)  # never reaches 89
+
+    def cost(rec):
+        rec.update(samples=1000, adv_samples=100, hessian_hvps=7)
+
+    for f in (a0, a1):
+        _with_metrics(f, cost)
+        _with_summary(f, train_seconds=4.0, hessian_seconds=1.0, eval_seconds=0.5)
+    rows = R.table(R.collect(tmp_path / "s"))
+    bl, ab = rows[0], rows[1]
+    assert bl["target_acc"] == pytest.approx(89.0) and bl["updates_to_target_mean"] == 30
+    assert ab["target_reached"] == 1 and ab["updates_to_target_mean"] == 12
+    assert ab["samples_processed_mean"] == 3 * (1000 + 100 * 3)  # pgd: 3 steps per example
+    assert ab["hvps_mean"] == 21 and ab["hessian_share_mean"] == pytest.approx(0.25)
+    assert ab["wall_seconds_mean"] == pytest.approx(5.5)
+    assert bl["samples_processed_mean"] is None  # old metrics without "samples"
+    md = R.cost_markdown(rows)
+    assert "| 256 | ABSA | 2 | 91.50 | 12 | 12 (1/2) | 3.9k | 21 | 25.0% | 5.5 |" in md
+    assert "target 89.00% = BL at B = 32 (90.00%) - 1 pt" in md
+    back = list(csv.DictReader(io.StringIO(R.to_csv(rows))))
+    assert (
+        float(back[1]["updates_to_target_mean"]) == 12 and back[0]["samples_processed_mean"] == ""
+    )
+
+
+def test_no_bl_run_means_no_target(tmp_path):
+    runs = tmp_path / "s" / "runs"
+    _write_run(runs, "fb", ["batch.size=64", "schedule.method=fb"], 80.0, 10, 64)
+    rows = R.table(R.collect(tmp_path / "s"))
+    assert rows[0]["target_acc"] is None and "no BL run" in R.cost_caption(rows)
+    assert R.cost_cells(rows[0])[5] == "–"
+
+
+def test_robust_accuracy_columns(tmp_path):
+    runs = tmp_path / "s" / "runs"
+    for seed, pgd in enumerate((40.0, 50.0)):
+        f = _write_run(runs, f"bl-s{seed}", ["batch.size=64", f"train.seed={seed}"], 90.0, 10, 64)
+        _with_summary(
+            f,
+            robust=[
+                {"attack": "clean", "eps": 0.0, "loss": 0.3, "acc": 90.0, "n": 100},
+                {"attack": "fgsm", "eps": 0.01, "loss": 0.9, "acc": 70.0, "n": 100},
+                {"attack": "pgd", "eps": 0.01, "loss": 1.0, "acc": pgd, "n": 100},
+            ],
+        )
+    _write_run(runs, "other", ["batch.size=32"], 91.0, 20, 32)  # no robust rows
+    rows = R.table(R.collect(tmp_path / "s"))
+    assert R.robust_columns(rows) == ["clean", "fgsm 0.01", "pgd 0.01"]
+    row = next(r for r in rows if r["batch"] == 64)
+    assert row["robust"] == {"clean": 90.0, "fgsm 0.01": 70.0, "pgd 0.01": 45.0}
+    md = R.cost_markdown(rows)
+    assert "| batch | method | clean | fgsm 0.01 | pgd 0.01 |" in md
+    assert (
+        "| 64 | BL | 90.00 | 70.00 | 45.00 |" in md and "| 32 | BL |" not in md.split("Robust")[1]
+    )
+    back = list(csv.DictReader(io.StringIO(R.to_csv(rows))))
+    assert back[1]["robust_pgd_0.01"] == "45.0" and back[0]["robust_pgd_0.01"] == ""
+
+
+def test_bad_robust_rows_make_the_run_unreadable(tmp_path):
+    runs = tmp_path / "s" / "runs"
+    _write_run(runs, "good", ["batch.size=64"], 80.0, 10, 64)
+    bad = _write_run(runs, "bad", ["batch.size=64", "train.seed=1"], 80.0, 10, 64)
+    _with_summary(bad, robust=[{"attack": "fgsm"}])
+    recs = R.collect(tmp_path / "s")
+    assert len(recs) == 1 and "'robust'" in recs.unreadable["bad"]
+
+
+def test_rich_output_has_a_caption_paragraph_and_cost_table(sweep_dir):
+    buf = io.StringIO()
+    R.make_report(sweep_dir, console=Console(file=buf, width=100))
+    text = buf.getvalue()
+    # the caption is one paragraph at the console's width, not wrapped into table columns
+    assert "Final-epoch test accuracy (%), mean ± std over 2 seeds / mean number of SGD" in text
+    assert "cost: sweep" in text and "to target" in text
+
+
+def test_figure_titles_name_sweep_dataset_and_model(sweep_dir, monkeypatch):
+    titles = []
+    real = R._save
+
+    def spy(fig, path):
+        titles.append(fig._suptitle.get_text() if fig._suptitle else fig.axes[0].get_title())
+        return real(fig, path)
+
+    monkeypatch.setattr(R, "_save", spy)
+    res = R.make_report(sweep_dir)
+    assert len(titles) == len(res.plots) == 5
+    for t in titles:
+        assert "sweep" in t and "digits, small_cnn (width 16)" in t
+
+
+# --- issue 15, pictures and terminal tables (looked at on the Fashion-MNIST sweep) -----------
+
+
+def _figures(monkeypatch):
+    """Every figure make_report saves, by file name, kept open (and drawn) for inspection."""
+    figs = {}
+
+    def spy(fig, path):
+        fig.canvas.draw()  # tick labels are only formatted when drawn
+        figs[path.name] = fig
+        path.write_bytes(b"")
+        return path
+
+    monkeypatch.setattr(R, "_save", spy)
+    return figs
+
+
+def _labels(axis):
+    return [t.get_text() for t in axis.get_ticklabels() if t.get_text()]
+
+
+@pytest.mark.parametrize(
+    "lo, hi, want",
+    [
+        (128, 16384, ["128", "256", "512", "1024", "2048", "4096", "8192", "16384"]),
+        (16, 16384, ["16", "64", "256", "1024", "4096", "16384"]),  # the top one is kept
+        (32, 32, ["32"]),
+    ],
+)
+def test_log2_batch_axis_has_plain_labels(lo, hi, want):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [lo, hi])
+    ax.set_yscale("log", base=2)
+    R._log2_axis(ax.yaxis, [lo, hi])
+    fig.canvas.draw()
+    got = _labels(ax.yaxis)
+    plt.close(fig)
+    assert got == want and len(got) <= R.LOG2_TICKS
+
+
+def test_trajectories_are_small_multiples_with_plain_log2_labels(sweep_dir, monkeypatch):
+    figs = _figures(monkeypatch)
+    R.make_report(sweep_dir)
+    fig = figs["trajectories.png"]
+    axes = fig.axes
+    assert len(axes) == 3 * 2  # one row per method (BL, ABSA): batch, lr, lambda_max
+    assert [axes[1].get_title(), axes[4].get_title()] == ["BL", "ABSA"]
+    batch_labels = _labels(axes[0].yaxis)
+    assert batch_labels[0] == "16" and batch_labels[-1] == "512"
+    every = [t for ax in axes for axis in (ax.xaxis, ax.yaxis) for t in _labels(axis)]
+    assert not [t for t in every if "10^" in t or "$" in t or "times" in t]
+    # seeds thin, their mean bold: ABSA at 512 has two seeds, so three lines per panel
+    absa_batch = axes[3]
+    widths = sorted(ln.get_linewidth() for ln in absa_batch.lines if ln.get_color() == "C1")
+    assert len(widths) == 3 and widths[0] < 1 < widths[-1]
+    assert "sweep" in fig._suptitle.get_text() and "digits" in fig._suptitle.get_text()
+
+
+def test_accuracy_vs_batch_zooms_on_the_top_cells(tmp_path, monkeypatch):
+    runs = tmp_path / "s" / "runs"
+    grow = ["batch.size=16", "schedule.max_batch=512"]
+    _write_run(runs, "bl16", ["batch.size=16"], 90.6, 100, 16)
+    _write_run(runs, "bl512", ["batch.size=512"], 70.0, 10, 512)
+    _write_run(runs, "gg", [*grow, "schedule.method=gg"], 90.5, 40, 512)
+    _write_run(runs, "abs", [*grow, "schedule.method=abs"], 89.8, 20, 512)
+    _write_run(runs, "absa", [*grow, "schedule.method=absa"], 89.6, 19, 512)
+    figs = _figures(monkeypatch)
+    R.make_report(tmp_path / "s")
+    full, zoom = figs["accuracy_vs_batch.png"].axes[:2]
+    assert full.get_ylim()[0] < 70.0  # the overview shows everything
+    assert _labels(zoom.xaxis) == ["BL", "GG", "ABS", "ABSA"]  # one slot per top cell
+    lo, hi = zoom.get_ylim()
+    assert 88.0 < lo < 89.6 and 90.6 < hi < 92.0  # ~0.2 pt per cell spacing is readable
+    texts = " ".join(t.get_text() for t in zoom.texts)
+    assert "89.80" in texts and "89.60" in texts  # the values are written on
+    assert "not in the zoom" in texts and "BL 70.0" in texts
+    legend = [t.get_text() for t in zoom.get_legend().get_texts()]
+    assert legend == ["BL at B = 16: 90.60%", "target 89.60% (1 pt below it)"]
+
+
+def test_one_seed_prints_n_in_the_terminal_too(tmp_path):
+    runs = tmp_path / "s" / "runs"
+    _write_run(runs, "bl", ["batch.size=64"], 98.5, 10, 64)
+    buf = io.StringIO()
+    R.make_report(tmp_path / "s", console=Console(file=buf, width=100))
+    text = buf.getvalue()
+    assert "98.50 (n=1) / 10" in text and "± 0.00" not in text and "1 seed" in text
+
+
+def test_wide_tables_are_transposed_or_split_on_a_narrow_terminal(tmp_path):
+    runs = tmp_path / "s" / "runs"
+    for i, lr in enumerate((0.01, 0.02, 0.05, 0.1, 0.2, 0.4)):
+        _write_run(runs, f"bl-{i}", ["batch.size=64", f"optim.lr={lr}"], 90.0 + i, 10, 64)
+    grow = ["batch.size=16", "schedule.method=absa", "schedule.max_batch=512"]
+    _write_run(runs, "dur", [*grow, "schedule.eigenvalue_trigger=false"], 85.0, 12, 512)
+    rows = R.table(R.collect(tmp_path / "s"))
+    wide = Console(file=io.StringIO(), width=300)
+    assert R.rich_tables(rows, "t", wide)[1] is False  # the paper's shape when it fits
+    buf = io.StringIO()
+    R.make_report(tmp_path / "s", console=Console(file=buf, width=80))
+    text = buf.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "shown transposed" in text
+    for label in ("BL (lr=0.01)", "BL (lr=0.4)", "ABSA (duration only)", "not reached"):
+        assert label in text  # headers and cells are never wrapped or cut ...
+    assert "…" not in text
+    for i in range(6):
+        assert f"{90 + i:.2f} (n=1)" in text  # ... so every cell is readable
+    assert "cost: s (1/2)" in text and "cost: s (2/2)" in text  # split, batch/method repeated
+    assert text.count("ABSA (duration only)") >= 3
+
+
+def test_fit_tables_splits_columns_and_repeats_the_keys():
+    header = ["batch", "method", *(f"column {i}" for i in range(12))]
+    lines = [["128", "BL", *(f"{i}.00" for i in range(12))]]
+    narrow = Console(file=io.StringIO(), width=60)
+    parts = R.fit_tables(narrow, "t", header, lines, keys=2, left=(1,))
+    assert len(parts) > 1
+    names = [[c.header for c in p.columns] for p in parts]
+    assert all(n[:2] == ["batch", "method"] for n in names)
+    assert [h for n in names for h in n[2:]] == header[2:]
+    assert len(R.fit_tables(None, "t", header, lines)) == 1  # no console: one table
+
+
+def test_replay_of_a_moved_sweep_finds_its_source_next_to_it(tmp_path, monkeypatch):
+    runs = tmp_path / "committed" / "runs"
+    grow = ["batch.size=16", "schedule.method=absa", "schedule.max_batch=512"]
+    _write_run(runs, "absa-s0", grow, 80.0, 10, 512)
+    # recorded where the sweep ran: relative to another working directory, gone now
+    _write_run(runs, "replay-s0", ["batch.size=16", "schedule.method=replay",
+               "schedule.replay_from=sweeps/elsewhere/runs/absa-s0"], 80.0, 10, 512)  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    rows = R.table(R.collect(tmp_path / "committed"))
+    assert [(r["batch"], r["column"]) for r in rows] == [(512, "ABSA"), (512, "replay of ABSA")]
+
+
+def test_integral_float_variants_print_as_integers(tmp_path):
+    runs = tmp_path / "s" / "runs"
+    for w in (2, 5):
+        over = ["batch.size=256", "schedule.method=fb", "schedule.ref_batch=32"]
+        _write_run(runs, f"fb-{w}", [*over, f"schedule.warmup_epochs={w}"], 80.0, 10, 256)
+    rows = R.table(R.collect(tmp_path / "s"))
+    assert [r["column"] for r in rows] == ["FB (warmup_epochs=2)", "FB (warmup_epochs=5)"]

@@ -12,7 +12,7 @@ import torch
 
 from absa import checkpoint as ckpt_io
 from absa import rundir as R
-from absa import train as T
+from absa import trainer as T
 from absa.runlog import read_metrics
 
 
@@ -193,3 +193,22 @@ def test_run_name_escape_writes_nothing_from_the_cli(tmp_path):
 def test_default_run_name_is_safe_for_any_config_stem(tiny_cfg):
     assert T.default_run_name(tiny_cfg(), "my config (v2)") == "my_config_v2-bl-b64-s0"
     assert T.default_run_name(tiny_cfg(), "../..") == "run-bl-b64-s0"
+
+
+def test_planted_symlinks_are_not_followed(tmp_path):
+    """run.lock or metrics.jsonl planted as a symlink to another file: the lock refuses it
+    and the metrics append fails, leaving the target untouched."""
+    from absa import rundir
+    from absa.runlog import METRICS, RunLog
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / rundir.LOCK).symlink_to(victim)
+    with pytest.raises(rundir.RunFolderError, match="symlink"):
+        rundir.RunLock(run).acquire()
+    (run / METRICS).symlink_to(victim)
+    with pytest.raises(OSError):
+        RunLog(run, enabled=True).append_metrics({"epoch": 0})
+    assert victim.read_text() == "precious\n"

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from absa import config as C
-from absa import train as T
+from absa import trainer as T
 from absa.hessian import LinearSoftmaxHessian, rayleigh_stderr, top_eigen
 from absa.probes import NoiseMeter
 from absa.runlog import read_metrics
@@ -238,3 +238,12 @@ def test_new_methods_train_from_the_digits_absa_config(method, tmp_path):
         assert [r["batch_size"] for r in rows] == [32, 160, 160]  # B / rho at the decay
         assert rows[1]["lr"] == pytest.approx(0.05 * math.sqrt(0.2))
     assert s.epochs == 3
+
+
+def test_split_steps_are_evenly_spaced_and_all_when_asked_for_more():
+    from absa.trainer import _split_steps
+
+    assert _split_steps(43, 0) == set()
+    assert _split_steps(10, 4) == {0, 2, 5, 8}  # round(i * 10 / 4), i < 4 (half to even)
+    for k in (43, 44, 10**6):
+        assert _split_steps(43, k) == set(range(43))

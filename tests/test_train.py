@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from absa import checkpoint as ckpt_io
-from absa import train as T
+from absa import trainer as T
 from absa.data import load_data
 from absa.distributed import DistEnv
 from absa.models import build_model
@@ -154,7 +154,7 @@ def test_nan_loss_stops_with_epoch_and_step_keeping_last_good_checkpoint(
         return out
 
     monkeypatch.setattr(T, "accumulate_gradients", poisoned)
-    with pytest.raises(T.TrainingDiverged, match="epoch 2, step 3"):
+    with pytest.raises(T.TrainingDiverged, match=r"epoch 1, step 2 \(0-based\)"):
         T.run(tiny_cfg("train.epochs=3"), run_dir=tmp_path / "r")
     ck = ckpt_io.load(tmp_path / "r" / "last.pt")
     assert ck["epoch"] == 1
@@ -164,7 +164,9 @@ def test_nan_loss_stops_with_epoch_and_step_keeping_last_good_checkpoint(
 def test_real_divergence_is_caught(tiny_cfg, tmp_path):
     """lr 1e5 (within the config's bound of 1e6) blows up in the first epoch, before any
     checkpoint exists: the message must not promise one."""
-    with pytest.raises(T.TrainingDiverged, match="non-finite loss at epoch 1,") as e:
+    with pytest.raises(
+        T.TrainingDiverged, match="non-finite loss at epoch 0, step [0-9]+ \\(0-based\\)"
+    ) as e:
         T.run(tiny_cfg("optim.lr=1e5", "optim.momentum=0"), run_dir=tmp_path / "r")
     assert "no epoch was completed, so there is no checkpoint" in str(e.value)
 
@@ -210,7 +212,7 @@ def test_replay_needs_a_finished_run_with_enough_epochs(tiny_cfg, tmp_path):
 
 
 def test_final_eval_writes_robust_accuracy_to_the_summary(tiny_cfg, tmp_path):
-    from absa.evaluate import robust_accuracy
+    from absa.evaluation import robust_accuracy
 
     s = T.run(
         tiny_cfg("train.epochs=1", "adversarial.final_eval=true", "adversarial.eval_eps=[0.05]",
@@ -228,3 +230,17 @@ def test_final_eval_writes_robust_accuracy_to_the_summary(tiny_cfg, tmp_path):
     model.load_state_dict(_weights(tmp_path / "r"))
     fgsm = robust_accuracy(model, data.test, DistEnv(), [0.05], "fgsm", limit=100)[0.05]
     assert fgsm.acc == rows[1]["acc"]
+
+
+def test_a_growth_at_the_last_epoch_is_marked_not_applied(tiny_cfg, tmp_path):
+    """Growth decided after the final epoch: logged with effective false, left out of the
+    summary (no epoch ran at that batch), and applied once the run is extended."""
+    lines = []
+    grow = ("schedule.method=abs", "schedule.max_batch=256", "schedule.duration=1")
+    s = T.run(tiny_cfg(*grow), run_dir=tmp_path / "r", log=lines.append)
+    recs = read_metrics(tmp_path / "r")
+    assert [r["growth"]["effective"] for r in recs] == [True, False]
+    assert [g["new_batch"] for g in s.growths] == [128] and s.final_batch == 128
+    assert "last epoch: not applied" in lines[-1] and lines[-1].startswith("epoch 1/1 ")
+    s = T.run(tiny_cfg(*grow, "train.epochs=3"), run_dir=tmp_path / "r", resume=True)
+    assert [g["new_batch"] for g in s.growths] == [128, 256] and s.final_batch == 256

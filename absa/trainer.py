@@ -39,6 +39,7 @@ from absa.checkpoint import atomic_write_text
 from absa.config import Config, ConfigError, from_dict, to_dict
 from absa.data import (
     Data,
+    FolderSplit,
     apply_augment,
     augment_params,
     epoch_permutation,
@@ -47,10 +48,13 @@ from absa.data import (
     local_positions,
     micro_batches,
     resolve_augment,
+    stream_batches,
 )
-from absa.evaluate import EvalResult, evaluate, robustness
+from absa.evaluation import EvalResult, evaluate, robustness
 from absa.hessian import select_params
-from absa.models import build_from_config
+from absa.loggers import MultiLogger, make_loggers
+from absa.models import build_from_config, code_imports
+from absa.optim import build_optimizer
 from absa.probes import (
     NoiseMeter,
     ProbeResult,
@@ -82,6 +86,9 @@ class Summary:
     eval_seconds: float
     growths: list[dict[str, Any]] = field(default_factory=list)
     robust: list[dict[str, Any]] = field(default_factory=list)  # adversarial.final_eval rows
+    start_batch: int = 0  # batch.size, the first epoch's batch
+    start_lr: float = 0.0  # optim.lr
+    bl_updates: int = 0  # updates BL at start_batch would take for these epochs (one process)
 
 
 # --- construction -------------------------------------------------------------------------
@@ -119,14 +126,8 @@ def replay_trajectory(run_dir: Path | None, epochs: int) -> dict[str, list[Any]]
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    o = cfg.optim
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=o.lr,
-        momentum=o.momentum,
-        weight_decay=o.weight_decay,
-        nesterov=o.nesterov and o.momentum > 0,
-    )
+    """``cfg.optim``'s optimizer (absa.optim; the default is the plain SGD of the paper)."""
+    return build_optimizer(model, cfg)
 
 
 def default_run_name(cfg: Config, stem: str = "run") -> str:
@@ -274,7 +275,8 @@ def _split_steps(n_steps: int, k: int) -> set[int]:
     """``k`` evenly spaced step indices of an epoch of ``n_steps`` (all when k >= n_steps)."""
     if k <= 0:
         return set()
-    return {round(i * n_steps / k) for i in range(min(k, n_steps))}
+    k = min(k, n_steps)
+    return {round(i * n_steps / k) for i in range(k)}
 
 
 def train_epoch(
@@ -285,7 +287,7 @@ def train_epoch(
     env: D.DistEnv,
     policy: Policy,
     epoch: int,
-    on_step: Callable[[int, int, float], None] | None = None,
+    on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
     noise: NoiseMeter | None = None,
     rt: Runtime | None = None,
 ) -> EpochStats:
@@ -299,7 +301,10 @@ def train_epoch(
     n = len(data.train)
     seed = cfg.train.seed
     perm = epoch_permutation(n, seed, epoch)
+    folder = isinstance(data.train, FolderSplit)
     mode = resolve_augment(cfg.data.augment, data.info)
+    if folder and data.train.augments:  # the loader's RandomResizedCrop + flip replace it
+        mode = "none"
     aug = augment_params(n, seed, epoch, mode, data.info.image_size)
     batches = global_batches(n, plan.batch_size)
     if env.distributed and len(batches[-1]) < env.world_size:
@@ -318,9 +323,14 @@ def train_epoch(
         adv_mask = _adversarial_mask(batch_pos, local, plan.adv_fraction)
 
         def micro_iter(local=local, adv_mask=adv_mask):
-            for mb in micro_batches(torch.arange(len(local)), rt.micro):
+            chunks = micro_batches(torch.arange(len(local)), rt.micro)
+            if folder:  # decoded ahead by the split's persistent workers
+                sizes = [len(mb) for mb in chunks]
+                xys = stream_batches(data.train, perm[local], sizes, True, epoch, seed)
+            else:
+                xys = (data.train.get(perm[local[mb]]) for mb in chunks)
+            for mb, (x, y) in zip(chunks, xys, strict=True):
                 pos = local[mb]
-                x, y = data.train.get(perm[pos])
                 x = apply_augment(x, aug.take(pos) if aug is not None else None)
                 yield x, y, adv_mask[mb]
 
@@ -348,7 +358,7 @@ def train_epoch(
         stats[:3] += out
         stats[3] += int(adv_mask.sum())
         if on_step is not None:
-            on_step(step + 1, len(batches), lr)
+            on_step(step + 1, len(batches), _step_info(plan, lr, stats, out))
     total = env.all_reduce_sum(stats.to(env.device)).cpu()
     count = max(total[2].item(), 1.0)
     return EpochStats(
@@ -358,6 +368,21 @@ def train_epoch(
         samples=int(total[2].item()),
         adv_samples=int(total[3].item()),
     )
+
+
+def _step_info(plan: Any, lr: float, stats: torch.Tensor, out: torch.Tensor) -> dict[str, Any]:
+    """What ``on_step`` gets after a step: its settings, this step's mean loss and the
+    epoch's running mean loss / accuracy so far (this rank's samples)."""
+    seen = max(stats[2].item(), 1.0)
+    return {
+        "phase": "train",
+        "lr": lr,
+        "batch_size": plan.batch_size,
+        "adv_fraction": plan.adv_fraction,
+        "step_loss": out[0].item() / max(out[2].item(), 1.0),
+        "loss": stats[0].item() / seen,
+        "acc": 100.0 * stats[1].item() / seen,
+    }
 
 
 def _attack_kw(cfg: Config) -> dict[str, Any]:
@@ -375,12 +400,12 @@ def _check_finite(step_loss: torch.Tensor, env: D.DistEnv, epoch: int, step: int
     bad = torch.tensor([0.0 if math.isfinite(step_loss.item()) else 1.0], device=env.device)
     if env.all_reduce_sum(bad).item() > 0:
         kept = (
-            f"last.pt keeps epoch {epoch} (the last completed one)"
+            f"last.pt keeps epoch {epoch - 1} (the last completed one)"
             if epoch > 0
             else "no epoch was completed, so there is no checkpoint"
         )
-        raise TrainingDiverged(  # 1-based, as in the epoch log lines
-            f"non-finite loss at epoch {epoch + 1}, step {step + 1}; {kept}"
+        raise TrainingDiverged(  # 0-based, as everywhere (console and files)
+            f"non-finite loss at epoch {epoch}, step {step} (0-based); {kept}"
         )
 
 
@@ -410,7 +435,7 @@ def _checkpoint_payload(
         "growths": st.growths,
         "hessian_vector": st.hessian_vector,
         "config": to_dict(cfg),
-        "arch": D.unwrap(model).arch,
+        "arch": getattr(D.unwrap(model), "arch", type(D.unwrap(model)).__name__),
         "rng": ckpt_io.rng_state(),
         "signals": st.noise.state_dict() if st.noise is not None else None,
     }
@@ -419,17 +444,21 @@ def _checkpoint_payload(
 def check_resume_config(
     cfg: Config, stored: dict[str, Any], source: str, done_epochs: int | None = None
 ) -> None:
-    """A resumed run must use the stored config; only train.epochs may change, and never to
-    fewer epochs than the checkpoint has completed (config and summary would disagree)."""
+    """A resumed run must use the stored config; only train.epochs (never to fewer epochs
+    than the checkpoint has completed: config and summary would disagree) and the ``log``
+    section (where metrics are mirrored, not what is trained) may change."""
     if done_epochs is not None and cfg.train.epochs < done_epochs:
         raise ConfigError(
             f"{source}: train.epochs={cfg.train.epochs} is fewer than the {done_epochs} epochs "
             "this run has completed; a run can be extended, not shortened"
         )
-    old = to_dict(from_dict(stored, source))
+    with code_imports("skip"):  # compared, not built: a module:function is not imported
+        old = to_dict(from_dict(stored, source))
     new = to_dict(cfg)
     diffs = []
     for section, values in new.items():
+        if section == "log":
+            continue
         for key, value in values.items():
             if (section, key) == ("train", "epochs"):
                 continue
@@ -457,25 +486,32 @@ def check_divisible(cfg: Config, world: int) -> None:
 
 
 def prepare_run_dir(cfg: Config, stem: str, resume: Path | None) -> Path:
-    """The run folder to use, checked: a fresh start needs an empty one, a resume one that
-    holds a run; neither may be in use by a live process (see absa.rundir)."""
+    """The run folder to use (``resume``, else train.out_dir/train.run_name), checked by
+    ``check_run_dir``."""
     run_dir = (
         Path(resume)
         if resume is not None
         else Path(cfg.train.out_dir) / (cfg.train.run_name or default_run_name(cfg, stem))
     )
+    return check_run_dir(run_dir, resume is not None)
+
+
+def check_run_dir(run_dir: Path, resume: bool) -> Path:
+    """A fresh start needs an empty folder, a resume one that holds a run; neither may be in
+    use by a live process (see absa.rundir). Returns ``run_dir``."""
+    run_dir = Path(run_dir)
     pid = holder(run_dir)
     if pid is not None:
         who = f"pid {pid}" if pid > 0 else "another process"
         raise RunFolderError(f"{run_dir}: in use by {who} (a run writing this folder)")
     now = state(run_dir)
-    if resume is None and now != "empty":
+    if not resume and now != "empty":
         what = "a finished run (summary.json)" if now == "finished" else "a run (last.pt)"
         raise RunFolderError(
             f"{run_dir}: already holds {what}; pass --resume {run_dir} to continue or extend "
             "it, or choose another train.run_name"
         )
-    if resume is not None and now == "finished" and not (run_dir / ckpt_io.LAST).is_file():
+    if resume and now == "finished" and not (run_dir / ckpt_io.LAST).is_file():
         raise RunFolderError(
             f"{run_dir}: holds a finished run whose last.pt was deleted; it cannot be resumed"
         )
@@ -503,6 +539,7 @@ class _Run:
     runlog: RunLog
     totals: dict[str, float]
     rt: Runtime
+    logger: MultiLogger = field(default_factory=lambda: MultiLogger([]))
 
 
 def run(
@@ -513,7 +550,33 @@ def run(
     log: Callable[[str], None] | None = None,
     progress: ProgressFactory | None = None,
 ) -> Summary:
-    """Train per ``cfg``; write metrics and checkpoints into ``run_dir`` (rank 0 only).
+    """Train per ``cfg``; write metrics and checkpoints into ``run_dir`` (rank 0 only)."""
+    return execute(cfg, env, run_dir, resume, log, progress).summary
+
+
+@dataclass
+class Trained:
+    """What ``execute`` returns: the summary, the trained (bare) model, its data, the folder."""
+
+    summary: Summary
+    model: nn.Module
+    data: Data
+    run_dir: Path
+
+
+def execute(
+    cfg: Config,
+    env: D.DistEnv | None = None,
+    run_dir: Path | None = None,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+    progress: ProgressFactory | None = None,
+    model: nn.Module | None = None,
+    data: Data | None = None,
+) -> Trained:
+    """``run``, optionally with the caller's own ``model`` (an nn.Module following
+    absa.models' shape: ``classifier`` head and ``features``; inputs in [0, 1] pixels) and
+    ``data`` (absa.data.Data) instead of the ones ``cfg`` names.
 
     Rank 0 holds the run folder's lock (absa.rundir) from before the first write to the end.
     """
@@ -522,24 +585,27 @@ def run(
     say = log if (log is not None and env.is_main) else (lambda _msg: None)
     _seed_everything(cfg)
     check_divisible(cfg, env.world_size)
-    data = load_data(cfg.data)  # bad data fails before anything is written
+    data = data if data is not None else load_data(cfg.data)  # fails before any write
     for split in ("train", "test"):
         moved, note = to_device_data(getattr(data, split), env.device, cfg.data.on_device)
         setattr(data, split, moved)
         if note and split == "train":
             say(note)
-    model = build_from_config(cfg.model, data.info).to(env.device)
+    model = (model if model is not None else build_from_config(cfg.model, data.info)).to(env.device)
     if cfg.schedule.method in ("abs", "absa", "hybrid"):  # a bad block fails before epoch 1
         try:
             select_params(model, cfg.hessian.block)
         except ValueError as err:
             raise ConfigError(f"hessian.block: {err}") from None
     lock = RunLock(run_dir).acquire() if env.is_main else None
+    r = None
     try:
         r = _open(cfg, env, run_dir, data, model, resume, say)
         test = _train_epochs(r, progress, say)
-        return _finish(r, test)
+        return Trained(_finish(r, test), model, data, run_dir)
     finally:
+        if r is not None:
+            r.logger.close()
         if lock is not None:
             lock.release()
 
@@ -593,7 +659,11 @@ def _open(
             totals[k] += rec.get(f"{k}_seconds", 0.0) or 0.0
     if cfg.batch.max_micro_batch == "auto" and not resume:
         rt.micro = _auto_micro(cfg, env, data, model, rt, run_dir, say)
-    return _Run(cfg, env, run_dir, data, model, optimizer, policy, st, runlog, totals, rt)
+    logger = MultiLogger([])
+    if env.is_main:
+        # a start that completed no epoch leaves step lines behind too: always trim
+        logger = make_loggers(cfg.log, run_dir, to_dict(cfg), st.updates)
+    return _Run(cfg, env, run_dir, data, model, optimizer, policy, st, runlog, totals, rt, logger)
 
 
 def _auto_micro(
@@ -651,7 +721,8 @@ def _train_epochs(
     test = None
     for epoch in range(st.epoch, cfg.train.epochs):
         plan = r.policy.plan(epoch)
-        on_step = progress(epoch, cfg.train.epochs) if progress and env.is_main else None
+        bar = progress(epoch, cfg.train.epochs) if progress and env.is_main else None
+        on_step = _step_hook(bar, r.logger, st.updates, cfg.log.every_steps)
         t0 = time.perf_counter()
         tr = train_epoch(
             ddp_model, r.optimizer, r.data, cfg, env, r.policy, epoch, on_step, st.noise, r.rt
@@ -661,13 +732,19 @@ def _train_epochs(
 
         probe = None
         if plan.probe and overhead_allows(cfg, totals, env):
+            if bar is not None:
+                bar(0, 0, {"phase": "hessian"})
             probe = hessian_probe(r.model, r.data, cfg, env, probe_idx, epoch, st.hessian_vector)
             st.hessian_vector = probe.vector
+            if bar is not None:
+                bar(1, 1, {"phase": "hessian", "lambda_max": probe.eigenvalue})
         signals = measure(plan.wants, probe, st.noise)
         growth: Growth | None = r.policy.observe(epoch, signals)
         if growth is not None:
             st.growths.append(asdict(growth))
 
+        if bar is not None:
+            bar(0, 0, {"phase": "eval"})
         t1 = time.perf_counter()
         with r.rt.precision.autocast():
             test = evaluate(r.model, r.data.test, env, cfg.train.eval_batch)
@@ -685,9 +762,28 @@ def _train_epochs(
             extra = {"scaler": r.rt.precision.state_dict(), "micro_batch": r.rt.micro}
             ckpt_io.save(r.run_dir / ckpt_io.LAST, {**payload, **extra, "record": record})
         r.runlog.append_metrics(record)
+        r.logger.log_epoch(record)
         env.barrier()
         say(_epoch_line(record, cfg.train.epochs))
     return test
+
+
+def _step_hook(
+    bar: Callable[..., None] | None, logger: MultiLogger, done: int, every: int
+) -> Callable[[int, int, dict[str, Any]], None] | None:
+    """``on_step`` for train_epoch: the live bar, and the loggers' step scalars every
+    ``every`` SGD updates (``done`` = updates before this epoch; None when neither wants it)."""
+    if bar is None and not len(logger):
+        return None
+
+    def hook(step: int, n_steps: int, info: dict[str, Any]) -> None:
+        if bar is not None:
+            bar(step, n_steps, {**info, "updates": done + step})
+        if len(logger) and (done + step) % every == 0:
+            keys = ("lr", "batch_size", "adv_fraction", "step_loss", "loss", "acc")
+            logger.log_step(done + step, {k: info[k] for k in keys})
+
+    return hook
 
 
 def _epoch_record(
@@ -721,7 +817,11 @@ def _epoch_record(
         "lambda_max_stderr": probe.stderr if probe else None,
         "hessian_hvps": probe.n_hvp if probe else 0,
         "probe_skipped": plan.probe and probe is None,
-        "growth": asdict(growth) if growth else None,
+        # effective false: decided at the last epoch, so no epoch of this run trained at it
+        # (it applies if the run is extended with --resume train.epochs=...)
+        "growth": {**asdict(growth), "effective": epoch + 1 < r.cfg.train.epochs}
+        if growth
+        else None,
         "vetoed": epoch in getattr(r.policy, "vetoes", ()),  # hybrid: a growth the noise vetoed
         **noise,
         "train_seconds": times["train"],
@@ -760,8 +860,11 @@ def _finish(r: _Run, test: EvalResult | None) -> Summary:
         train_seconds=r.totals["train"],
         hessian_seconds=r.totals["hessian"],
         eval_seconds=r.totals["eval"],
-        growths=st.growths,
+        growths=[g for g in st.growths if g["epoch"] + 1 < st.epoch],  # effective ones
         robust=robust,
+        start_batch=cfg.batch.size,
+        start_lr=cfg.optim.lr,
+        bl_updates=st.epoch * math.ceil(len(r.data.train) / cfg.batch.size),
     )
     r.runlog.write_summary(asdict(summary))
     return summary
@@ -772,10 +875,11 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
     grow = ""
     if r["growth"]:
         g = r["growth"]
-        grow = f" -> batch {g['new_batch']} ({g['trigger']})"
+        late = "" if g.get("effective", True) else "; last epoch: not applied"
+        grow = f" -> batch {g['new_batch']} ({g['trigger']}{late})"
     adv = f" adv {r['adv_fraction']:.3g}" if r["adv_fraction"] or r["method"] == "absa" else ""
     return (
-        f"epoch {r['epoch'] + 1}/{epochs} {r['method']} batch {r['batch_size']} "
+        f"epoch {r['epoch']}/{epochs - 1} {r['method']} batch {r['batch_size']} "
         f"lr {r['lr']:.4g}{adv} "
         f"updates {r['updates']} train {r['train_loss']:.4f}/{r['train_acc']:.2f}% "
         f"test {r['test_loss']:.4f}/{r['test_acc']:.2f}%{lam}{grow} "
