@@ -231,7 +231,9 @@ def accumulate_gradients(
             if noise is not None and split and first and last and len(y) >= 2:
                 _half_gradient(noise, out, y, params)
             rt.precision.backward(loss_sum * scale)
-        if noise is not None and not (last and env.distributed):
+        # the last micro-batch under DDP holds all-reduced gradients, and a step's only one on
+        # a single process is the whole batch: neither is a small-batch estimate (b < B)
+        if noise is not None and not (last and (env.distributed or first)):
             noise.micro_done(params, len(y), scale * rt.precision.loss_scale)
         first = False
         stats[0] += loss_sum.detach().double().cpu()
