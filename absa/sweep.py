@@ -579,6 +579,8 @@ class PointJob:
         folder = Path(task.folder)
         if status(folder) == "done":
             return _summary(folder)
+        if rank == 0 and status(folder) == "running":  # another sweep's process has it
+            raise PointFailed(f"{folder}: in use by pid {holder(folder)}; not started twice")
         resume = (folder / LAST).is_file()
         cmd = command(task, resume, torchrun=not per_task)
         if rank == 0:
@@ -771,6 +773,12 @@ def _local_loop(
         while queue or running:
             while queue and len(running) < max_parallel:
                 p = queue.pop(0)
+                now = status(p)  # again: another sweep may have taken or finished it since
+                if now in ("running", "done"):
+                    say(f"skip {p.name}: {now} (another process, since this sweep started)")
+                    if now == "done":
+                        result.skipped.append(p.name)
+                    continue
                 task = _task(p, sweep.nproc)
                 resume = (p.folder / LAST).is_file()
                 cmd = command(task, resume, torchrun=True)

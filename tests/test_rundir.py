@@ -212,3 +212,40 @@ def test_planted_symlinks_are_not_followed(tmp_path):
     with pytest.raises(OSError):
         RunLog(run, enabled=True).append_metrics({"epoch": 0})
     assert victim.read_text() == "precious\n"
+
+
+def test_real_kill_9_mid_run_then_resume_is_exact(tmp_path):
+    """`absa train` killed by SIGKILL three times at arbitrary points (mid-epoch, mid-write)
+    and resumed each time ends with the weights of an uninterrupted run and one metrics line
+    per epoch."""
+    common = [
+        sys.executable, "-m", "absa", "train", "data.name=digits", "model.name=mlp",
+        "model.width=8", "batch.size=16", "train.epochs=8", "train.threads=1",
+        "optim.decay_epochs=[6]", f"train.out_dir={tmp_path}",
+    ]  # fmt: skip
+    ref = subprocess.run([*common, "train.run_name=ref"], capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    run = tmp_path / "killed"
+    for kill_after, delay in ((1, 0.13), (3, 0.05), (5, 0.21)):
+        args = [*common, "train.run_name=killed"]
+        if (run / "last.pt").exists():
+            args = [sys.executable, "-m", "absa", "train", "--resume", str(run)]
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 120
+        while len(_epochs(run)) < kill_after and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        time.sleep(delay)
+        assert proc.poll() is None, "the run ended before the kill: make it longer"
+        proc.kill()  # SIGKILL
+        proc.wait()
+    res = subprocess.run(
+        [sys.executable, "-m", "absa", "train", "--resume", str(run)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert _epochs(run) == list(range(8))
+    a = torch.load(run / "last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in b)

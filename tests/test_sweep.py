@@ -459,3 +459,30 @@ def test_killed_sweep_takes_its_training_child_with_it(tmp_path):
     assert _gone(child)
     epochs = [json.loads(ln)["epoch"] for ln in (folder / "metrics.jsonl").read_text().splitlines()]
     assert epochs == list(range(len(epochs))) and len(epochs) < 400
+
+
+def test_a_point_taken_by_another_process_after_the_start_is_left_alone(tmp_path):
+    """Status is read again just before a point starts: a point another sweep took while
+    this one ran its first point is skipped (no false 'failed', its files untouched)."""
+    from absa.rundir import RunLock
+
+    path = _tiny(tmp_path, {"train.seed": [0, 1]}, local={"max_parallel": 1})
+    s1 = S.expand(S.load_sweep(path))[1]
+    lock = RunLock(s1.folder)
+    (s1.folder / "metrics.jsonl").parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+
+    def say(msg):
+        lines.append(msg)
+        if msg.startswith("start s0"):  # the other sweep takes s1 now
+            lock.acquire()
+            (s1.folder / "metrics.jsonl").write_text('{"epoch": 0}\n')
+
+    try:
+        res = S.run_sweep(path, say=say)
+    finally:
+        lock.release()
+    assert res.done == ["s0"] and res.failed == [], lines
+    assert any(ln.startswith("skip s1: running") for ln in lines), lines
+    assert (s1.folder / "metrics.jsonl").read_text() == '{"epoch": 0}\n'
+    assert not (s1.folder / S.MARKER).exists()
