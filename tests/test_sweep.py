@@ -1,5 +1,6 @@
 import json
 import pickle
+from pathlib import Path
 
 import pytest
 import yaml
@@ -486,3 +487,15 @@ def test_a_point_taken_by_another_process_after_the_start_is_left_alone(tmp_path
     assert any(ln.startswith("skip s1: running") for ln in lines), lines
     assert (s1.folder / "metrics.jsonl").read_text() == '{"epoch": 0}\n'
     assert not (s1.folder / S.MARKER).exists()
+
+
+def test_shipped_cpu_reproduction_is_the_grid_it_was_run_with():
+    """configs/sweeps/reproduce_cpu.yaml (a grid over digits_bl.yaml): 33 points, only ABSA
+    with adversarial examples, power iteration as when docs/reproduce_cpu was made."""
+    root = Path(__file__).resolve().parent.parent
+    points = S.expand(S.load_sweep(root / "configs" / "sweeps" / "reproduce_cpu.yaml"))
+    assert len(points) == 33 and len({p.name for p in points}) == 33
+    for p in points:
+        absa = p.config.schedule.method == "absa"
+        assert (p.config.adv_fraction > 0) == absa, p.name
+        assert p.config.hessian.method == "power" and p.config.batch.size in (32, 256, 1024)
