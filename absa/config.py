@@ -112,6 +112,10 @@ class DataConfig(Section):
     # imagefolder: training samples through RandomResizedCrop(image_size) + horizontal flip,
     # seeded per sample, in place of data.augment's crop/flip; false = resize + center crop
     folder_augment: bool = False
+    # imagefolder: before the run folder is written, open every image's header (header:
+    # catches non-images), decode every image once (full: also truncated or corrupt data,
+    # about one epoch of decoding), or nothing (none: a bad file stops the run when read)
+    check_images: Literal["header", "full", "none"] = "header"
     # keep tensor datasets (uint8) and their augmentation on the accelerator: auto = on CUDA
     # when the split fits in a quarter of the free memory; no effect on CPU
     on_device: bool | Literal["auto"] = "auto"

@@ -87,17 +87,17 @@ class TensorSplit:
         return self.y
 
 
-def _load_image(path: str) -> Image.Image:
+def _load_image(path: str, decode: bool = True) -> Image.Image | None:
     """ImageFolder's PIL loader (RGB), with a one-line DataError naming an unreadable file
     or one past PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, where PIL
-    would otherwise only warn, up to twice that)."""
+    would otherwise only warn, up to twice that). ``decode=False`` only reads the header."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                return img.convert("RGB")
+                return img.convert("RGB") if decode else None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise DataError(
             f"{path}: image too large, a possible decompression bomb "
@@ -850,14 +850,32 @@ def _read_pair(cfg: DataConfig) -> tuple[TensorSplit, TensorSplit]:
     raise DataError(f"data.name: unknown dataset {cfg.name}")
 
 
-def _folder_split(folder: Path, size: int, num_workers: int, **kw: Any) -> FolderSplit:
-    """An ImageFolder split; DataError naming ``folder`` when it has no class folder, a class
-    folder without images, or no image at all. ``kw``: FolderSplit's transform options."""
+def check_images(paths: Sequence[str], mode: str, threads: int = 1) -> None:
+    """DataError naming the first unreadable file of ``paths``: ``header`` opens each one
+    (not an image, unknown format, decompression bomb), ``full`` also decodes it (truncated
+    or corrupt data); ``none`` checks nothing. Threads: PIL releases the GIL while decoding."""
+    if mode == "none":
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    decode = mode == "full"
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        for _ in pool.map(lambda p: _load_image(p, decode), paths, chunksize=64):
+            pass
+
+
+def _folder_split(
+    folder: Path, size: int, num_workers: int, check: str = "header", **kw: Any
+) -> FolderSplit:
+    """An ImageFolder split, its files checked (``check_images``); DataError naming
+    ``folder`` when it has no class folder, a class folder without images, or no image at
+    all. ``kw``: FolderSplit's transform options."""
     try:
         split = FolderSplit(folder, size, num_workers, **kw)
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"{folder}: no images to load ({_first_line(err)})") from None
     _require_samples(len(split), folder)
+    check_images([p for p, _ in split.folder.samples], check, num_workers)
     return split
 
 
@@ -872,10 +890,11 @@ def _folder_data(cfg: DataConfig) -> Data:
         )
     size = cfg.image_size or 64
     resize = cfg.resize_size
+    check = cfg.check_images
     train = _folder_split(
-        train_dir, size, cfg.num_workers, resize_size=resize, augment=cfg.folder_augment
+        train_dir, size, cfg.num_workers, check, resize_size=resize, augment=cfg.folder_augment
     )
-    test = _folder_split(test_dir, size, cfg.num_workers, resize_size=resize)
+    test = _folder_split(test_dir, size, cfg.num_workers, check, resize_size=resize)
     if train.folder.classes != test.folder.classes:
         raise DataError(f"imagefolder: class folders differ between {train_dir} and {test_dir}")
     mean, std = _CONSTANTS["imagefolder"]

@@ -154,12 +154,13 @@ class Case:
     hooks: list[dict[str, float]] = field(default_factory=list)
     steps: int = 0
     measured: float = 0.0  # steps the meter could use (noise_steps)
+    config: str | None = None  # base config file of the case (None: built-in defaults)
 
 
 def noise_epoch(
     case: Case, base, data: Data, on: bool, epoch: int, env: DistEnv, record: bool
 ) -> None:
-    cfg = C.load(None, case.overrides + [f"signals.noise={'true' if on else 'false'}"])
+    cfg = C.load(case.config, case.overrides + [f"signals.noise={'true' if on else 'false'}"])
     model = copy.deepcopy(base)
     opt = T.make_optimizer(model, cfg)
     policy = T.policy_for(cfg)
@@ -220,10 +221,16 @@ def bench_noise(args: argparse.Namespace, data: Data, env: DistEnv) -> list[Case
         f"\n=== A. noise meter off vs on: train_epoch on {len(data.train)} samples, "
         f"{args.reps} interleaved repetitions (+1 untimed warm-up), medians ==="
     )
+    measure_cases(cases, base, data, env, args.reps)
+    return cases
+
+
+def measure_cases(cases: list[Case], base, data: Data, env: DistEnv, reps: int) -> None:
+    """Interleaved off/on epochs of every case (one untimed warm-up pair), then the table."""
     for case in cases:
         noise_epoch(case, base, data, False, 0, env, record=False)
         noise_epoch(case, base, data, True, 0, env, record=False)
-    for rep in range(args.reps):
+    for rep in range(reps):
         for case in cases:
             order = (False, True) if rep % 2 == 0 else (True, False)
             for on in order:
@@ -256,6 +263,34 @@ def bench_noise(args: argparse.Namespace, data: Data, env: DistEnv) -> list[Case
             f"not counted) vs {1e3 * med(case.off_cpu) / case.steps:.2f} ms of training "
             "(meter off)"
         )
+
+
+def bench_noise_fmnist(args: argparse.Namespace, env: DistEnv) -> list[Case]:
+    """The setting of the Fashion-MNIST sweep (configs/fmnist/base.yaml: batch 128 in one
+    micro-batch, 469 steps per epoch, the default 8 split steps): an epoch of realistic
+    length, where the per-epoch half-batch backwards are a small share."""
+    path = "configs/fmnist/base.yaml"
+    try:
+        cfg = C.load(path, [])
+        data = load_data(cfg.data)
+    except Exception as err:  # the apt package is optional
+        print(f"\n[A'] skipped: {path}: {str(err).splitlines()[0]}")
+        return []
+    cases = [
+        Case(
+            "fmnist",
+            "fashion_mnist, batch 128, 1 micro-batch, split on 8 steps/epoch (default)",
+            ["train.threads=1", f"train.seed={args.seed}"],
+            config=path,
+        )
+    ]
+    torch.manual_seed(args.seed)
+    base = build_from_config(cfg.model, data.info)
+    print(
+        f"\n=== A'. the same on {path} ({len(data.train)} samples), {args.fmnist_reps} "
+        "interleaved repetitions (+1 untimed warm-up), medians ==="
+    )
+    measure_cases(cases, base, data, env, args.fmnist_reps)
     return cases
 
 
@@ -522,6 +557,7 @@ def main() -> None:
     ap.add_argument("--micro", type=int, default=32)
     ap.add_argument("--single-batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fmnist-reps", type=int, default=2, help="0: skip the Fashion-MNIST case")
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -544,6 +580,8 @@ def main() -> None:
     env = DistEnv()
     data = load_data(C.load(args.config, []).data)
     cases = bench_noise(args, data, env)
+    if args.fmnist_reps > 0:
+        cases += bench_noise_fmnist(args, env)
     log, cfg = bench_run(args, data, env)
     h = cfg.hessian
 

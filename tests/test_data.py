@@ -250,7 +250,13 @@ def test_unreadable_image_in_folder(tmp_path, damage, expect, workers):
     bad = tmp_path / "train" / "n02" / "0.png"
     bad.write_bytes(damage(bad.read_bytes()))
     d = D.load_data(
-        DataConfig(name="imagefolder", root=tmp_path, image_size=8, num_workers=workers)
+        DataConfig(
+            name="imagefolder",
+            root=tmp_path,
+            image_size=8,
+            num_workers=workers,
+            check_images="none",
+        )
     )
     assert d.train.get(torch.tensor([0]))[0].shape == (1, 3, 8, 8)  # lazy: good files still load
     with pytest.raises(D.DataError) as e:
@@ -839,7 +845,7 @@ def test_folder_resize_size_then_center_crop(photos):
 def test_unreadable_image_in_a_stream_is_one_line(photos):
     bad = photos / "train" / "n01" / "1.jpg"
     bad.write_bytes(b"not an image")
-    d = _folder(photos, num_workers=2)
+    d = _folder(photos, num_workers=2, check_images="none")  # found late, when read
     order = torch.arange(11)
     with pytest.raises(D.DataError) as e:
         list(d.train.stream(order, 2))
@@ -880,3 +886,40 @@ def test_training_streams_folder_data_the_same_for_any_workers_and_micro_batch(
     assert a.keys() == b.keys()
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "damage, expect, found_by",
+    [
+        (lambda b: b"not a png at all", "not an image file PIL can decode", "header"),
+        (lambda b: b[: len(b) // 2], "unreadable image (image file is truncated", "full"),
+    ],
+)
+def test_bad_images_are_found_before_training(tmp_path, damage, expect, found_by):
+    """data.check_images: header (default) finds a file that is not an image when the data
+    load; full also a truncated one; `absa train` then writes no run folder at all."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from absa.cli import app
+
+    for split in ("train", "val"):
+        for cls in ("n01", "n02"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            arr = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(tmp_path / split / cls / "0.png")
+    bad = tmp_path / "train" / "n02" / "0.png"
+    bad.write_bytes(damage(bad.read_bytes()))
+    base = dict(name="imagefolder", root=tmp_path, image_size=8)
+    if found_by == "full":
+        D.load_data(DataConfig(**base))  # the header is intact: the default check passes
+    with pytest.raises(D.DataError) as e:
+        D.load_data(DataConfig(**base, check_images=found_by))
+    assert _one_line_naming(e, bad).startswith(f"{bad}: {expect}")
+    res = CliRunner().invoke(
+        app,
+        ["train", "data.name=imagefolder", f"data.root={tmp_path}", "data.image_size=8",
+         f"data.check_images={found_by}", "model.name=mlp", f"train.out_dir={tmp_path / 'runs'}"],
+    )  # fmt: skip
+    assert res.exit_code == 2 and str(bad) in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "runs").exists()
