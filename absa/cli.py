@@ -580,10 +580,9 @@ def trajectory_text(summary: Any) -> str:
 def _print_summary(summary: Any) -> None:
     t = Table(title=f"absa train: {summary.run_dir}", show_header=False)
     t.add_row("test accuracy", f"{summary.test_acc:.2f}%  (best {summary.best_test_acc:.2f}%)")
-    for row in summary.robust:
-        t.add_row(
-            f"robust {row['attack']} eps {row['eps']:g}", f"{row['acc']:.2f}%  (n {row['n']})"
-        )
+    for row in summary.robust:  # adversarial.final_eval (on the first eval_limit samples)
+        what = "clean" if row["attack"] == "clean" else f"{row['attack']} eps {row['eps']:g}"
+        t.add_row(f"robust eval: {what}", f"{row['acc']:.2f}%  (n {row['n']})")
     t.add_row("test loss", f"{summary.test_loss:.4f}")
     t.add_row("batch trajectory", trajectory_text(summary))
     t.add_row("final batch size", str(summary.final_batch))

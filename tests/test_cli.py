@@ -665,3 +665,20 @@ def test_out_of_memory_is_one_line(tmp_path):
     res = _train(tmp_path, "data.image_size=4096")
     assert res.exit_code == 2, res.output
     assert "out of memory" in res.output and "Traceback" not in res.output
+
+
+def test_out_of_the_box_run_shows_the_method(tmp_path):
+    """configs/default.yaml grows the batch on the eigenvalue trigger, and the end summary
+    shows the trajectory, the updates against BL at the start batch and robust accuracy."""
+    root = Path(__file__).resolve().parent.parent
+    res = runner.invoke(
+        app, ["train", "-c", str(root / "configs" / "default.yaml"), f"train.out_dir={tmp_path}"]
+    )
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())  # the table may wrap long cells
+    s = json.loads((tmp_path / "default-absa-b32-s0" / "summary.json").read_text())
+    assert s["final_batch"] > 32 and any(g["trigger"] == "eigenvalue" for g in s["growths"])
+    for part in ("batch trajectory", "32 @ lr 0.05", "(eigenvalue)", "BL at batch 32:",
+                 f"{s['bl_updates']}", "robust eval: fgsm eps 0.01"):  # fmt: skip
+        assert part in out, part
+    assert s["bl_updates"] > 2 * s["updates"]
