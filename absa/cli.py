@@ -1080,12 +1080,16 @@ def sweep(
 
 @app.command()
 def report(
-    sweep_dir: Annotated[
-        Path, typer.Argument(metavar="SWEEP_DIR", help="A sweep's out_dir (or a folder of runs).")
+    sweep_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="SWEEP_DIR...",
+            help="A sweep's out_dir (or a folder of runs); several: one report over all.",
+        ),
     ],
     out: Annotated[
         Path | None,
-        typer.Option(help="Where report.md/csv and PNGs go (default SWEEP_DIR/report)."),
+        typer.Option(help="Where report.md/csv and PNGs go (default: the first SWEEP_DIR/report)."),
     ] = None,
 ) -> None:
     """Tables and plots of a sweep's finished runs (report.md, report.csv, PNGs).
@@ -1099,7 +1103,7 @@ def report(
     with _handled():
         from absa.report import make_report
 
-        res = make_report(sweep_dir, out, console=console, warn=_warn)
+        res = make_report(sweep_dirs, out, console=console, warn=_warn)
         _say(f"wrote {res.md_path}, {res.csv_path}, " + ", ".join(str(p) for p in res.plots))
 
 

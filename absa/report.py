@@ -34,7 +34,7 @@ import json
 import math
 import statistics
 import textwrap
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -357,6 +357,23 @@ def collect(sweep_dir: str | Path) -> Collected:
         except (OSError, ValueError, KeyError, TypeError, ConfigError) as err:
             why = str(err).splitlines()[0] if str(err) else repr(err)
             out.unreadable[folder.name] = why if why.startswith(str(folder)) else f"{folder}: {why}"
+    return out
+
+
+def collect_many(sweep_dirs: Sequence[str | Path]) -> Collected:
+    """``collect`` of several sweeps, merged (one report over them); two run folders of the
+    same name are a ReportError (their rows would be mixed up)."""
+    out = Collected()
+    seen: dict[str, Path] = {}
+    for d in sweep_dirs:
+        part = collect(d)
+        for r in part:
+            if r.name in seen:
+                raise ReportError(f"{r.folder} and {seen[r.name]}: two runs named {r.name}")
+            seen[r.name] = r.folder
+            out.append(r)
+        out.unfinished += part.unfinished
+        out.unreadable.update(part.unreadable)
     return out
 
 
@@ -1503,18 +1520,22 @@ class ReportResult:
 
 
 def make_report(
-    sweep_dir: str | Path,
+    sweep_dir: str | Path | Sequence[str | Path],
     out_dir: str | Path | None = None,
     console: Any = None,
     warn: Callable[[str], None] | None = None,
 ) -> ReportResult:
-    """Write report.md, report.csv and the PNGs into ``out_dir`` (default sweep_dir/report).
+    """Write report.md, report.csv and the PNGs into ``out_dir`` (default sweep_dir/report;
+    with several sweeps, one report over all their runs, default in the first one's folder).
 
     Prints the tables with rich when ``console`` (a rich Console) is given; ``warn`` gets one
     line per unreadable run that was skipped. Nothing is written when no run is readable.
     """
-    sweep_dir = Path(sweep_dir)
-    records = collect(sweep_dir)
+    dirs = [Path(sweep_dir)] if isinstance(sweep_dir, str | Path) else [Path(d) for d in sweep_dir]
+    if not dirs:
+        raise ReportError("no sweep folder given")
+    sweep_dir = dirs[0]
+    records = collect_many(dirs)
     if not records:
         raise ReportError(_nothing_to_report(sweep_dir, records))
     for why in records.unreadable.values() if warn is not None else ():
@@ -1522,9 +1543,9 @@ def make_report(
     out = Path(out_dir) if out_dir is not None else sweep_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     rows = table(records)
-    name = _sweep_name(sweep_dir)
+    name = " + ".join(_sweep_name(d) for d in dirs)
     context = context_of(records)
-    notes = [f"{len(records)} finished runs from `{sweep_dir}`."]
+    notes = [f"{len(records)} finished runs from {', '.join(f'`{d}`' for d in dirs)}."]
     if records.unfinished:
         notes.append(
             f"{len(records.unfinished)} unfinished runs ignored: {', '.join(records.unfinished)}."

@@ -2,6 +2,8 @@ import csv
 import io
 import json
 import math
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -551,3 +553,28 @@ def test_integral_float_variants_print_as_integers(tmp_path):
         _write_run(runs, f"fb-{w}", [*over, f"schedule.warmup_epochs={w}"], 80.0, 10, 256)
     rows = R.table(R.collect(tmp_path / "s"))
     assert [r["column"] for r in rows] == ["FB (warmup_epochs=2)", "FB (warmup_epochs=5)"]
+
+
+def test_one_report_over_several_sweeps(tmp_path):
+    """`absa report A B`: one table over the runs of both sweeps; two runs of one name are a
+    one-line error."""
+    from typer.testing import CliRunner
+
+    from absa.cli import app
+
+    root = Path(__file__).resolve().parent.parent / "docs" / "reproduce_fmnist"
+    a, b = tmp_path / "a", tmp_path / "b"
+    for src, dst, names in (
+        (root / "sweep", a, ["abs-bmax4096-s0", "bl-b128-lr0.1-s0"]),
+        (root / "signals", b, ["gns-bmax4096-s0"]),
+    ):
+        for n in names:
+            shutil.copytree(src / "runs" / n, dst / "runs" / n)
+    res = CliRunner().invoke(app, ["report", str(a), str(b), "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "r" / "report.csv").open()))
+    assert sorted(r["method"] for r in rows) == ["abs", "bl", "gns"], rows
+    assert "3 finished runs from" in (tmp_path / "r" / "report.md").read_text()
+    shutil.copytree(b / "runs" / "gns-bmax4096-s0", a / "runs" / "gns-bmax4096-s0")
+    res = CliRunner().invoke(app, ["report", str(a), str(b), "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 2 and "two runs named gns-bmax4096-s0" in res.output
