@@ -976,10 +976,19 @@ def _title(what: str, name: str, context: str) -> str:
     return f"{head}\n{context}" if context else head
 
 
+def _color(i: int, n: int) -> Any:
+    """The default cycle for up to 10 series; beyond, tab20 (no two of 20 share a colour)."""
+    if n <= 10:
+        return f"C{i % 10}"
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](i % 20)
+
+
 def _styles(columns: list[str]) -> dict[str, dict[str, Any]]:
     return {
         c: {
-            "color": f"C{i % 10}",
+            "color": _color(i, len(columns)),
             "marker": _MARKERS[i % len(_MARKERS)],
             "ls": _LINESTYLES[(i // 10) % len(_LINESTYLES)],
         }

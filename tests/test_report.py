@@ -578,3 +578,11 @@ def test_one_report_over_several_sweeps(tmp_path):
     shutil.copytree(b / "runs" / "gns-bmax4096-s0", a / "runs" / "gns-bmax4096-s0")
     res = CliRunner().invoke(app, ["report", str(a), str(b), "--out", str(tmp_path / "r2")])
     assert res.exit_code == 2 and "two runs named gns-bmax4096-s0" in res.output
+
+
+def test_up_to_twenty_methods_get_distinct_colours():
+    cols = [f"m{i}" for i in range(14)]
+    styles = R._styles(cols)
+    assert len({tuple(map(float, __import__("matplotlib").colors.to_rgba(s["color"])))
+                for s in styles.values()}) == 14  # fmt: skip
+    assert R._styles(cols[:10])["m3"]["color"] == "C3"  # up to 10: the default cycle
