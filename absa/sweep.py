@@ -536,6 +536,20 @@ def end_attempt(task: PointTask, returncode: int | None, log_offset: int, reason
     return reason
 
 
+LOCK_WAIT_S = 60.0  # a requeued job's predecessor may still be shutting down
+
+
+def _lock_released(folder: Path, wait_s: float) -> bool:
+    """Whether no live process holds the run folder's lock, waiting up to ``wait_s`` for it
+    to go (after a requeue the killed training process can outlive its job step briefly)."""
+    deadline = time.monotonic() + wait_s
+    while holder(folder) is not None:
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+    return True
+
+
 class PointFailed(RuntimeError):
     """Raised inside a submitit job so the scheduler records the failure too."""
 
@@ -579,7 +593,7 @@ class PointJob:
         folder = Path(task.folder)
         if status(folder) == "done":
             return _summary(folder)
-        if rank == 0 and status(folder) == "running":  # another sweep's process has it
+        if rank == 0 and not _lock_released(folder, LOCK_WAIT_S):  # another process has it
             raise PointFailed(f"{folder}: in use by pid {holder(folder)}; not started twice")
         resume = (folder / LAST).is_file()
         cmd = command(task, resume, torchrun=not per_task)

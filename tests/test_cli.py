@@ -682,3 +682,14 @@ def test_out_of_the_box_run_shows_the_method(tmp_path):
                  f"{s['bl_updates']}", "robust eval: fgsm eps 0.01"):  # fmt: skip
         assert part in out, part
     assert s["bl_updates"] > 2 * s["updates"]
+
+
+def test_a_resolved_config_gets_no_ignored_keys_note():
+    """A sweep's point.yaml sets every key (to its value): only non-default ones count."""
+    from absa import cli
+    from absa import config as C
+
+    resolved = C.from_dict(C.to_dict(C.load(None, ["schedule.method=bl"])), "point.yaml")
+    assert cli.ignored_notes(resolved) == []
+    odd = C.from_dict(C.to_dict(C.load(None, ["schedule.max_batch=512"])), "point.yaml")
+    assert cli.ignored_notes(odd) == ["schedule.max_batch is ignored by schedule.method bl"]
