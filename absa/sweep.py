@@ -1011,6 +1011,9 @@ SLURM_ENDED = frozenset(
 )
 GONE = "GONE"  # no longer listed by squeue (finished more than MinJobAge ago)
 _GONE_GRACE_S = 60.0  # a job never listed yet is not taken for finished before this
+# an ended state counts once it has lasted this long: a job that submitit requeues (USR2
+# before the time limit) can show FAILED for a moment before it is PENDING again
+_ENDED_SETTLE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -1076,6 +1079,7 @@ def _wait_slurm(
     )
     left = {job.job_id: (p, job) for p, job in zip(wave, jobs, strict=True)}
     seen: dict[str, str] = {}  # job id -> last state printed
+    ended_at: dict[str, float] = {}  # job id -> when it was first seen in an ended state
     delay = min(1.0, poll_max)
     failing_since: float | None = None
     while left:
@@ -1104,6 +1108,10 @@ def _wait_slurm(
                 changed = True
                 say(f"job {jid} ({p.name}): {text}")
             if st.state not in SLURM_ENDED and st.state != GONE:
+                ended_at.pop(jid, None)
+                continue
+            if now - ended_at.setdefault(jid, now) < _ENDED_SETTLE_S:
+                changed = True  # poll again soon: it may still be requeued
                 continue
             del left[jid]
             error = ""
