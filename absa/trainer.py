@@ -303,9 +303,8 @@ def train_epoch(
     n = len(data.train)
     seed = cfg.train.seed
     perm = epoch_permutation(n, seed, epoch)
-    folder = isinstance(data.train, FolderSplit)
     mode = resolve_augment(cfg.data.augment, data.info)
-    if folder and data.train.augments:  # the loader's RandomResizedCrop + flip replace it
+    if isinstance(data.train, FolderSplit) and data.train.augments:  # its own crop + flip
         mode = "none"
     aug = augment_params(n, seed, epoch, mode, data.info.image_size)
     batches = global_batches(n, plan.batch_size)
@@ -326,11 +325,8 @@ def train_epoch(
 
         def micro_iter(local=local, adv_mask=adv_mask):
             chunks = micro_batches(torch.arange(len(local)), rt.micro)
-            if folder:  # decoded ahead by the split's persistent workers
-                sizes = [len(mb) for mb in chunks]
-                xys = stream_batches(data.train, perm[local], sizes, True, epoch, seed)
-            else:
-                xys = (data.train.get(perm[local[mb]]) for mb in chunks)
+            sizes = [len(mb) for mb in chunks]  # folder data: decoded ahead by its workers
+            xys = stream_batches(data.train, perm[local], sizes, True, epoch, seed)
             for mb, (x, y) in zip(chunks, xys, strict=True):
                 pos = local[mb]
                 x = apply_augment(x, aug.take(pos) if aug is not None else None)
