@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from absa.checkpoint import atomic_write_text
+
 STEPS = "steps.jsonl"  # JsonlLogger's file in the run folder
 TENSORBOARD = "tensorboard"  # TensorBoardLogger's folder in the run folder
 
@@ -114,9 +116,7 @@ class JsonlLogger:
                 continue  # a line cut by a kill
             if isinstance(step, int) and step <= last_step:
                 keep.append(line + "\n")
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(keep), encoding="utf-8")
-        tmp.replace(self.path)
+        atomic_write_text(self.path, "".join(keep))
 
     def _write(self, obj: Mapping[str, Any]) -> None:
         self._fh.write(json.dumps(obj, default=str) + "\n")
