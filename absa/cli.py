@@ -557,18 +557,14 @@ def train(
 def ignored_notes(cfg: Any) -> list[str]:
     """A line naming the ``schedule.*`` keys the config sets to a non-default value that its
     method does not read (none when there are none)."""
-    from absa.schedules import ignored_keys
+    from absa.schedules import ignored_note
 
-    method = cfg.schedule.method
     fields = type(cfg.schedule).model_fields
     changed = [  # set to a non-default value (a resolved config sets every key to its value)
         k for k in cfg.schedule.model_fields_set if getattr(cfg.schedule, k) != fields[k].default
     ]
-    keys = ignored_keys(method, [f"schedule.{k}" for k in changed])
-    if not keys:
-        return []
-    verb = "is" if len(keys) == 1 else "are"
-    return [f"{', '.join(keys)} {verb} ignored by schedule.method {method}"]
+    note = ignored_note(cfg.schedule.method, [f"schedule.{k}" for k in changed])
+    return [note] if note else []
 
 
 def trajectory_text(summary: Any) -> str:

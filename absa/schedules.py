@@ -646,6 +646,16 @@ def ignored_keys(method: str, keys: Iterable[str]) -> list[str]:
     return sorted(set(out))
 
 
+def ignored_note(method: str, keys: Iterable[str]) -> str:
+    """``"schedule.a, schedule.b are ignored by schedule.method bl"`` for the keys of
+    ``keys`` that ``method`` does not read; "" when there are none."""
+    extra = ignored_keys(method, keys)
+    if not extra:
+        return ""
+    verb = "is" if len(extra) == 1 else "are"
+    return f"{', '.join(extra)} {verb} ignored by schedule.method {method}"
+
+
 def make_policy(cfg: Config, trajectory: dict[str, Any] | None = None) -> Policy:
     """The policy the config's ``schedule.method`` names (``trajectory``: replay only)."""
     return METHODS[cfg.schedule.method].build(cfg, trajectory)

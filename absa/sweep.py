@@ -71,7 +71,7 @@ from absa.config import (
     validate,
 )
 from absa.rundir import holder
-from absa.schedules import ignored_keys
+from absa.schedules import ignored_note
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 SUMMARY = "summary.json"
@@ -1209,10 +1209,9 @@ def run_sweep(
         f"{len(points) - sum(counts.values())} pending); run folders in {sweep.runs_dir}"
     )
     for p in points:  # keys a grid block or point sets that its method does not read
-        extra = ignored_keys(p.config.schedule.method, p.values)
-        if extra:
-            verb = "is" if len(extra) == 1 else "are"
-            say(f"note: {p.name}: {', '.join(extra)} {verb} ignored by its schedule.method")
+        note = ignored_note(p.config.schedule.method, p.values)
+        if note:
+            say(f"note: {p.name}: {note}")
     for p in points:
         if states[p.name] == "running" and not dry_run:
             say(f"skip {p.name}: running (pid {holder(p.folder)} holds its run folder)")
