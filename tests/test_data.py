@@ -231,6 +231,21 @@ def test_mnist_image_and_label_counts_differ(tmp_path):
     assert "5 images but train-labels-idx1-ubyte has 4 labels" in msg
 
 
+def _damaged_png_tree(root, damage):
+    """train/val with classes n01, n02 of one 20x24 PNG each; ``damage`` rewrites the bytes
+    of train/n02/0.png, which is returned."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("n01", "n02"):
+            (root / split / cls).mkdir(parents=True)
+            arr = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
+            Image.fromarray(arr).save(root / split / cls / "0.png")
+    bad = root / "train" / "n02" / "0.png"
+    bad.write_bytes(damage(bad.read_bytes()))
+    return bad
+
+
 @pytest.mark.parametrize(
     "damage, expect, workers",
     [
@@ -240,15 +255,7 @@ def test_mnist_image_and_label_counts_differ(tmp_path):
     ],
 )
 def test_unreadable_image_in_folder(tmp_path, damage, expect, workers):
-    from PIL import Image
-
-    for split in ("train", "val"):
-        for cls in ("n01", "n02"):
-            (tmp_path / split / cls).mkdir(parents=True)
-            arr = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(tmp_path / split / cls / "0.png")
-    bad = tmp_path / "train" / "n02" / "0.png"
-    bad.write_bytes(damage(bad.read_bytes()))
+    bad = _damaged_png_tree(tmp_path, damage)
     d = D.load_data(
         DataConfig(
             name="imagefolder",
@@ -898,18 +905,11 @@ def test_training_streams_folder_data_the_same_for_any_workers_and_micro_batch(
 def test_bad_images_are_found_before_training(tmp_path, damage, expect, found_by):
     """data.check_images: header (default) finds a file that is not an image when the data
     load; full also a truncated one; `absa train` then writes no run folder at all."""
-    from PIL import Image
     from typer.testing import CliRunner
 
     from absa.cli import app
 
-    for split in ("train", "val"):
-        for cls in ("n01", "n02"):
-            (tmp_path / split / cls).mkdir(parents=True)
-            arr = np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(tmp_path / split / cls / "0.png")
-    bad = tmp_path / "train" / "n02" / "0.png"
-    bad.write_bytes(damage(bad.read_bytes()))
+    bad = _damaged_png_tree(tmp_path, damage)
     base = dict(name="imagefolder", root=tmp_path, image_size=8)
     if found_by == "full":
         D.load_data(DataConfig(**base))  # the header is intact: the default check passes

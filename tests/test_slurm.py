@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_distributed import BASE  # tests/ is on sys.path (pytest's rootdir import)
 
 from absa import checkpoint as ckpt_io
 from absa import sweep as S
@@ -51,17 +52,7 @@ TINY = {
 SLURM = {"time_min": 60, "cpus_per_task": 1}
 
 # the tiny config of tests/test_distributed.py: mlp (no BatchNorm), several micro-batches
-ARGS = [
-    "data.name=digits",
-    "model.name=mlp",
-    "model.width=8",
-    "batch.size=64",
-    "batch.max_micro_batch=16",
-    "train.epochs=2",
-    "optim.lr=0.05",
-    "hessian.probe_size=256",
-    "train.threads=1",
-]
+ARGS = BASE
 
 
 # --- the cluster ------------------------------------------------------------------------------
