@@ -1,6 +1,13 @@
 """Record the reference trajectories of the digits configs (run once, before a redesign).
 
-    PYTHONPATH=<checkout of the old code> python tests/record_reference.py tests/data/digits_reference.json
+    env MKL_CBWR=AVX2 ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 \
+        PYTHONPATH=<checkout of the old code> python tests/record_reference.py tests/data/digits_reference.json
+
+``PINNED_ENV`` fixes the instruction sets of torch's kernels, MKL and oneDNN to AVX2: float
+results then do not depend on which x86-64 CPU runs them (with the default dispatch an
+AVX-512 machine rounds differently from an AVX2 one, and the weights differ in the 8th
+digit). ``python tests/record_reference.py --print`` prints the current code's trajectories
+as JSON (the test runs it in a subprocess with ``PINNED_ENV``).
 
 Each config trains 4 epochs (duration 1, so ABS/ABSA/GG grow inside the window) on one
 thread; the file keeps per-epoch batch, lr, updates, lambda_max, losses and a weight checksum.
@@ -18,6 +25,7 @@ from absa import config as C
 from absa import trainer as T
 
 ROOT = Path(__file__).resolve().parent.parent
+PINNED_ENV = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 CASES = {
     "bl": ("configs/digits_bl_large.yaml", []),
     "fb": ("configs/digits_fb.yaml", []),
@@ -47,4 +55,7 @@ if __name__ == "__main__":
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         ref = {name: run_case(name, Path(tmp)) for name in CASES}
-    Path(sys.argv[1]).write_text(json.dumps(ref, indent=1) + "\n")
+    if sys.argv[1] == "--print":
+        print(json.dumps(ref))
+    else:
+        Path(sys.argv[1]).write_text(json.dumps(ref, indent=1) + "\n")
