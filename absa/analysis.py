@@ -37,6 +37,7 @@ class SpectrumRequest:
     density_runs: int = 3
     seed: int = 0
     hvp: str = "reverse"  # HVP of a full/named block (hessian.HVP_MODES)
+    keep_graph: bool = False  # reverse HVPs reuse each batch's gradient graph (memory)
 
 
 @dataclass
@@ -69,14 +70,14 @@ def batches_of(split: Any, n: int | None, batch: int, device: torch.device, seed
 
 
 def operator_for(
-    model: nn.Module, block: str, batches: Batches, hvp: str = "reverse"
+    model: nn.Module, block: str, batches: Batches, hvp: str = "reverse", keep_graph: bool = False
 ) -> tuple[Any, list[nn.Parameter]]:
     """The Hessian operator of ``block`` on ``batches`` and the block's parameters."""
     named = H.select_params(model, block)
     params = [p for _, p in named]
     if block == "last":
         return H.last_layer_operator(model, batches, hvp=hvp), params
-    return H.HessianOperator(model, params, batches, hvp=hvp), params
+    return H.HessianOperator(model, params, batches, hvp=hvp, keep_graph=keep_graph), params
 
 
 # progress(phase, done, total): after each unit of work of a phase ("eigen", "trace",
@@ -162,7 +163,7 @@ def spectrum(
     timed HVP); ``progress`` gets each HVP as it is done."""
     tell = say or (lambda _m: None)
     with model_mode(model, train=False):
-        op, _ = operator_for(model, req.block, batches, req.hvp)
+        op, _ = operator_for(model, req.block, batches, req.hvp, req.keep_graph)
         if req.k > op.dim:
             raise ValueError(f"k={req.k} is larger than the block size {op.dim} ({req.block})")
         gen = torch.Generator().manual_seed(req.seed)

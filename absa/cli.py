@@ -882,6 +882,7 @@ def hessian_cmd(
             density_runs=density_runs,
             seed=seed,
             hvp=cfg.hessian.hvp,
+            keep_graph=cfg.hessian.keep_graph,
         )
         source = str(checkpoint) if checkpoint is not None else f"{config} (fresh init)"
         context = _source_context(cfg, checkpoint, config)

@@ -20,6 +20,13 @@ differ only by floating-point rounding):
   module, so the forward pass must not update buffers: BatchNorm in eval mode);
 - ``auto`` times one HVP of each on the first batch when the operator is built, checks that
   they agree, and keeps the faster one (``op.hvp_mode``, ``op.hvp_timings``).
+
+``keep_graph=True`` (reverse only) keeps each batch's gradient graph g_B = grad L_B(theta)
+(built once with create_graph) for the operator's life, so every later product is only the
+second backward, grad(g_B . v): the forward pass and first backward are not redone. Same
+operations on the same values, so the products are bit-identical to ``reverse``; the cost
+is memory (every batch's activations and backward intermediates stay alive) and the
+parameters must not change while the operator is used.
 """
 
 from __future__ import annotations
@@ -124,6 +131,10 @@ class HessianOperator:
     - ``hvp_agreement``: relative difference |Hv_fwd - Hv_rev| / |Hv_rev| of that trial;
     - ``hvp_note``: why ``auto`` kept ``reverse`` when forward was unusable (else None).
 
+    ``keep_graph=True`` (needs ``hvp="reverse"``) keeps each batch's gradient graph from its
+    first product on, so later products skip the forward pass and first backward
+    (bit-identical; memory of every batch's graph; parameters must stay fixed).
+
     Under DistributedDataParallel / DataParallel ``forward`` calls the wrapped module directly.
     torch.func transforms must not run concurrently in several threads of one process.
     """
@@ -139,12 +150,17 @@ class HessianOperator:
         reduce: Reduce | None = None,
         device: torch.device | str | None = None,
         hvp: str = "reverse",
+        keep_graph: bool = False,
     ) -> None:
         plist = [p[1] if isinstance(p, tuple) else p for p in params]
         if not plist:
             raise ValueError("the parameter block is empty")
         if hvp not in HVP_MODES:
             raise ValueError(f"unknown hvp {hvp!r} (valid: {', '.join(HVP_MODES)})")
+        if keep_graph and hvp != "reverse":
+            raise ValueError(f"keep_graph needs hvp='reverse' (got {hvp!r})")
+        self.keep_graph = keep_graph
+        self._graphs: dict[int, tuple[Tensor | None, ...]] = {}
         self.model = model
         self.params = plist
         self.loss_fn = loss_fn or _sum_ce
@@ -185,14 +201,28 @@ class HessianOperator:
 
     # -- one batch's summed-loss HVP, both ways ---------------------------------------------
 
-    def _hvp_reverse(self, x: Tensor, y: Tensor, vs: Sequence[Tensor]) -> Tensor | None:
-        """Double backprop; None when the loss does not depend on the block at second order."""
+    def _grad_graph(self, x: Tensor, y: Tensor) -> tuple[Tensor | None, ...]:
         loss = self.loss_fn(self.model(x), y)
-        grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+        return torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
+
+    def _hvp_reverse(
+        self, x: Tensor, y: Tensor, vs: Sequence[Tensor], key: int | None = None
+    ) -> Tensor | None:
+        """Double backprop; None when the loss does not depend on the block at second order.
+
+        With ``keep_graph`` and a batch index ``key`` the gradient graph is built once and
+        reused (the second backward retains it)."""
+        keep = self.keep_graph and key is not None
+        if keep and key in self._graphs:
+            grads = self._graphs[key]
+        else:
+            grads = self._grad_graph(x, y)
+            if keep:
+                self._graphs[key] = grads
         dot = sum((g * u).sum() for g, u in zip(grads, vs, strict=True) if g is not None)
         if not isinstance(dot, Tensor) or not dot.requires_grad:
             return None
-        hv = torch.autograd.grad(dot, self.params, allow_unused=True)
+        hv = torch.autograd.grad(dot, self.params, allow_unused=True, retain_graph=keep)
         return self._flat(hv).detach()
 
     def _target(self) -> nn.Module:
@@ -229,10 +259,10 @@ class HessianOperator:
         _, hv = torch.func.jvp(torch.func.grad(loss), (primals,), (tangents,))
         return self._flat([hv[n] for n in names]).detach()
 
-    def _hvp_batch(self, x: Tensor, y: Tensor, vs: Sequence[Tensor]) -> Tensor | None:
+    def _hvp_batch(self, x: Tensor, y: Tensor, vs: Sequence[Tensor], key: int) -> Tensor | None:
         if self.hvp_mode == "forward":
             return self._hvp_forward(x, y, vs)
-        return self._hvp_reverse(x, y, vs)
+        return self._hvp_reverse(x, y, vs, key)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -291,8 +321,8 @@ class HessianOperator:
         """H v for a flat vector v over the block (call on all ranks when reduce is collective)."""
         vs = self._split(v.to(self.device, self.dtype))
         total = torch.zeros(self.dim, dtype=self.dtype, device=self.device)
-        for x, y in self.batches:
-            hv = self._hvp_batch(x, y, vs)
+        for i, (x, y) in enumerate(self.batches):
+            hv = self._hvp_batch(x, y, vs, i)
             if hv is None:
                 continue  # the loss does not depend on the block at second order
             total += hv
@@ -424,8 +454,8 @@ def rayleigh_stderr(
     else:
         vs = op._split(v)
         pieces = []
-        for x, y in op.batches:
-            hv = op._hvp_batch(x, y, vs)  # in the operator's hvp_mode
+        for i, (x, y) in enumerate(op.batches):
+            hv = op._hvp_batch(x, y, vs, i)  # in the operator's hvp_mode (and kept graphs)
             if hv is None:
                 pieces.append(0.0)
                 continue

@@ -120,7 +120,13 @@ def hessian_probe(
         else:
             params = select_params(model, h.block)
             op = HessianOperator(
-                model, params, batches, reduce=env.all_reduce_sum, device=env.device, hvp=h.hvp
+                model,
+                params,
+                batches,
+                reduce=env.all_reduce_sum,
+                device=env.device,
+                hvp=h.hvp,
+                keep_graph=h.keep_graph,
             )
         res = top_eigen(
             op,

@@ -893,3 +893,40 @@ def test_hvp_bad_arguments(mlp_case):
     stray = [nn.Parameter(torch.zeros(3, dtype=F64))]
     with pytest.raises(ValueError, match="parameters of the model"):
         H.HessianOperator(mlp_case.model, stray, (mlp_case.x, mlp_case.y), hvp="forward")
+
+
+@pytest.mark.parametrize(("which", "block"), [("cnn", "full"), ("mlp", "backbone.3.*")])
+def test_keep_graph_is_bitwise_the_reverse_product_and_skips_the_forward(which, block, request):
+    """keep_graph: products (and the stderr's per-batch products) equal the recomputed
+    reverse ones bit for bit and the dense Hessian; the model's forward runs once per batch
+    for the operator's life instead of once per batch and product."""
+    case: Case = request.getfixturevalue(f"{which}_case")
+    params = H.select_params(case.model, block)
+    names = names_of(case.model, block)
+    hess = case.hess if block == "full" else dense_hessian(case.model, names, case.x, case.y)
+    calls = [0]
+    handle = case.model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    try:
+        kept = H.HessianOperator(case.model, params, _batches(case), keep_graph=True)
+        plain = H.HessianOperator(case.model, params, _batches(case))
+        n_batches = len(kept.batches)
+        for seed in range(3):
+            v = rand_vec(kept.dim, seed)
+            before = calls[0]
+            hv = kept.matvec(v)
+            assert calls[0] - before == (n_batches if seed == 0 else 0)
+            assert torch.equal(hv, plain.matvec(v))
+            torch.testing.assert_close(hv, hess @ v, rtol=0, atol=1e-10)
+        u = rand_vec(kept.dim, 9)
+        assert H.rayleigh_stderr(kept, u) == H.rayleigh_stderr(plain, u)
+    finally:
+        handle.remove()
+
+
+def test_keep_graph_needs_reverse(mlp_case):
+    params = H.select_params(mlp_case.model, "full")
+    for hvp in ("forward", "auto"):
+        with pytest.raises(ValueError, match="keep_graph needs hvp='reverse'"):
+            H.HessianOperator(
+                mlp_case.model, params, (mlp_case.x, mlp_case.y), hvp=hvp, keep_graph=True
+            )

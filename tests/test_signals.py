@@ -267,3 +267,25 @@ def test_split_steps_are_evenly_spaced_and_all_when_asked_for_more():
     assert _split_steps(10, 4) == {0, 2, 5, 8}  # round(i * 10 / 4), i < 4 (half to even)
     for k in (43, 44, 10**6):
         assert _split_steps(43, k) == set(range(43))
+
+
+def test_keep_graph_leaves_training_unchanged(tiny_cfg, tmp_path):
+    """hessian.keep_graph on a full-model probe: same eigenvalues, HVP counts and weights."""
+    common = ["schedule.method=abs", "schedule.max_batch=256", "hessian.block=full"]
+    common += ["hessian.probe_size=128", "hessian.max_iter=5", "train.threads=1"]
+    runs = {}
+    for keep in ("false", "true"):
+        T.run(tiny_cfg(*common, f"hessian.keep_graph={keep}"), run_dir=tmp_path / keep)
+        runs[keep] = read_metrics(tmp_path / keep)
+    pick = ("lambda_max", "lambda_max_stderr", "batch_size", "train_loss")
+    assert [[r.get(k) for k in pick] for r in runs["true"]] == [
+        [r.get(k) for k in pick] for r in runs["false"]
+    ]
+    assert all(r["lambda_max"] is not None for r in runs["true"])
+    wa, wb = (torch.load(tmp_path / k / "last.pt", weights_only=True)["model"] for k in runs)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_keep_graph_config_needs_reverse():
+    with pytest.raises(ValueError, match="hessian.keep_graph: needs hessian.hvp reverse"):
+        C.load(None, ["hessian.keep_graph=true", "hessian.hvp=forward"])
