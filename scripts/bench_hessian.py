@@ -24,8 +24,8 @@ synthetic data (3x32x32, 10 classes):
    reverse HVP (double backprop, ``hvp="reverse"``), per forward HVP (forward-over-reverse
    with torch.func, ``hvp="forward"``), per reverse HVP with ``keep_graph=True`` after the
    first (only the second backward; the first product, which builds every chunk's graph,
-   is timed once and the ratio judged on the mean over 20 products) and, for reference, forward-over-reverse with autograd
-   dual numbers and a Gauss-Newton product (not the Hessian); medians of --hvp-reps
+   is timed once and the ratio judged on the mean over 20 products) and, for reference,
+   forward-over-reverse with autograd dual numbers and a Gauss-Newton product (not the Hessian); medians of --hvp-reps
    interleaved rounds (wall and process CPU time), FLOPs from torch.utils.flop_counter, the
    HVP/gradient ratios (target <= 3x) and what ``hvp="auto"`` picks.
 
@@ -464,7 +464,7 @@ def bench_hvp_model(name: str, args: argparse.Namespace) -> dict[str, float | st
     methods = {
         "gradient": rev.loss_and_grad,
         "reverse HVP (double backprop)": lambda: rev.matvec(v),
-        "reverse HVP, graph kept (keep_graph)": lambda: kept.matvec(v),
+        KEPT: lambda: kept.matvec(v),
         "forward HVP (torch.func jvp of grad)": lambda: fwd.matvec(v),
         "fwd-over-rev, dual numbers (reference)": lambda: _dual_hvp(model, names, chunks, vd),
         "Gauss-Newton product (reference, not exact)": lambda: _gauss_newton(
