@@ -1021,15 +1021,19 @@ class SlurmState:
     state: str
     nodes: str = ""
     reason: str = ""
+    restarts: int = 0  # times Slurm requeued the job (squeue RestartCnt)
 
     def describe(self) -> str:
+        """The state as printed; a requeue always changes it (the restart count is in it), so
+        a requeue that completes between two polls is still reported."""
+        text = self.state
         if self.state == "RUNNING" and self.nodes:
-            return f"RUNNING on {self.nodes}"
-        if self.state == "PENDING" and self.reason and self.reason != "None":
-            return f"PENDING ({self.reason})"
-        if self.state == GONE:
+            text = f"RUNNING on {self.nodes}"
+        elif self.state == "PENDING" and self.reason and self.reason != "None":
+            text = f"PENDING ({self.reason})"
+        elif self.state == GONE:
             return "no longer listed by squeue"
-        return self.state
+        return f"{text}, requeued {self.restarts}x" if self.restarts else text
 
 
 def squeue_states(job_ids: list[str]) -> dict[str, SlurmState] | None:
@@ -1038,7 +1042,8 @@ def squeue_states(job_ids: list[str]) -> dict[str, SlurmState] | None:
     mains = sorted({j.split("_")[0] for j in job_ids})
     if not mains:
         return {}
-    cmd = ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T|%N|%r"]
+    fields = "JobArrayID:|,State:|,NodeList:|,Reason:|,RestartCnt:"
+    cmd = ["squeue", "--noheader", "--array", "--states=all", f"--Format={fields}"]
     cmd.append(f"--jobs={','.join(mains)}")
     try:
         res = subprocess.run(
@@ -1054,7 +1059,9 @@ def squeue_states(job_ids: list[str]) -> dict[str, SlurmState] | None:
         parts = line.strip().split("|")
         if len(parts) >= 2 and parts[0]:
             state = parts[1].split()[0].rstrip("+") if parts[1].strip() else "UNKNOWN"
-            out[parts[0]] = SlurmState(state, *(x.strip() for x in parts[2:4]))
+            nodes, reason, restarts = (parts[2:5] + ["", "", ""])[:3]
+            count = int(restarts) if restarts.strip().isdigit() else 0
+            out[parts[0].strip()] = SlurmState(state, nodes.strip(), reason.strip(), count)
     return out
 
 
