@@ -686,15 +686,29 @@ def _auto_micro(
     size, failed = probe_micro_batch(
         model, sample, data.info.num_classes, start, env.device, rt.precision
     )
-    size = int(env.all_reduce_min(torch.tensor([float(size)], device=env.device)).item())
+    return agree_micro_batch(env, size, start, failed, run_dir, say)
+
+
+def agree_micro_batch(
+    env: D.DistEnv,
+    size: int,
+    start: int,
+    failed: list[int],
+    run_dir: Path,
+    say: Callable[[str], None],
+) -> int:
+    """Collective: the smallest of the ranks' probed micro-batches ``size`` (a rank with less
+    free memory decides for all, so every rank steps through the same micro-batches); rank 0
+    records it in micro_batch.json with the sizes it tried (``start`` and its ``failed``)."""
+    agreed = int(env.all_reduce_min(torch.tensor([float(size)], device=env.device)).item())
     if env.is_main:
-        atomic_write_text(
-            run_dir / "micro_batch.json",
-            json.dumps({"micro_batch": size, "tried": [start, *failed], "device": str(env.device)})
-            + "\n",
-        )
-    say(f"batch.max_micro_batch: auto -> {size} per process (out of memory at {failed or 'none'})")
-    return size
+        record = {"micro_batch": agreed, "tried": [start, *failed], "device": str(env.device)}
+        atomic_write_text(run_dir / "micro_batch.json", json.dumps(record) + "\n")
+    why = f"out of memory here at {failed or 'none'}"
+    if agreed < size:
+        why += f"; {size} fits here, a rank with less memory fits {agreed}"
+    say(f"batch.max_micro_batch: auto -> {agreed} per process ({why})")
+    return agreed
 
 
 def _noise_meter(cfg: Config, state: dict[str, Any] | None) -> NoiseMeter | None:

@@ -147,6 +147,12 @@ def _session_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         for block in ("last", "full"):
             res[f"eig_{block}"] = _eigen(env, out, block)
         res["sync"] = _count_syncs(env, out)
+        # batch.max_micro_batch: auto: rank 1 has "less memory" (its probe failed at 64, 32)
+        (out / "micro").mkdir(exist_ok=True)
+        said: list[str] = []
+        size, failed = (64, []) if rank == 0 else (16, [64, 32])
+        res["micro"] = T.agree_micro_batch(env, size, 64, failed, out / "micro", said.append)
+        res["micro_said"] = said
         T.run(_cfg(out, "bn", *BN, "batch.max_micro_batch=32"), env, out / "2rank" / "bn")
         torch.save(res, out / f"rank{rank}.pt")
         ok = True
@@ -239,6 +245,22 @@ def test_process_group_used_gloo_and_no_sync_until_last_micro_batch(session):
     for r in session.ranks:
         for g, p in zip(r["sync"]["grads"], model.parameters(), strict=True):
             torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_auto_micro_batch_is_the_smallest_over_ranks(session):
+    # every rank steps through the same micro-batches: the rank with the least memory decides
+    assert [r["micro"] for r in session.ranks] == [16, 16]
+    said0, said1 = (r["micro_said"] for r in session.ranks)
+    assert said0 == [
+        "batch.max_micro_batch: auto -> 16 per process (out of memory here at none; "
+        "64 fits here, a rank with less memory fits 16)"
+    ]
+    assert said1 == [
+        "batch.max_micro_batch: auto -> 16 per process (out of memory here at [64, 32])"
+    ]
+    # written once, by rank 0, with what rank 0 tried
+    record = json.loads((session.out / "micro" / "micro_batch.json").read_text())
+    assert record == {"micro_batch": 16, "tried": [64], "device": "cpu"}
 
 
 # --- (b) the Hessian probe ----------------------------------------------------------------
