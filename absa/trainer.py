@@ -439,12 +439,16 @@ def _checkpoint_payload(
     }
 
 
+RESUME_MAY_CHANGE = {("train", "epochs"), ("batch", "max_micro_batch")}
+
+
 def check_resume_config(
     cfg: Config, stored: dict[str, Any], source: str, done_epochs: int | None = None
 ) -> None:
     """A resumed run must use the stored config; only train.epochs (never to fewer epochs
-    than the checkpoint has completed: config and summary would disagree) and the ``log``
-    section (where metrics are mirrored, not what is trained) may change."""
+    than the checkpoint has completed: config and summary would disagree),
+    batch.max_micro_batch (how a step is split, e.g. lower after an out-of-memory error) and
+    the ``log`` section (where metrics are mirrored, not what is trained) may change."""
     if done_epochs is not None and cfg.train.epochs < done_epochs:
         raise ConfigError(
             f"{source}: train.epochs={cfg.train.epochs} is fewer than the {done_epochs} epochs "
@@ -458,7 +462,7 @@ def check_resume_config(
         if section == "log":
             continue
         for key, value in values.items():
-            if (section, key) == ("train", "epochs"):
+            if (section, key) in RESUME_MAY_CHANGE:
                 continue
             if old.get(section, {}).get(key) != value:
                 diffs.append(f"{section}.{key}")
@@ -624,6 +628,7 @@ def _open(
     runlog = RunLog(run_dir, enabled=env.is_main)
     rt = Runtime.plain(cfg, env.device)
     st = TrainState(noise=_noise_meter(cfg, None))
+    probe = False
     if env.is_main:
         clean_temps(run_dir)
     last = run_dir / ckpt_io.LAST
@@ -641,7 +646,7 @@ def _open(
         )
         st.noise = _noise_meter(cfg, ck.get("signals"))
         rt.precision.load_state_dict(ck.get("scaler"))
-        rt.micro = int(ck.get("micro_batch") or rt.micro)
+        probe = _resume_micro(cfg, ck, rt, say)
         ckpt_io.set_rng_state(ck["rng"])
         runlog.restore_metrics(st.epoch, ck.get("record"))
         say(f"resumed {run_dir} at epoch {st.epoch} ({st.updates} updates)")
@@ -655,13 +660,28 @@ def _open(
     for rec in read_metrics(run_dir) if resume and env.is_main else []:
         for k in totals:
             totals[k] += rec.get(f"{k}_seconds", 0.0) or 0.0
-    if cfg.batch.max_micro_batch == "auto" and not resume:
+    if cfg.batch.max_micro_batch == "auto" and (not resume or probe):
         rt.micro = _auto_micro(cfg, env, data, model, rt, run_dir, say)
     logger = MultiLogger([])
     if env.is_main:
         # a start that completed no epoch leaves step lines behind too: always trim
         logger = make_loggers(cfg.log, run_dir, to_dict(cfg), st.updates)
     return _Run(cfg, env, run_dir, data, model, optimizer, policy, st, runlog, totals, rt, logger)
+
+
+def _resume_micro(cfg: Config, ck: dict[str, Any], rt: Runtime, say: Callable[[str], None]) -> bool:
+    """The micro-batch of a resumed run: the checkpoint's (after its ``auto`` sizing and OOM
+    backoffs) unless batch.max_micro_batch was changed; True when ``auto`` must probe anew."""
+    old = ck["config"].get("batch", {}).get("max_micro_batch")
+    new = cfg.batch.max_micro_batch
+    if old == new:
+        rt.micro = int(ck.get("micro_batch") or rt.micro)
+        return False
+    say(
+        f"batch.max_micro_batch: {old} -> {new} on resume (a step's gradient is the same sum "
+        "up to rounding, except that BatchNorm normalizes and dropout draws per micro-batch)"
+    )
+    return new == "auto"
 
 
 def _auto_micro(

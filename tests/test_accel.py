@@ -148,6 +148,10 @@ def test_out_of_memory_step_backs_off_and_gives_the_same_weights(tiny_cfg, tmp_p
     T.run(tiny_cfg("batch.max_micro_batch=16", "data.augment=none"), run_dir=tmp_path / "ref")
     wa, wb = _weights(tmp_path / "backoff"), _weights(tmp_path / "ref")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # resumed with the same config, the run keeps the micro-batch it backed off to
+    again = tiny_cfg("batch.max_micro_batch=64", "data.augment=none", "train.epochs=3")
+    T.run(again, run_dir=tmp_path / "backoff", resume=True)
+    assert torch.load(tmp_path / "backoff" / "last.pt", weights_only=True)["micro_batch"] == 16
 
 
 def test_auto_micro_batch_on_cpu_says_what_it_uses(tiny_cfg, tmp_path):
@@ -159,6 +163,29 @@ def test_auto_micro_batch_on_cpu_says_what_it_uses(tiny_cfg, tmp_path):
     )
     assert any("auto needs an accelerator; using 256" in ln for ln in lines)
     assert torch.load(tmp_path / "a" / "last.pt", weights_only=True)["micro_batch"] == 256
+
+
+def test_resume_may_lower_the_micro_batch_or_probe_it_anew(tiny_cfg, tmp_path):
+    """After an out-of-memory exit (e.g. under DDP) a run resumes with a smaller micro-batch:
+    the same gradient sums up to rounding (this mlp has no BatchNorm or dropout)."""
+    cfg = lambda *o: tiny_cfg("data.augment=none", *o)  # noqa: E731
+    T.run(cfg("batch.max_micro_batch=64", "train.epochs=3"), run_dir=tmp_path / "full")
+    T.run(cfg("batch.max_micro_batch=64", "train.epochs=1"), run_dir=tmp_path / "cut")
+    lines: list[str] = []
+    over = ("batch.max_micro_batch=16", "train.epochs=3")
+    T.run(cfg(*over), run_dir=tmp_path / "cut", resume=True, log=lines.append)
+    assert any("batch.max_micro_batch: 64 -> 16 on resume" in ln for ln in lines)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["micro_batch"] == 16
+    wa, wb = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert not all(torch.equal(wa[k], wb[k]) for k in wa)  # summed in another order
+    assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
+    # back to auto: it probes again
+    lines.clear()
+    T.run(cfg("batch.max_micro_batch=auto", "train.epochs=4"), run_dir=tmp_path / "cut",
+          resume=True, log=lines.append)  # fmt: skip
+    assert any("16 -> auto on resume" in ln for ln in lines)
+    assert any("auto needs an accelerator; using 256" in ln for ln in lines)
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["micro_batch"] == 256
 
 
 def test_on_device_data_degrades_on_cpu(tiny_cfg):
