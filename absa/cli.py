@@ -129,7 +129,8 @@ def _handled() -> Iterator[None]:
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         err_console.print(
             f"[bold red]error:[/] out of memory ({first}); lower batch.max_micro_batch, "
-            "data.image_size or train.eval_batch (absa resume continues from the last epoch)",
+            "data.image_size or train.eval_batch (absa train --resume RUN_DIR continues from the "
+            "last epoch)",
             highlight=False,
             soft_wrap=True,
         )

@@ -181,8 +181,8 @@ def test_resume_may_lower_the_micro_batch_or_probe_it_anew(tiny_cfg, tmp_path):
     assert all(torch.allclose(wa[k], wb[k], rtol=1e-4, atol=1e-6) for k in wa)
     # back to auto: it probes again
     lines.clear()
-    T.run(cfg("batch.max_micro_batch=auto", "train.epochs=4"), run_dir=tmp_path / "cut",
-          resume=True, log=lines.append)  # fmt: skip
+    back = cfg("batch.max_micro_batch=auto", "train.epochs=4")
+    T.run(back, run_dir=tmp_path / "cut", resume=True, log=lines.append)
     assert any("16 -> auto on resume" in ln for ln in lines)
     assert any("auto needs an accelerator; using 256" in ln for ln in lines)
     assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["micro_batch"] == 256
