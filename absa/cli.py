@@ -16,21 +16,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import typer
-import typer.core
 from rich.console import Console
 from rich.table import Table
-
-# typer's rich help shows a "<bool>" type for flags (--dry-run, --help), which take no value
-_display_type_rich = typer.core.TyperOption.display_type_rich
-
-
-def _flag_display_type(self: Any, ctx: Any) -> str | None:
-    if getattr(self, "is_flag", False) or getattr(self, "count", False):
-        return None
-    return _display_type_rich(self, ctx)
-
-
-typer.core.TyperOption.display_type_rich = _flag_display_type  # type: ignore[method-assign]
 
 # the executors of absa.sweep (EXECUTORS there; tests/test_cli.py checks they agree): not
 # imported from it, so that `absa --help` does not import torch
@@ -469,9 +456,11 @@ def _check_before_launch(
     config: Path | None, overrides: list[str], resume: Path | None, nproc: int
 ) -> None:
     from absa import config as C
+    from absa.distributed import check_gpu_per_rank, visible_cuda
     from absa.trainer import check_divisible, prepare_run_dir
 
     cfg = C.load(config, overrides)
+    check_gpu_per_rank(cfg.train.device, nproc, visible_cuda())
     prepare_run_dir(cfg, config.stem if config is not None else "run", resume)
     check_divisible(cfg, nproc)
 

@@ -86,7 +86,12 @@ class Section(BaseModel):
     float field, tuple items included, must be finite (no .inf, .nan or 1e400)."""
 
     model_config = ConfigDict(
-        extra="forbid", frozen=True, validate_default=True, strict=True, allow_inf_nan=False
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+        strict=True,
+        allow_inf_nan=False,
+        protected_namespaces=(),  # adversarial.model_mode is a field (pydantic < 2.10 warned)
     )
 
 
