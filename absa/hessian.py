@@ -666,6 +666,7 @@ def _lanczos_top(
     state["ok"] = state["ok"] and m >= k
     idx = torch.arange(m - 1, max(m - 1 - k, -1), -1)
     basis = run.basis.to(torch.float64)
+    s = s.to(basis.device)  # eigh of the small T ran on the CPU; the basis lives with op
     values = [float(theta[i]) for i in idx]
     vectors = []
     for i in idx:
