@@ -86,9 +86,13 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
+    """Restore :func:`rng_state`'s generators. States are CPU ByteTensors whatever the
+    checkpoint was loaded onto; a CUDA state is restored per device this machine has (a
+    checkpoint made on CUDA resumes on a CPU, and one made on a CPU leaves CUDA seeded)."""
+    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        for i, s in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s.to("cpu", torch.uint8), i)
 
 
 def save(path: Path, payload: dict[str, Any]) -> None:
