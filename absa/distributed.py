@@ -125,6 +125,30 @@ def process_env() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def check_gpu_per_rank(name: str, local_world: int, n_cuda: int) -> None:
+    """Refuse, in one line, more processes on a node than visible CUDA devices.
+
+    nccl puts each process of a node on its own GPU and fails on a shared one ("Duplicate
+    GPU detected"); ``name`` is train.device, ``local_world`` the processes on this node and
+    ``n_cuda`` the visible CUDA devices. CPU ranks (train.device=cpu, gloo) are never refused.
+    """
+    if local_world <= 1:
+        return
+    cuda = name.startswith("cuda") or (name == "auto" and n_cuda > 0)
+    if cuda and (name.startswith("cuda:") or local_world > n_cuda):
+        where = f"train.device={name}" if name.startswith("cuda:") else f"{n_cuda} visible"
+        raise ValueError(
+            f"train.device: {local_world} processes on this node need {local_world} CUDA "
+            f"devices, one each ({where}); use --nproc {max(n_cuda, 1)} (one process per "
+            "GPU), or train.device=cpu for CPU processes (gloo)"
+        )
+
+
+def visible_cuda() -> int:
+    """The number of CUDA devices this process sees (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``train.device`` -> a torch device (``auto``: CUDA when available, else CPU)."""
     if name == "auto":
@@ -176,6 +200,8 @@ def setup(device: str = "auto", backend: str = "auto", timeout_s: int = 1800) ->
     rank, world, local = process_env()
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is outside the world of {world} processes")
+    if world > 1:  # torchrun sets LOCAL_WORLD_SIZE; elsewhere one process per node is assumed
+        check_gpu_per_rank(device, _env_int("LOCAL_WORLD_SIZE", default=1), visible_cuda())
     dev = resolve_device(device, local)
     if world == 1:
         return DistEnv(0, 1, 0, dev, None)
