@@ -99,17 +99,22 @@ def hessian_probe(
     probe_idx: Tensor,
     epoch: int,
     init: Any = None,
+    micro: int | None = None,
 ) -> ProbeResult:
     """Collective: top eigenvalue (and its stderr) of the Hessian of the mean loss on the probe
     set. BatchNorm is in eval mode during the probe; the mode is restored. Each rank holds a
     shard of the probe; HVPs are all-reduced so every rank gets the same value. Always in
     fp32, outside any autocast: power/Lanczos on low-precision double-backward is too noisy.
+    ``micro``: the probe chunk size, the run's resolved micro-batch (after ``auto`` sizing and
+    out-of-memory backoffs); None takes an integer ``batch.max_micro_batch``.
     """
     h = cfg.hessian
     t0 = time.perf_counter()
-    batches = probe_batches(
-        data.train, probe_idx, cfg.batch.max_micro_batch, env.device, env.rank, env.world_size
-    )
+    if micro is None:
+        micro = cfg.batch.max_micro_batch
+        if not isinstance(micro, int):
+            raise ValueError("hessian_probe: pass micro= (batch.max_micro_batch is auto)")
+    batches = probe_batches(data.train, probe_idx, micro, env.device, env.rank, env.world_size)
     gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed * 1_009 + epoch)
     autocast_off = torch.autocast(device_type=torch.device(env.device).type, enabled=False)
     with model_mode(model, train=False), autocast_off:
@@ -233,6 +238,8 @@ class NoiseMeter:
     def _project(self, g: Tensor) -> float | None:
         if self.direction is None:
             return None
+        if self.direction.device != g.device:  # restored from a checkpoint read on the CPU
+            self.direction = self.direction.to(g.device)
         return float(torch.dot(g, self.direction))
 
     def end_step(self, params: list[nn.Parameter], big: int) -> None:

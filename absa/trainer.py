@@ -224,11 +224,14 @@ def accumulate_gradients(
         x = to_input(x, rt.channels_last)
         last = upcoming is None
         with D.maybe_no_sync(model, skip_sync=not last):
+            half = noise is not None and split and first and last and len(y) >= 2
             with rt.precision.autocast():
                 x = _with_adversarial(bare, x, y, m_adv.to(env.device), cfg)
-                out = model(x)
+                # the half-batch gradient differentiates this graph twice (retain_graph), which
+                # a compiled graph refuses once it donated its saved buffers: eager module here
+                out = (bare if half else model)(x)
                 loss_sum = F.cross_entropy(out, y, reduction="sum")
-            if noise is not None and split and first and last and len(y) >= 2:
+            if half:
                 _half_gradient(noise, out, y, params)
             rt.precision.backward(loss_sum * scale)
         # the last micro-batch under DDP holds all-reduced gradients, and a step's only one on
@@ -636,7 +639,7 @@ def _open(
         say(f"{run_dir}: no checkpoint yet (no epoch was completed); starting at epoch 0")
         resume = False
     if resume:
-        ck = ckpt_io.load(last, map_location=env.device)
+        ck = ckpt_io.load(last)  # on the CPU: RNG states must stay CPU ByteTensors
         check_resume_config(cfg, ck["config"], str(last), ck["epoch"])
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
@@ -766,7 +769,7 @@ def _train_epochs(
         if plan.probe and overhead_allows(cfg, totals, env):
             if bar is not None:
                 bar(0, 0, {"phase": "hessian"})
-            probe = hessian_probe(r.model, r.data, cfg, env, probe_idx, epoch, st.hessian_vector)
+            probe = _probe(r, probe_idx, epoch)
             st.hessian_vector = probe.vector
             if bar is not None:
                 bar(1, 1, {"phase": "hessian", "lambda_max": probe.eigenvalue})
@@ -798,6 +801,23 @@ def _train_epochs(
         env.barrier()
         say(_epoch_line(record, cfg.train.epochs))
     return test
+
+
+def _probe(r: _Run, probe_idx: torch.Tensor, epoch: int) -> ProbeResult:
+    """The epoch's Hessian probe in chunks of the run's micro-batch in force; on one process
+    an out-of-memory probe halves it (kept for the rest of the run, like a training step's
+    backoff), under DDP the error is raised (the ranks are inside the HVP all-reduces)."""
+    while True:
+        try:
+            with oom_guard(r.env.device):
+                return hessian_probe(
+                    r.model, r.data, r.cfg, r.env, probe_idx, epoch, r.st.hessian_vector, r.rt.micro
+                )
+        except Exception as err:
+            if not is_oom(err) or r.env.distributed or r.rt.micro <= 1:
+                raise
+            r.rt.micro = max(1, r.rt.micro // 2)
+            r.rt.backoffs.append({"epoch": epoch, "step": -1, "micro_batch": r.rt.micro})
 
 
 def _step_hook(
