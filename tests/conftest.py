@@ -21,6 +21,7 @@ def tiny_cfg(tmp_path):
             "batch.size=64",
             "batch.max_micro_batch=32",
             "train.epochs=2",
+            "train.device=cpu",
             f"train.out_dir={tmp_path / 'runs'}",
             "train.run_name=t",
             "optim.lr=0.05",

@@ -33,7 +33,7 @@ CASES = {
     "abs": ("configs/digits_abs.yaml", ["schedule.duration=2"]),
     "absa": ("configs/digits_absa.yaml", ["schedule.duration=2"]),
 }
-COMMON = ["train.epochs=4", "train.threads=1", "hessian.probe_size=512"]
+COMMON = ["train.epochs=4", "train.threads=1", "hessian.probe_size=512", "train.device=cpu"]
 
 
 def overrides(extra: list[str]) -> list[str]:

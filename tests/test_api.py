@@ -49,7 +49,8 @@ def test_user_module_and_tensors_train_and_match_a_dense_head_hessian(tmp_path):
     y = (x.mean(dim=(1, 2, 3)) * 6).long().clamp(0, 2)
     data = absa.tensor_data(x[:64], y[:64], x[64:], y[64:], num_classes=3, flip=False)
     cfg = absa.load_config(None, ["schedule.method=abs", "schedule.max_batch=64", "batch.size=16",
-                                   "train.epochs=2", "hessian.probe_size=64", "schedule.duration=1"])  # fmt: skip
+                                   "train.epochs=2", "hessian.probe_size=64", "schedule.duration=1",
+                                   "train.device=cpu"])  # fmt: skip
     torch.manual_seed(0)
     res = absa.train(cfg, tmp_path / "run", model=TinyNet(), data=data, log=None)
     assert res.summary.epochs == 2 and res.summary.final_batch == 32

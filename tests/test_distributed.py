@@ -57,6 +57,7 @@ BASE = [
     "optim.lr=0.05",
     "hessian.probe_size=256",
     "train.threads=1",
+    "train.device=cpu",  # CPU ranks (gloo), also on a CUDA machine
 ]
 ABS = ("schedule.method=abs", "schedule.max_batch=256", "schedule.duration=1")
 SCENARIOS = {
@@ -72,7 +73,9 @@ EIG = ("hessian.probe_size=255", "hessian.rtol=1e-12", "hessian.max_iter=30")
 
 
 def _cfg(out: Path, name: str, *over: str) -> C.Config:
-    return C.load(None, [*BASE, f"train.out_dir={out}", f"train.run_name={name}", *over])
+    return C.load(
+        None, [*BASE, "train.device=cpu", f"train.out_dir={out}", f"train.run_name={name}", *over]
+    )
 
 
 def _free_port() -> int:
@@ -393,7 +396,7 @@ def _launch_env(**extra: str) -> dict[str, str]:
 
 def _nproc_run(tmp_path: Path, name: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "absa", "train", "--nproc", str(WORLD), *LAUNCH_ARGS]
-    cmd += [f"train.out_dir={tmp_path}", f"train.run_name={name}"]
+    cmd += ["train.device=cpu", f"train.out_dir={tmp_path}", f"train.run_name={name}"]
     return subprocess.run(
         cmd, cwd=tmp_path, env=_launch_env(), capture_output=True, text=True, timeout=180
     )
@@ -426,7 +429,7 @@ def test_nproc_runs_exit_cleanly_20_times(tmp_path):
 def _torchrun_faulty(tmp_path: Path, mode: str, *extra: str) -> tuple[subprocess.Popen, float]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     cmd += ["--nproc-per-node", str(WORLD), __file__, "train", *LAUNCH_ARGS, *extra]
-    cmd += [f"train.out_dir={tmp_path}", "train.run_name=f", "train.epochs=3"]
+    cmd += ["train.device=cpu", f"train.out_dir={tmp_path}", "train.run_name=f", "train.epochs=3"]
     env = _launch_env(ABSA_TEST_FAIL_RANK="1", ABSA_TEST_FAIL_MODE=mode, ABSA_TEST_FAIL_STEP="30")
     t0 = time.monotonic()
     try:
@@ -472,7 +475,12 @@ def _processes_mentioning(text: str) -> list[int]:
 def test_ctrl_c_stops_all_ranks_and_keeps_the_checkpoint(tmp_path):
     run = tmp_path / "ctrlc"
     cmd = [sys.executable, "-m", "absa", "train", "--nproc", str(WORLD), *LAUNCH_ARGS]
-    cmd += [f"train.out_dir={tmp_path}", "train.run_name=ctrlc", "train.epochs=1000"]
+    cmd += [
+        "train.device=cpu",
+        f"train.out_dir={tmp_path}",
+        "train.run_name=ctrlc",
+        "train.epochs=1000",
+    ]
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=_launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -512,7 +520,7 @@ def _srun_like(tmp_path: Path, name: str, script: list[str], **extra: str) -> li
             **extra,
         )
         cmd = [sys.executable, *script, "train", *LAUNCH_ARGS]
-        cmd += [f"train.out_dir={tmp_path}", f"train.run_name={name}"]
+        cmd += ["train.device=cpu", f"train.out_dir={tmp_path}", f"train.run_name={name}"]
         procs.append(
             subprocess.Popen(
                 cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE

@@ -21,7 +21,12 @@ CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 def test_default_rule_grows_on_eigenvalue_drop(name, tmp_path):
     cfg = C.load(
         CONFIGS / f"{name}.yaml",
-        ["train.epochs=12", "optim.decay_epochs=[]", f"train.out_dir={tmp_path}"],
+        [
+            "train.epochs=12",
+            "optim.decay_epochs=[]",
+            "train.device=cpu",
+            f"train.out_dir={tmp_path}",
+        ],
     )
     assert cfg.schedule.reference == "peak" and cfg.schedule.duration == 10
     run_dir = tmp_path / "run"

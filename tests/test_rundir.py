@@ -115,7 +115,7 @@ def test_two_concurrent_trainings_one_is_refused(tmp_path):
     pid and writes nothing; the first's metrics stay one line per epoch."""
     args = [
         sys.executable, "-m", "absa", "train", "data.name=digits", "model.name=mlp",
-        "model.width=8", "train.epochs=10000", "batch.size=64", f"train.out_dir={tmp_path}",
+        "model.width=8", "train.epochs=10000", "batch.size=64", "train.device=cpu", f"train.out_dir={tmp_path}",
         "train.run_name=same", "train.threads=1",
     ]  # fmt: skip
     first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -175,14 +175,25 @@ def test_run_name_cannot_leave_the_output_folder(name, tmp_path):
     from absa.config import ConfigError, load
 
     with pytest.raises(ConfigError, match="train.run_name: must be one folder name") as e:
-        load(None, [f"train.run_name={json.dumps(name)}", f"train.out_dir={tmp_path}"])
+        load(
+            None,
+            [f"train.run_name={json.dumps(name)}", "train.device=cpu", f"train.out_dir={tmp_path}"],
+        )
     assert "\n" not in str(e.value)
 
 
 def test_run_name_escape_writes_nothing_from_the_cli(tmp_path):
     before = set(os.listdir("/"))
     out = subprocess.run(
-        [sys.executable, "-m", "absa", "train", "train.run_name=/", f"train.out_dir={tmp_path}"],
+        [
+            sys.executable,
+            "-m",
+            "absa",
+            "train",
+            "train.run_name=/",
+            "train.device=cpu",
+            f"train.out_dir={tmp_path}",
+        ],
         capture_output=True,
         text=True,
     )
@@ -221,7 +232,7 @@ def test_real_kill_9_mid_run_then_resume_is_exact(tmp_path):
     common = [
         sys.executable, "-m", "absa", "train", "data.name=digits", "model.name=mlp",
         "model.width=8", "batch.size=16", "train.epochs=8", "train.threads=1",
-        "optim.decay_epochs=[6]", f"train.out_dir={tmp_path}",
+        "optim.decay_epochs=[6]", "train.device=cpu", f"train.out_dir={tmp_path}",
     ]  # fmt: skip
     ref = subprocess.run([*common, "train.run_name=ref"], capture_output=True, text=True)
     assert ref.returncode == 0, ref.stderr

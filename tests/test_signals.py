@@ -246,7 +246,7 @@ def test_new_methods_train_from_the_digits_absa_config(method, tmp_path):
     cfg = C.load(
         ROOT / "configs/digits_absa.yaml",
         [f"schedule.method={method}", "train.epochs=3", "optim.decay_epochs=[1]",
-         f"train.out_dir={tmp_path}", "hessian.probe_size=256", "train.threads=1"],
+         "train.device=cpu", f"train.out_dir={tmp_path}", "hessian.probe_size=256", "train.threads=1"],
     )  # fmt: skip
     s = T.run(cfg, run_dir=tmp_path / method)
     rows = read_metrics(tmp_path / method)

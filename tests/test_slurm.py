@@ -45,7 +45,7 @@ TINY = {
     "data": {"name": "digits"},
     "model": {"name": "mlp", "width": 8},
     "batch": {"size": 64, "max_micro_batch": 64},
-    "train": {"epochs": 2, "threads": 1},
+    "train": {"epochs": 2, "threads": 1, "device": "cpu"},
     "hessian": {"probe_size": 128},
 }
 # time_min 60: submitit then takes a USR2 for preemption, not for its time limit
@@ -236,7 +236,9 @@ def test_job_array_sweep_finishes_and_a_second_call_skips_it(cluster, tmp_path):
 def one_process(cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("one")
     cmd = [sys.executable, "-m", "absa", "train", *ARGS]
-    res = _run(cmd + [f"train.out_dir={out}", "train.run_name=one"], out, timeout=180)
+    res = _run(
+        cmd + ["train.device=cpu", f"train.out_dir={out}", "train.run_name=one"], out, timeout=180
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     return out / "one"
 
@@ -244,7 +246,7 @@ def one_process(cluster, tmp_path_factory):
 def _two_rank_run(launcher: str, tmp_path: Path):
     run = tmp_path / "two"
     train = [sys.executable, "-m", "absa", "train", *ARGS]
-    train += [f"train.out_dir={tmp_path}", "train.run_name=two"]
+    train += ["train.device=cpu", f"train.out_dir={tmp_path}", "train.run_name=two"]
     if launcher == "srun":
         cmd = ["srun", "--ntasks=2", "--kill-on-bad-exit=1", "--time=10", "--immediate=120"]
         res = _run(cmd + train, tmp_path, timeout=300)
@@ -347,7 +349,7 @@ def test_preempted_point_resumes_and_failed_point_reruns(cluster, tmp_path):
         # an uninterrupted run of the same config, beside the sweep
         ref = subprocess.Popen(
             [sys.executable, "-m", "absa", "train", "-c", str(long.folder / "point.yaml")]
-            + [f"train.out_dir={tmp_path / 'ref'}", "train.run_name=ref"],
+            + ["train.device=cpu", f"train.out_dir={tmp_path / 'ref'}", "train.run_name=ref"],
             cwd=tmp_path,
             env=_env(),
             stdout=subprocess.DEVNULL,
@@ -446,7 +448,7 @@ def test_kill_on_bad_exit_ends_absa_when_a_rank_is_killed(cluster, tmp_path):
     # tests/test_distributed.py run as a script is absa with a fault on rank 1: SIGKILL at
     # step 30, in epoch 1 (22 steps per epoch), after epoch 0's checkpoint
     cmd = [sys.executable, str(ROOT / "tests" / "test_distributed.py"), "train", *ARGS]
-    cmd += [f"train.out_dir={tmp_path}", "train.run_name=k", "train.epochs=50"]
+    cmd += ["train.device=cpu", f"train.out_dir={tmp_path}", "train.run_name=k", "train.epochs=50"]
     res, seconds = _srun_two(
         cmd, tmp_path, ABSA_TEST_FAIL_RANK="1", ABSA_TEST_FAIL_MODE="kill", ABSA_TEST_FAIL_STEP="30"
     )

@@ -12,7 +12,7 @@ TINY = {
     "data": {"name": "digits"},
     "model": {"name": "mlp", "width": 8},
     "batch": {"size": 64, "max_micro_batch": 64},
-    "train": {"epochs": 1, "threads": 1},
+    "train": {"epochs": 1, "threads": 1, "device": "cpu"},
     "hessian": {"probe_size": 128},
 }
 
@@ -301,7 +301,9 @@ def test_local_runs_points_skips_and_resumes(tmp_path):
     (points[1].folder / "summary.json").unlink()
     assert S.status(points[1]) == "partial"
     path = _tiny(
-        tmp_path, {"train.seed": [0, 1]}, base={**TINY, "train": {"epochs": 2, "threads": 1}}
+        tmp_path,
+        {"train.seed": [0, 1]},
+        base={**TINY, "train": {"epochs": 2, "threads": 1, "device": "cpu"}},
     )
     res = S.run_sweep(path, say=lambda _m: None)
     assert res.skipped == ["s0"] and res.done == ["s1"]
