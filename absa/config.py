@@ -25,7 +25,7 @@ from pydantic import (
 )
 from yaml.constructor import ConstructorError
 
-from absa.schedules import GROWING
+from absa.schedules import GROWING, READS
 from absa.schedules import METHODS as SCHEDULES
 
 DATASETS = (
@@ -39,6 +39,8 @@ DATASETS = (
     "imagefolder",
 )
 METHODS = tuple(SCHEDULES)  # the method registry lives in absa.schedules
+READS_MAX_LR = tuple(m for m in METHODS if "max_lr" in READS[m])
+READS_STOP = tuple(m for m in METHODS if "stop_rule" in READS[m])
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]+)?")  # what distributed.resolve_device takes
 
 # Upper bounds of the integer fields: generous for any real run, small enough that every
@@ -237,6 +239,18 @@ class ScheduleConfig(Section):
     confidence: bool = False
     # any growing method: after a growth cap lr at 2 (1 + momentum) / lambda_max (stability)
     lr_guard: bool = False
+    # abs/absa/gns/inner_product/hybrid: after a growth cap lr at this fixed value (not below
+    # optim.lr); null = no ceiling
+    max_lr: float | None = Field(None, gt=0, le=1e6)
+    # abs/absa/gns/inner_product/hybrid: after a growth ramp the lr linearly (per step) from
+    # the old to the new value over this many epochs (fractions allowed); 0 = step change
+    growth_warmup: float = Field(0.0, ge=0, le=MAX_EPOCHS)
+    # abs/absa/gns/inner_product/hybrid: veto a growth (metrics vetoed/veto) when the new
+    # batch would exceed stop_noise_ratio * B_simple (noise; needs signals.noise), or when
+    # new lr * lambda_max >= 2 (1 + momentum) (stability; probes lambda_max every epoch)
+    stop_rule: Literal["none", "noise", "stability"] = "none"
+    # stop_rule noise: the largest batch allowed, in units of the noise scale B_simple
+    stop_noise_ratio: float = Field(1.0, gt=0, le=1e6)
     # gns: grow while B < gns_ratio * B_simple (norm test with theta: gns_ratio = 1/theta^2);
     # hybrid: veto a growth while B >= gns_ratio * B_simple
     gns_ratio: float = Field(1.0, gt=0, le=1e6)
@@ -339,6 +353,15 @@ class Config(Section):
                 raise ValueError(
                     f"schedule.max_batch: {s.max_batch} is smaller than batch.size {b.size}"
                 )
+        if s.method in READS_MAX_LR and s.max_lr is not None and s.max_lr < self.optim.lr:
+            raise ValueError(
+                f"schedule.max_lr: {s.max_lr:g} is below optim.lr {self.optim.lr:g} "
+                "(the ceiling binds after a growth, never on the starting lr)"
+            )
+        if s.method in READS_STOP and s.stop_rule == "noise" and not self.signals.noise:
+            raise ValueError(
+                "schedule.stop_rule: noise needs the noise scale (signals.noise: true)"
+            )
         if s.method == "replay" and s.replay_from is None:
             raise ValueError(
                 "schedule.replay_from: required for schedule.method replay (a run folder)"

@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 LR_SCALINGS = ("linear", "sqrt", "none")
 REFERENCES = ("peak", "first")
+# schedule.stop_rule: when a growing policy stops growing although a trigger fired
+STOP_RULES = ("none", "noise", "stability")
 
 # Signal names a policy may want (absa.probes measures them at the end of an epoch).
 LAMBDA = "lambda_max"  # top Hessian eigenvalue on the probe set (hessian.block)
@@ -65,7 +67,29 @@ class Growth:
     eigenvalue: float | None
     reference: float | None
     noise_scale: float | None = None  # B_simple when the policy used it
-    lr_cap: float | None = None  # lr_guard: the cap 2 (1 + beta) / lambda when it bound
+    # the lr ceiling that bound: 2 (1 + beta) / lambda (lr_guard) or max_lr, else None
+    lr_cap: float | None = None
+
+
+@dataclass(frozen=True)
+class Veto:
+    """A growth that ``trigger`` asked for at the end of ``epoch`` and ``rule`` refused:
+    the batch stays at ``batch`` instead of ``new_batch`` (lr ``new_lr``).
+
+    ``rule``: "noise" (hybrid: B >= gns_ratio * B_simple already), "stop_noise"
+    (stop_rule noise: new_batch > stop_noise_ratio * B_simple) or "stop_stability"
+    (stop_rule stability: new_lr * lambda >= 2 (1 + beta)). ``limit``: the bound it hit
+    (a batch size for the noise rules, an lr for stability)."""
+
+    epoch: int
+    batch: int
+    new_batch: int
+    new_lr: float
+    trigger: str
+    rule: str
+    limit: float
+    eigenvalue: float | None = None
+    noise_scale: float | None = None
 
 
 class Policy(Protocol):
@@ -219,6 +243,13 @@ class _Segment:
     batch: int
     lr_mult: float  # product of lr scalings since B_0
     adv_fraction: float
+    # growth_warmup: the lr multiplier the segment starts from (the previous one's at
+    # ``start``), ramped linearly to lr_mult over growth_warmup epochs; None: a step change
+    warm_from: float | None = None
+
+    def as_list(self) -> list[Any]:
+        out = [self.start, self.batch, self.lr_mult, self.adv_fraction]
+        return out if self.warm_from is None else [*out, self.warm_from]
 
 
 @dataclass
@@ -237,7 +268,20 @@ class ABS:
     lambda_ref > 0 (a non-positive top eigenvalue, possible far from a minimum, never counts
     as "dropped"). ``lr_guard`` caps eta after a growth at 2 (1 + momentum) / lambda, the
     stability limit of SGD with momentum on a quadratic of curvature lambda (Cohen et al.
-    2021), using the latest lambda.
+    2021), using the latest lambda; ``max_lr`` caps it at a fixed value (both bind from the
+    growth on; step decay still applies below them).
+
+    ``growth_warmup`` (epochs, may be fractional): after a growth at the end of epoch e the
+    lr ramps linearly, per step, from the old lr to the new one over epochs
+    [e + 1, e + 1 + growth_warmup) instead of jumping at e + 1 (the ramp is on the growth
+    multiplier; step decay multiplies it). 0: the step change.
+
+    ``stop_rule`` vetoes a growth that a trigger asked for (kept in ``vetoes``, described by
+    ``last_veto``): "noise" when the new batch would exceed stop_noise_ratio * B_simple
+    (past McCandlish et al.'s critical batch, S = S_min (1 + B_noise / B), a larger batch
+    no longer cuts the steps; no veto without an estimate); "stability" when the new lr,
+    as the lr rule and max_lr give it (before lr_guard), times this epoch's lambda reaches
+    2 (1 + momentum) (no veto without a lambda). "none": never.
     """
 
     base_batch: int
@@ -255,15 +299,23 @@ class ABS:
     eigenvalue_trigger: bool = True  # False: duration-only growth, no probing (ablation)
     confidence: bool = False
     lr_guard: bool = False
-    momentum: float = 0.9  # beta of the stability limit (lr_guard)
+    momentum: float = 0.9  # beta of the stability limit (lr_guard, stop_rule stability)
+    growth_warmup: float = 0.0  # epochs of the lr ramp after each growth; 0: step change
+    max_lr: float | None = None  # fixed lr ceiling after a growth; None: none
+    stop_rule: str = "none"  # none | noise | stability (see the class docstring)
+    stop_noise_ratio: float = 1.0  # stop_rule noise: veto new B > ratio * B_simple
     name: str = "abs"
     segments: list[_Segment] = field(default_factory=list)
     ref_value: float | None = None
     last_lambda: float | None = None  # lr_guard: most recent eigenvalue seen
+    vetoes: list[int] = field(default_factory=list)  # epochs whose growth was vetoed
+    last_veto: Veto | None = None  # the latest veto (not in the state: a log record)
 
     def __post_init__(self) -> None:
         if self.reference not in REFERENCES:
             raise ValueError(f"reference: unknown rule {self.reference!r}")
+        if self.stop_rule not in STOP_RULES:
+            raise ValueError(f"stop_rule: unknown rule {self.stop_rule!r}")
         lr_scale(2, 1, self.lr_scaling)  # validate the rule name
         if not self.segments:
             start_b = min(self.base_batch, self.max_batch)
@@ -277,12 +329,26 @@ class ABS:
                 current = seg
         return current
 
-    def lr_at(self, epoch: int, progress: float) -> float:
+    def _mult(self, epoch: int, progress: float) -> float:
+        """The growth lr multiplier at ``epoch + progress`` (mid-ramp under growth_warmup)."""
         seg = self._segment(epoch)
-        return self.lr * seg.lr_mult * step_decay(epoch, self.decay_epochs, self.decay_factor)
+        if seg.warm_from is None or self.growth_warmup <= 0:
+            return seg.lr_mult
+        done = (epoch + progress - seg.start) / self.growth_warmup
+        if done >= 1:
+            return seg.lr_mult
+        return seg.warm_from + (seg.lr_mult - seg.warm_from) * done
+
+    def lr_at(self, epoch: int, progress: float) -> float:
+        mult = self._mult(epoch, progress)
+        return self.lr * mult * step_decay(epoch, self.decay_epochs, self.decay_factor)
 
     def wants(self) -> frozenset[str]:
-        """Signals this policy reads while it can still grow."""
+        """Signals this policy reads while it can still grow: its trigger's and its stop
+        rule's."""
+        return self._trigger_wants() | _STOP_WANTS[self.stop_rule]
+
+    def _trigger_wants(self) -> frozenset[str]:
         if not self.eigenvalue_trigger:
             return frozenset()
         return frozenset({LAMBDA, LAMBDA_STDERR} if self.confidence else {LAMBDA})
@@ -303,6 +369,11 @@ class ABS:
             self.last_lambda = eigenvalue
         trigger = self._trigger(epoch, seg, eigenvalue, signals)
         if trigger is None:
+            return None
+        veto = self._veto(epoch, seg, trigger, signals)
+        if veto is not None:
+            self.vetoes.append(epoch)
+            self.last_veto = veto
             return None
         ref_before = self.ref_value
         growth = self._grow(epoch, seg, trigger, eigenvalue, ref_before, signals)
@@ -339,6 +410,37 @@ class ABS:
     def _overdue(self, epoch: int, seg: _Segment) -> bool:
         return self.duration is not None and epoch + 1 - seg.start >= self.duration
 
+    def _scaled(self, epoch: int, seg: _Segment) -> tuple[int, float, float | None]:
+        """The next segment's batch and lr multiplier by the lr rule and max_lr (not yet
+        lr_guard), and max_lr when it bound."""
+        new_batch = min(seg.batch * self.growth_factor, self.max_batch)
+        mult = seg.lr_mult * lr_scale(new_batch, seg.batch, self.lr_scaling)
+        cap = None
+        if self.max_lr is not None:
+            decay = step_decay(epoch + 1, self.decay_epochs, self.decay_factor)
+            if self.lr * mult * decay > self.max_lr:
+                mult, cap = self.max_lr / (self.lr * decay), self.max_lr
+        return new_batch, mult, cap
+
+    def _veto(self, epoch: int, seg: _Segment, trigger: str, signals: Signals) -> Veto | None:
+        """The stop rule's veto of the growth ``trigger`` asked for, or None."""
+        if self.stop_rule == "none":
+            return None
+        new_batch, mult, _cap = self._scaled(epoch, seg)
+        new_lr = self.lr * mult * step_decay(epoch + 1, self.decay_epochs, self.decay_factor)
+        b_simple, lam = signals.get(NOISE), signals.get(LAMBDA)
+        limit = None
+        if self.stop_rule == "noise" and b_simple is not None:
+            bound = self.stop_noise_ratio * b_simple  # a batch size
+            limit = bound if new_batch > bound else None
+        elif self.stop_rule == "stability" and lam is not None and lam > 0:
+            bound = 2 * (1 + self.momentum) / lam  # an lr: new_lr * lam >= 2 (1 + beta)
+            limit = bound if new_lr * lam >= 2 * (1 + self.momentum) else None
+        if limit is None:
+            return None
+        rule = f"stop_{self.stop_rule}"
+        return Veto(epoch, seg.batch, new_batch, new_lr, trigger, rule, limit, lam, b_simple)
+
     def _grow(
         self,
         epoch: int,
@@ -348,10 +450,9 @@ class ABS:
         reference: float | None,
         signals: Signals,
     ) -> Growth | None:
-        """Append the next segment (B x growth_factor, capped; lr by the rule; r / 2)."""
-        new_batch = min(seg.batch * self.growth_factor, self.max_batch)
-        mult = seg.lr_mult * lr_scale(new_batch, seg.batch, self.lr_scaling)
-        cap = None
+        """Append the next segment (B x growth_factor, capped; lr by the rule, max_lr and
+        lr_guard; r / 2; under growth_warmup the lr ramps from the current one)."""
+        new_batch, mult, cap = self._scaled(epoch, seg)
         if self.lr_guard and self.last_lambda is not None and self.last_lambda > 0:
             limit = 2 * (1 + self.momentum) / self.last_lambda
             decay = step_decay(epoch + 1, self.decay_epochs, self.decay_factor)
@@ -359,17 +460,22 @@ class ABS:
                 mult, cap = limit / (self.lr * decay), limit
         adv = 0.0 if new_batch >= self.max_batch else seg.adv_fraction / 2
         old_lr = self.lr_at(epoch + 1, 0.0)
-        self.segments.append(_Segment(epoch + 1, new_batch, mult, adv))
+        warm_from = self._mult(epoch + 1, 0.0) if self.growth_warmup > 0 else None
+        self.segments.append(_Segment(epoch + 1, new_batch, mult, adv, warm_from))
+        # new_lr: where the lr lands (after the ramp under growth_warmup), before later decays
+        new_lr = self.lr * mult * step_decay(epoch + 1, self.decay_epochs, self.decay_factor)
         return Growth(
             epoch=epoch,
             old_batch=seg.batch,
             new_batch=new_batch,
             old_lr=old_lr,
-            new_lr=self.lr_at(epoch + 1, 0.0),
+            new_lr=new_lr,
             trigger=trigger,
             eigenvalue=eigenvalue,
             reference=reference,
-            noise_scale=signals.get(NOISE) if self.uses_noise else None,
+            noise_scale=signals.get(NOISE)
+            if self.uses_noise or self.stop_rule == "noise"
+            else None,
             lr_cap=cap,
         )
 
@@ -378,21 +484,38 @@ class ABS:
     def state_dict(self) -> dict[str, Any]:
         state = {
             "kind": self.name,
-            "segments": [[s.start, s.batch, s.lr_mult, s.adv_fraction] for s in self.segments],
+            "segments": [s.as_list() for s in self.segments],
             "reference": self.ref_value,
         }
         if self.lr_guard:
             state["last_lambda"] = self.last_lambda
+        if self.vetoes or self.stop_rule != "none":
+            state["vetoes"] = list(self.vetoes)
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("kind") != self.name:
             raise ValueError(f"schedule state is for {state.get('kind')!r}, not {self.name!r}")
-        self.segments = [
-            _Segment(int(a), int(b), float(c), float(d)) for a, b, c, d in state["segments"]
-        ]
+        self.segments = [_load_segment(s) for s in state["segments"]]
         self.ref_value = state["reference"]
         self.last_lambda = state.get("last_lambda")
+        self.vetoes = [int(e) for e in state.get("vetoes", [])]
+        self.last_veto = None
+
+
+def _load_segment(row: list[Any]) -> _Segment:
+    """A segment from its state row: [start, batch, lr_mult, adv_fraction(, warm_from)]."""
+    start, batch, mult, adv, *warm = row
+    return _Segment(
+        int(start), int(batch), float(mult), float(adv), float(warm[0]) if warm else None
+    )
+
+
+_STOP_WANTS = {  # the signals each stop rule reads
+    "none": frozenset(),
+    "noise": frozenset({NOISE}),
+    "stability": frozenset({LAMBDA}),
+}
 
 
 @dataclass
@@ -410,7 +533,7 @@ class GNS(ABS):
     name: str = "gns"
     uses_noise = True
 
-    def wants(self) -> frozenset[str]:
+    def _trigger_wants(self) -> frozenset[str]:
         return frozenset({NOISE})
 
     def _trigger(
@@ -438,7 +561,7 @@ class InnerProduct(GNS):
     nu: float = 5.84
     name: str = "inner_product"
 
-    def wants(self) -> frozenset[str]:
+    def _trigger_wants(self) -> frozenset[str]:
         return frozenset({NOISE_G2, NOISE_TRACE, IP_VARIANCE})
 
     def _trigger(
@@ -454,34 +577,30 @@ class InnerProduct(GNS):
 
 @dataclass
 class Hybrid(ABS):
-    """ABS's curvature trigger, with a growth vetoed while B >= gns_ratio * B_simple
-    (curvature says flatter, but the noise scale says a larger batch would be wasted).
-    Vetoes are counted in the state (``vetoes``: epochs)."""
+    """ABS's curvature trigger, with a growth vetoed (rule "noise") while
+    B >= gns_ratio * B_simple (curvature says flatter, but the noise scale says a larger
+    batch would be wasted); then the stop rule, if any. Vetoes are counted in the state
+    (``vetoes``: epochs)."""
 
     gns_ratio: float = 1.0
     name: str = "hybrid"
-    vetoes: list[int] = field(default_factory=list)
     uses_noise = True
 
-    def wants(self) -> frozenset[str]:
-        return super().wants() | {NOISE}
+    def _trigger_wants(self) -> frozenset[str]:
+        return super()._trigger_wants() | {NOISE}
 
-    def _trigger(
-        self, epoch: int, seg: _Segment, eigenvalue: float | None, signals: Signals
-    ) -> str | None:
-        trigger = super()._trigger(epoch, seg, eigenvalue, signals)
+    def _veto(self, epoch: int, seg: _Segment, trigger: str, signals: Signals) -> Veto | None:
         b_simple = signals.get(NOISE)
-        if trigger is not None and b_simple is not None and seg.batch >= self.gns_ratio * b_simple:
-            self.vetoes.append(epoch)
-            return None
-        return trigger
+        if b_simple is not None and seg.batch >= self.gns_ratio * b_simple:
+            new_batch, mult, _cap = self._scaled(epoch, seg)
+            decay = step_decay(epoch + 1, self.decay_epochs, self.decay_factor)
+            limit = self.gns_ratio * b_simple
+            new_lr, lam = self.lr * mult * decay, signals.get(LAMBDA)
+            return Veto(epoch, seg.batch, new_batch, new_lr, trigger, "noise", limit, lam, b_simple)
+        return super()._veto(epoch, seg, trigger, signals)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "vetoes": list(self.vetoes)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        self.vetoes = [int(e) for e in state.get("vetoes", [])]
 
 
 @dataclass
@@ -586,6 +705,10 @@ def _adaptive(cfg: Config, _traj: Any) -> Policy:
         lr_scaling=s.lr_scaling,
         lr_guard=s.lr_guard,
         momentum=cfg.optim.momentum,
+        growth_warmup=s.growth_warmup,
+        max_lr=s.max_lr,
+        stop_rule=s.stop_rule,
+        stop_noise_ratio=s.stop_noise_ratio,
         **_common(cfg),
     )
     curvature = dict(
@@ -618,7 +741,19 @@ METHODS: dict[str, MethodSpec] = {
 }
 GROWING = tuple(m for m, spec in METHODS.items() if spec.grows)
 
-_GROW = ("max_batch", "growth_factor", "lr_scaling", "lr_guard")
+# the keys of every adaptive policy (abs, absa, gns, inner_product, hybrid): growth, the lr
+# rules at a growth (scaling, ceilings, warm-up) and the stop rule; gg/seesaw grow on a fixed
+# schedule without raising the lr, so they read max_batch only
+_GROW = (
+    "max_batch",
+    "growth_factor",
+    "lr_scaling",
+    "lr_guard",
+    "max_lr",
+    "growth_warmup",
+    "stop_rule",
+    "stop_noise_ratio",
+)
 _CURVATURE = ("alpha", "reference", "duration", "eigenvalue_trigger", "confidence")
 READS: dict[str, frozenset[str]] = {  # the schedule.* keys each method's policy reads
     "bl": frozenset(),

@@ -301,6 +301,12 @@ _ABBREV = {
     "data.split_seed": "ss",
     "schedule.replay_from": "of-",
     "schedule.eigenvalue_trigger": "eigtrig-",
+    "schedule.lr_scaling": "",  # abs-bmax16384-sqrt
+    "schedule.lr_guard": "lrguard-",
+    "schedule.growth_warmup": "warmup",
+    "schedule.max_lr": "maxlr",
+    "schedule.stop_rule": "stop-",
+    "schedule.stop_noise_ratio": "stopratio",
 }
 _MAX_NAME = 64
 

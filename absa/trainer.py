@@ -874,13 +874,21 @@ def _epoch_record(
         "growth": {**asdict(growth), "effective": epoch + 1 < r.cfg.train.epochs}
         if growth
         else None,
-        "vetoed": epoch in getattr(r.policy, "vetoes", ()),  # hybrid: a growth the noise vetoed
+        # a growth a trigger asked for and a rule refused (hybrid's noise veto, stop_rule)
+        "vetoed": epoch in getattr(r.policy, "vetoes", ()),
+        "veto": _veto_record(r.policy, epoch),
         **noise,
         "train_seconds": times["train"],
         "hessian_seconds": times["hessian"],
         "eval_seconds": times["eval"],
         "seconds": sum(times.values()),
     }
+
+
+def _veto_record(policy: Any, epoch: int) -> dict[str, Any] | None:
+    """The policy's veto at the end of ``epoch`` (absa.schedules.Veto as a dict), or None."""
+    veto = getattr(policy, "last_veto", None)
+    return asdict(veto) if veto is not None and veto.epoch == epoch else None
 
 
 def _finish(r: _Run, test: EvalResult | None) -> Summary:
@@ -929,6 +937,9 @@ def _epoch_line(r: dict[str, Any], epochs: int) -> str:
         g = r["growth"]
         late = "" if g.get("effective", True) else "; last epoch: not applied"
         grow = f" -> batch {g['new_batch']} ({g['trigger']}{late})"
+    if r.get("veto"):
+        v = r["veto"]
+        grow = f" (growth to {v['new_batch']} on {v['trigger']} vetoed: {v['rule']})"
     adv = f" adv {r['adv_fraction']:.3g}" if r["adv_fraction"] or r["method"] == "absa" else ""
     return (
         f"epoch {r['epoch']}/{epochs - 1} {r['method']} batch {r['batch_size']} "

@@ -449,3 +449,59 @@ def test_long_rejected_values_are_clipped():
         C.load(None, [f"optim.lr={10**400}"])
     assert "(got 1000" in str(e.value) and str(e.value).endswith("...)")
     assert len(str(e.value)) < 200
+
+
+# --- issue 27: lr rules at a growth and the stop rule ----------------------------------------
+
+GROW27 = ["schedule.method=abs", "schedule.max_batch=1024"]
+
+
+def test_growth_lr_switches_default_off():
+    s = C.load().schedule
+    assert (s.growth_warmup, s.max_lr, s.stop_rule, s.stop_noise_ratio) == (0.0, None, "none", 1.0)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (["schedule.growth_warmup=-1"], "schedule.growth_warmup"),
+        (["schedule.max_lr=0"], "schedule.max_lr"),
+        (["schedule.max_lr=0.05"], "schedule.max_lr"),  # below optim.lr 0.1
+        (["schedule.stop_rule=always"], "schedule.stop_rule"),
+        (["schedule.stop_noise_ratio=0"], "schedule.stop_noise_ratio"),
+        (["schedule.stop_rule=noise", "signals.noise=false"], "schedule.stop_rule"),
+    ],
+)
+def test_growth_lr_switches_errors_name_the_field(overrides, field):
+    with pytest.raises(C.ConfigError) as e:
+        C.load(None, [*GROW27, *overrides])
+    msg = str(e.value)
+    assert field in msg and "\n" not in msg
+
+
+def test_max_lr_below_lr_is_fine_where_it_is_not_read():
+    cfg = C.load(None, ["schedule.method=gg", "schedule.max_batch=1024", "schedule.max_lr=0.05"])
+    assert cfg.schedule.max_lr == 0.05  # gg ignores it (the CLI says so), nothing to check
+
+
+@pytest.mark.parametrize("method", ["abs", "absa", "gns", "inner_product", "hybrid"])
+def test_growing_policies_get_the_resolved_switches(method):
+    from absa.schedules import ignored_keys, make_policy
+
+    keys = ["growth_warmup=0.5", "max_lr=0.8", "stop_rule=stability", "stop_noise_ratio=2"]
+    cfg = C.load(None, [f"schedule.method={method}", "schedule.max_batch=1024"] + [
+        f"schedule.{k}" for k in keys
+    ])  # fmt: skip
+    p = make_policy(cfg)
+    assert (p.growth_warmup, p.max_lr, p.stop_rule, p.stop_noise_ratio) == (
+        0.5, 0.8, "stability", 2.0,
+    )  # fmt: skip
+    assert ignored_keys(method, [f"schedule.{k.split('=')[0]}" for k in keys]) == []
+
+
+@pytest.mark.parametrize("method", ["gg", "seesaw", "bl", "fb"])
+def test_fixed_schedules_do_not_read_the_growth_lr_switches(method):
+    from absa.schedules import ignored_keys
+
+    keys = ["schedule.growth_warmup", "schedule.max_lr", "schedule.stop_rule"]
+    assert ignored_keys(method, keys) == sorted(keys)

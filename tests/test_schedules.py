@@ -13,7 +13,21 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from absa.schedules import ABS, BL, FB, GG, EpochPlan, Growth, build_policy, lr_scale, step_decay
+from absa.schedules import (
+    ABS,
+    BL,
+    FB,
+    GG,
+    LAMBDA,
+    NOISE,
+    EpochPlan,
+    Growth,
+    Hybrid,
+    Veto,
+    build_policy,
+    lr_scale,
+    step_decay,
+)
 
 SQRT2 = 1.4142135623730951
 
@@ -730,3 +744,203 @@ def test_abs_without_eigenvalue_trigger_grows_every_duration_and_never_probes():
         g = p.observe(e, {"lambda_max": 0.0001})  # a collapsed eigenvalue must not count
         assert g is None or g.trigger == "duration"
     assert batches == [8, 8, 16, 16, 32, 32, 64, 64]
+
+
+# ---------------------------------------------------------------------------------------------
+# lr rules at a growth (growth_warmup, max_lr) and the stop rule (issue 27)
+
+# duration-only growth every epoch, no probing, no decay: 64 -> 128 -> 256 -> 512
+RAMP = dict(base_batch=64, max_batch=512, total_epochs=20, duration=1, eigenvalue_trigger=False)
+EDGE = dict(base_batch=64, max_batch=512, total_epochs=20)
+
+
+def test_growth_warmup_ramps_each_doubling_over_one_epoch():
+    # lr 0.1, linear: target multipliers 2, 4, 8 after the growths at the ends of epochs
+    # 0, 1, 2. Each growth epoch ramps per step from the old lr to the new one:
+    # epoch 1: 0.1 * (1 + 1 * p) at p = 0, 1/4, 1/2, 3/4; epoch 2: 0.1 * (2 + 2 p); ...
+    t = drive(build_policy("abs", **RAMP, lr=0.1, growth_warmup=1.0), 5)
+    assert t.batches == [64, 128, 256, 512, 512]
+    assert t.lrs == pytest.approx([0.1, 0.1, 0.2, 0.4, 0.8])  # epoch start: the old lr
+    assert t.step_lrs == [
+        pytest.approx([0.1, 0.1, 0.1, 0.1]),
+        pytest.approx([0.1, 0.125, 0.15, 0.175]),
+        pytest.approx([0.2, 0.25, 0.3, 0.35]),
+        pytest.approx([0.4, 0.5, 0.6, 0.7]),
+        pytest.approx([0.8, 0.8, 0.8, 0.8]),
+    ]
+    # the records name where the lr lands: old 0.1 -> new 0.2, and so on
+    assert_growths(
+        t.growths,
+        {
+            0: (64, 128, 0.1, 0.2, "duration", None, None),
+            1: (128, 256, 0.2, 0.4, "duration", None, None),
+            2: (256, 512, 0.4, 0.8, "duration", None, None),
+        },
+    )
+
+
+def test_fractional_growth_warmup_with_a_decay_epoch_in_the_ramp():
+    # warm-up 0.5 epochs, x0.5 decay at epoch 1: the growth at the end of epoch 0 takes the
+    # multiplier 1 -> 2 over the first half of epoch 1, all of it times the decay 0.5:
+    # p = 0, 1/4, 1/2, 3/4 -> multiplier 1, 1.5, 2, 2 -> lr 0.05, 0.075, 0.1, 0.1
+    p = build_policy("abs", **RAMP, lr=0.1, growth_warmup=0.5, decay_epochs=[1], decay_factor=0.5)
+    t = drive(p, 2)
+    assert t.step_lrs[1] == pytest.approx([0.05, 0.075, 0.1, 0.1])
+    assert_growth(t.growths[0], 0, 64, 128, 0.05, 0.1, "duration", None, None)
+    assert p.lr_at(1, 0.9) == pytest.approx(0.1)
+
+
+def test_a_growth_inside_a_ramp_starts_the_next_ramp_where_the_lr_is():
+    # warm-up 2 epochs but a growth every epoch. Epoch 1: multiplier 1 + (2 - 1) p / 2:
+    # 1, 1.125, 1.25, 1.375. The growth at its end starts from 1.5 (halfway, at t = 2)
+    # towards 4: epoch 2: 1.5 + 2.5 p / 2 = 1.5, 1.8125, 2.125, 2.4375
+    t = drive(build_policy("abs", **RAMP, lr=0.1, growth_warmup=2.0), 3)
+    assert t.step_lrs[1] == pytest.approx([0.1, 0.1125, 0.125, 0.1375])
+    assert t.step_lrs[2] == pytest.approx([0.15, 0.18125, 0.2125, 0.24375])
+    assert_growth(t.growths[1], 1, 128, 256, 0.15, 0.4, "duration", None, None)
+
+
+def test_growth_warmup_state_round_trip_resumes_mid_ramp():
+    a = build_policy("abs", **RAMP, lr=0.1, growth_warmup=2.0)
+    drive(a, 2)
+    state = json_roundtrip(a.state_dict())
+    assert state["segments"][1] == [1, 128, 2.0, 0.0, 1.0]  # warm_from: the 5th entry
+    b = build_policy("abs", **RAMP, lr=0.1, growth_warmup=2.0)
+    b.load_state_dict(state)
+    assert [b.lr_at(2, s / 4) for s in range(4)] == pytest.approx([0.15, 0.18125, 0.2125, 0.24375])
+
+
+def test_max_lr_caps_the_lr_after_a_growth():
+    # lr 0.25, linear, ceiling 0.75, x0.5 decay at epoch 3: growth 1 takes 0.25 -> 0.5;
+    # growth 2 would give 1.0: capped at 0.75 (multiplier 3); growth 3 at the end of epoch 2
+    # gives 0.25 * 6 * 0.5 = 0.75 at epoch 3: exactly the ceiling, not capped
+    p = build_policy("abs", **RAMP, lr=0.25, max_lr=0.75, decay_epochs=[3], decay_factor=0.5)
+    t = drive(p, 5)
+    assert t.batches == [64, 128, 256, 512, 512]
+    assert t.lrs == [0.25, 0.5, 0.75, 0.75, 0.75]
+    assert [g.lr_cap for g in t.growths[:3]] == [None, 0.75, None]
+    assert_growth(t.growths[1], 1, 128, 256, 0.5, 0.75, "duration", None, None)
+
+
+def test_max_lr_and_lr_guard_the_lower_ceiling_binds():
+    # lambda 5, momentum 0.5: guard limit 2 (1 + 0.5) / 5 = 0.6 < max_lr 0.75
+    kw = dict(base_batch=64, max_batch=512, total_epochs=20, duration=1, momentum=0.5)
+    p = build_policy("abs", **kw, lr=0.4, max_lr=0.75, lr_guard=True)
+    g = p.observe(0, {LAMBDA: 5.0})  # 0.8 -> max_lr 0.75 -> guard 0.6
+    assert g.new_lr == pytest.approx(0.6) and g.lr_cap == pytest.approx(0.6)
+    q = build_policy("abs", **kw, lr=0.4, max_lr=0.75, lr_guard=True)
+    g = q.observe(0, {LAMBDA: 1.0})  # guard limit 3: max_lr binds
+    assert g.new_lr == 0.75 and g.lr_cap == 0.75
+
+
+def test_stop_rule_noise_vetoes_growth_past_the_critical_batch():
+    # stop_noise_ratio 2: a growth to B' is vetoed when B' > 2 * B_simple
+    p = build_policy("abs", **RAMP, lr=0.1, stop_rule="noise", stop_noise_ratio=2.0)
+    assert p.plan(0).wants == {NOISE}
+    g = p.observe(0, {NOISE: 100.0})  # 128 <= 200: grows
+    assert (g.new_batch, g.trigger, g.noise_scale) == (128, "duration", 100.0)
+    assert p.observe(1, {NOISE: 100.0}) is None  # 256 > 200: vetoed
+    assert p.last_veto == Veto(
+        epoch=1,
+        batch=128,
+        new_batch=256,
+        new_lr=pytest.approx(0.4),
+        trigger="duration",
+        rule="stop_noise",
+        limit=200.0,
+        eigenvalue=None,
+        noise_scale=100.0,
+    )
+    assert p.observe(2, {NOISE: None}).new_batch == 256  # no estimate: no veto
+    assert p.observe(3, {NOISE: 128.0}) is None  # 512 > 256
+    assert p.vetoes == [1, 3] and p.plan(4).batch_size == 256
+    state = json_roundtrip(p.state_dict())
+    assert state["vetoes"] == [1, 3]
+    q = build_policy("abs", **RAMP, lr=0.1, stop_rule="noise", stop_noise_ratio=2.0)
+    q.load_state_dict(state)
+    assert q.vetoes == [1, 3] and q.plan(4).batch_size == 256
+
+
+def test_stop_rule_noise_on_gns_caps_its_own_ratio():
+    # gns_ratio 4 asks for growth while B < 4 B_simple; the stop rule (ratio 1) refuses B'
+    # above B_simple: 64 < 400 fires, 128 <= 100 fails -> vetoed
+    p = build_policy(
+        "gns", base_batch=64, max_batch=512, lr=0.1, total_epochs=20, gns_ratio=4.0,
+        stop_rule="noise",
+    )  # fmt: skip
+    assert p.plan(0).wants == {NOISE}
+    assert p.observe(0, {NOISE: 100.0}) is None
+    assert (p.last_veto.trigger, p.last_veto.rule, p.last_veto.limit) == (
+        "noise",
+        "stop_noise",
+        100.0,
+    )
+    assert p.observe(1, {NOISE: 200.0}).new_batch == 128  # 128 <= 200
+
+
+def test_stop_rule_stability_vetoes_at_the_edge():
+    # momentum 0.9: the edge is new_lr * lambda >= 3.8
+    p = build_policy("abs", **EDGE, lr=0.1, duration=1, stop_rule="stability")
+    assert p.plan(0).wants == {LAMBDA}
+    g = p.observe(0, {LAMBDA: 10.0})  # duration: 0.2 * 10 = 2 < 3.8, grows
+    assert (g.new_batch, g.new_lr) == (128, pytest.approx(0.2))
+    assert p.observe(1, {LAMBDA: 10.0}) is None  # 0.4 * 10 = 4 >= 3.8
+    v = p.last_veto
+    assert (v.epoch, v.batch, v.new_batch, v.trigger, v.rule) == (
+        1,
+        128,
+        256,
+        "duration",
+        "stop_stability",
+    )
+    assert (
+        v.new_lr == pytest.approx(0.4) and v.limit == pytest.approx(0.38) and v.eigenvalue == 10.0
+    )
+    g = p.observe(2, {LAMBDA: 5.0})  # 5 <= peak 10 / 2, and 0.4 * 5 = 2 < 3.8: grows
+    assert (g.trigger, g.new_batch, g.reference) == ("eigenvalue", 256, 10.0)
+    assert p.observe(3, {LAMBDA: None}) is not None  # not measured: no veto (duration)
+    assert p.vetoes == [1]
+
+
+def test_stop_rule_stability_probes_without_the_eigenvalue_trigger():
+    p = build_policy("abs", **RAMP, lr=0.1, stop_rule="stability")
+    assert p.plan(0).wants == {LAMBDA} and p.plan(0).probe
+    assert p.observe(0, {LAMBDA: 19.0}) is None  # 0.2 * 19 = 3.8: at the edge, vetoed
+    assert p.observe(1, {LAMBDA: 18.0}).new_batch == 128  # 3.6 < 3.8
+
+
+def test_stop_rule_stability_judges_the_lr_before_lr_guard():
+    # lr_guard alone would grow with the lr capped at 3.8 / 19 = 0.2; the stop rule sees
+    # the scaled 0.4 * 19 >= 3.8 and keeps the batch instead
+    p = build_policy("abs", **RAMP, lr=0.2, stop_rule="stability", lr_guard=True)
+    assert p.observe(0, {LAMBDA: 19.0}) is None and p.vetoes == [0]
+
+
+def test_hybrid_veto_is_described_like_a_stop_rule_veto():
+    p = Hybrid(**EDGE, lr=0.1, duration=100)
+    p.observe(0, {LAMBDA: 4.0, NOISE: 1000.0})
+    assert p.observe(1, {LAMBDA: 1.0, NOISE: 32.0}) is None  # 64 >= 32
+    assert p.last_veto == Veto(
+        1, 64, 128, pytest.approx(0.2), "eigenvalue", "noise", 32.0, 1.0, 32.0
+    )
+
+
+@pytest.mark.parametrize("method", ["abs", "absa", "gns", "inner_product", "hybrid"])
+def test_new_switches_off_keep_state_and_lrs_as_before(method):
+    """Defaults: no vetoes key, 4-entry segments, lrs and records as without the switches."""
+    kw = dict(base_batch=64, max_batch=512, lr=0.1, total_epochs=20, duration=1)
+    if method in ("abs", "absa", "hybrid"):
+        kw["eigenvalue_trigger"] = False
+    p = build_policy(method, **kw)
+    t = drive(p, 4)
+    assert t.batches == [64, 128, 256, 512] and t.lrs == [0.1, 0.2, 0.4, 0.8]
+    assert t.step_lrs[1] == [0.2] * 4
+    state = p.state_dict()
+    assert all(len(s) == 4 for s in state["segments"])
+    assert "vetoes" not in state or method == "hybrid"
+    assert t.growths[0].lr_cap is None and p.last_veto is None
+
+
+def test_unknown_stop_rule_raises():
+    with pytest.raises(ValueError, match="stop_rule"):
+        build_policy("abs", **RAMP, lr=0.1, stop_rule="maybe")

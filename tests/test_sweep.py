@@ -501,3 +501,55 @@ def test_shipped_cpu_reproduction_is_the_grid_it_was_run_with():
         absa = p.config.schedule.method == "absa"
         assert (p.config.adv_fraction > 0) == absa, p.name
         assert p.config.hessian.method == "power" and p.config.batch.size in (32, 256, 1024)
+
+
+def test_large_batch_sweep_is_the_fixed_grid_of_issue_27():
+    """configs/sweeps/large_batch_fmnist.yaml: 15 configurations x seeds 0, 1 = 30 points,
+    each 30 epochs on one thread, every growing one up to 16384, nothing trained."""
+    root = Path(__file__).resolve().parent.parent
+    sweep = S.load_sweep(root / "configs" / "sweeps" / "large_batch_fmnist.yaml")
+    points = S.expand(sweep)
+    assert sweep.name == "large_batch_fmnist" and sweep.out_dir.parts[-2:] == (
+        "sweeps",
+        "large_batch_fmnist",
+    )
+    assert sweep.local.max_parallel == 2 and len(points) == 30
+    labels = {}
+    for p in points:
+        c, s = p.config, p.config.schedule
+        assert c.train.epochs == 30 and c.train.threads == 1 and c.data.name == "fashion_mnist"
+        assert c.batch.size == 128 and c.optim.lr == 0.1 and c.train.seed in (0, 1)
+        assert s.max_batch == (None if s.method == "bl" else 16384), p.name
+        assert (s.max_lr, s.stop_rule) == (None, "none")  # not part of this sweep
+        label = p.name.rsplit("-s", 1)[0]
+        assert p.name == f"{label}-s{c.train.seed}"
+        labels.setdefault(label, []).append(c.train.seed)
+        labels[label + "/settings"] = (s.method, s.lr_scaling, s.growth_warmup, s.lr_guard)
+    assert [p.config.train.seed for p in points] == [0] * 15 + [1] * 15  # seed 0 first
+    expected = {
+        "abs-bmax16384-linear": ("abs", "linear", 0.0, False),
+        "abs-bmax16384-sqrt": ("abs", "sqrt", 0.0, False),
+        "absa-bmax16384-linear": ("absa", "linear", 0.0, False),
+        "absa-bmax16384-sqrt": ("absa", "sqrt", 0.0, False),
+        "abs-bmax16384-warmup1": ("abs", "linear", 1.0, False),
+        "absa-bmax16384-warmup1": ("absa", "linear", 1.0, False),
+        "abs-bmax16384-lrguard-true": ("abs", "linear", 0.0, True),
+        "absa-bmax16384-lrguard-true": ("absa", "linear", 0.0, True),
+        "gns-bmax16384-linear": ("gns", "linear", 0.0, False),
+        "gns-bmax16384-sqrt": ("gns", "sqrt", 0.0, False),
+        "hybrid-bmax16384-linear": ("hybrid", "linear", 0.0, False),
+        "hybrid-bmax16384-sqrt": ("hybrid", "sqrt", 0.0, False),
+        "gg-bmax16384": ("gg", "linear", 0.0, False),
+        "seesaw-bmax16384": ("seesaw", "linear", 0.0, False),
+        "bl-b128-lr0.1": ("bl", "linear", 0.0, False),
+    }
+    assert {k: v for k, v in labels.items() if "/" not in k} == {k: [0, 1] for k in expected}
+    assert {k: labels[k + "/settings"] for k in expected} == expected
+    for p in points:  # the shared protocol of reproduce_fmnist, untouched
+        c = p.config
+        assert (c.schedule.duration, c.schedule.gns_ratio, c.optim.decay_epochs) == (
+            3,
+            1.0,
+            (10, 20, 27),
+        )
+        assert c.adv_fraction == (0.2 if c.schedule.method == "absa" else 0.0)

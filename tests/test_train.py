@@ -1,4 +1,5 @@
 import json
+import math
 
 import pytest
 import torch
@@ -244,3 +245,41 @@ def test_a_growth_at_the_last_epoch_is_marked_not_applied(tiny_cfg, tmp_path):
     assert "last epoch: not applied" in lines[-1] and lines[-1].startswith("epoch 1/1 ")
     s = T.run(tiny_cfg(*grow, "train.epochs=3"), run_dir=tmp_path / "r", resume=True)
     assert [g["new_batch"] for g in s.growths] == [128, 256] and s.final_batch == 256
+
+
+def test_growth_warmup_ramps_the_lr_through_the_trainer(tiny_cfg, tmp_path):
+    """Issue 27: the growth at the end of epoch 0 (64 -> 128, lr 0.05 -> 0.1) ramps over
+    epoch 1: step k of its n steps runs at 0.05 (1 + k / n), so it starts at 0.05 and its
+    last step is at 0.05 (1 + (n - 1) / n)."""
+    grow = ("schedule.method=abs", "schedule.max_batch=256", "schedule.duration=1")
+    T.run(tiny_cfg(*grow, "schedule.growth_warmup=1"), run_dir=tmp_path / "r", log=None)
+    recs = read_metrics(tmp_path / "r")
+    g = recs[0]["growth"]
+    assert (g["new_batch"], g["old_lr"], g["new_lr"]) == (128, 0.05, 0.1)
+    n = math.ceil(recs[1]["samples"] / 128)
+    assert recs[1]["batch_size"] == 128 and recs[1]["lr"] == 0.05
+    assert recs[1]["lr_end"] == pytest.approx(0.05 * (1 + (n - 1) / n))
+    assert not any(r["vetoed"] or r["veto"] for r in recs)
+
+
+def test_a_vetoed_growth_is_named_in_the_metrics(tiny_cfg, tmp_path):
+    """stop_rule noise with ratio 1e-6: the duration growth to 128 exceeds 1e-6 B_simple
+    (any B_simple below 1.28e8), so it is vetoed and the record names trigger and rule."""
+    lines = []
+    grow = ("schedule.method=abs", "schedule.max_batch=256", "schedule.duration=1")
+    stop = ("schedule.stop_rule=noise", "schedule.stop_noise_ratio=1e-6")
+    T.run(tiny_cfg(*grow, *stop), run_dir=tmp_path / "r", log=lines.append)
+    recs = read_metrics(tmp_path / "r")
+    assert [r["batch_size"] for r in recs] == [64, 64] and [r["vetoed"] for r in recs] == [True] * 2
+    v = recs[0]["veto"]
+    assert (v["epoch"], v["batch"], v["new_batch"], v["trigger"], v["rule"]) == (
+        0,
+        64,
+        128,
+        "duration",
+        "stop_noise",
+    )
+    assert v["noise_scale"] == recs[0]["noise_scale"] and v["limit"] == pytest.approx(
+        1e-6 * v["noise_scale"]
+    )
+    assert any("(growth to 128 on duration vetoed: stop_noise)" in x for x in lines)
