@@ -163,32 +163,38 @@ class LARS(torch.optim.Optimizer):
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """One step over each group's tensors at once (torch._foreach_*: one call per
+        operation instead of one per tensor); the arithmetic per tensor is the loop's of the
+        module docstring, bit for bit on the CPU (tests/test_optim.py), and the trust ratios
+        stay on the device."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
             lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
-                d = g.add(p, alpha=wd) if wd != 0 else g.clone()
-                if group["adapt"]:
-                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
-                    ratio = (
-                        group["trust_coefficient"] * w_norm / (g_norm + wd * w_norm + group["eps"])
-                    )
-                    d.mul_(_trust(ratio, w_norm, g_norm))
-                if m != 0:
-                    state = self.state[p]
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = d.clone()
-                    else:
-                        buf.mul_(m).add_(d)
-                    d = d.add(buf, alpha=m) if group["nesterov"] else buf
-                p.add_(d, alpha=-lr)
+            ps = [p for p in group["params"] if p.grad is not None]
+            if not ps:
+                continue
+            gs = [p.grad for p in ps]
+            ds = torch._foreach_add(gs, ps, alpha=wd) if wd != 0 else [g.clone() for g in gs]
+            if group["adapt"]:
+                w_norm = torch.stack(torch._foreach_norm(ps))
+                g_norm = torch.stack(torch._foreach_norm(gs))
+                ratio = group["trust_coefficient"] * w_norm / (g_norm + wd * w_norm + group["eps"])
+                torch._foreach_mul_(ds, list(_trust(ratio, w_norm, g_norm).unbind()))
+            if m != 0:
+                has = [self.state[p].get("momentum_buffer") is not None for p in ps]
+                bufs = [self.state[p]["momentum_buffer"] for p, h in zip(ps, has, strict=True) if h]
+                if bufs:  # buf = m * buf + d
+                    torch._foreach_mul_(bufs, m)
+                    torch._foreach_add_(bufs, [d for d, h in zip(ds, has, strict=True) if h])
+                for p, d, h in zip(ps, ds, has, strict=True):
+                    if not h:  # the first step: buf = d
+                        self.state[p]["momentum_buffer"] = d.clone()
+                bufs = [self.state[p]["momentum_buffer"] for p in ps]
+                ds = torch._foreach_add(ds, bufs, alpha=m) if group["nesterov"] else bufs
+            torch._foreach_add_(ps, ds, alpha=-lr)
         return loss
 
 
@@ -223,27 +229,36 @@ class LAMB(torch.optim.Optimizer):
         for group in self.param_groups:
             b1, b2 = group["betas"]
             lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                g = p.grad
+            ps = [p for p in group["params"] if p.grad is not None]
+            if not ps:
+                continue
+            gs = [p.grad for p in ps]
+            for p in ps:
                 state = self.state[p]
                 if not state:
                     state["step"] = torch.tensor(0.0)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["step"] += 1
-                t = float(state["step"])
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(b1).add_(g, alpha=1 - b1)
-                v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                r = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt_().add_(eps))
-                if wd != 0:
-                    r.add_(p, alpha=wd)
-                if group["adapt"]:
-                    w_norm, r_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(r)
-                    r.mul_(_trust(w_norm / r_norm, w_norm, r_norm))
-                p.add_(r, alpha=-lr)
+            ts = [float(self.state[p]["step"]) for p in ps]  # host tensors: no device read
+            ms = [self.state[p]["exp_avg"] for p in ps]
+            vs = [self.state[p]["exp_avg_sq"] for p in ps]
+            torch._foreach_mul_(ms, b1)
+            torch._foreach_add_(ms, gs, alpha=1 - b1)
+            torch._foreach_mul_(vs, b2)
+            torch._foreach_addcmul_(vs, gs, gs, value=1 - b2)
+            # r = (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+            den = torch._foreach_div(vs, [1 - b2**t for t in ts])
+            torch._foreach_sqrt_(den)
+            torch._foreach_add_(den, eps)
+            rs = torch._foreach_div(torch._foreach_div(ms, [1 - b1**t for t in ts]), den)
+            if wd != 0:
+                torch._foreach_add_(rs, ps, alpha=wd)
+            if group["adapt"]:
+                w_norm = torch.stack(torch._foreach_norm(ps))
+                r_norm = torch.stack(torch._foreach_norm(rs))
+                torch._foreach_mul_(rs, list(_trust(w_norm / r_norm, w_norm, r_norm).unbind()))
+            torch._foreach_add_(ps, rs, alpha=-lr)
         return loss
 
 

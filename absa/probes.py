@@ -188,6 +188,10 @@ class NoiseMeter:
     ``.grad``), or ``add_small(grads, b)`` for a gradient computed aside; then
     ``end_step(params, B)`` once ``.grad`` holds the mean gradient of the logical batch.
     ``.grad`` is read, never written.
+
+    Nothing is read from the device during a step: each step's squared norms and projections
+    stay there (float64) and are folded into the averages, in order and with the same float
+    arithmetic, by ``flush()`` (one read), which ``epoch_signals`` and ``state_dict`` call.
     """
 
     ema: float = 0.95
@@ -196,8 +200,11 @@ class NoiseMeter:
     ip: _Ema = field(init=False)
     direction: Tensor | None = None  # unit previous mean gradient (flat, float64)
     _prev: Tensor | None = None
-    _small: list[tuple[int, float, float | None]] = field(default_factory=list)
+    _small: list[tuple[int, Tensor, Tensor | None]] = field(default_factory=list)
     _epoch_g2: list[float] = field(default_factory=list)
+    # steps not folded in yet: (B, its usable small sizes, whether u was set at its start)
+    _pending: list[tuple[int, list[int], bool]] = field(default_factory=list)
+    _values: list[Tensor] = field(default_factory=list)  # their dot products, in order
 
     def __post_init__(self) -> None:
         self.g2, self.trace, self.ip = _Ema(self.ema), _Ema(self.ema), _Ema(self.ema)
@@ -233,40 +240,68 @@ class NoiseMeter:
     def add_small(self, grads: Tensor | Sequence[Tensor], b: int) -> None:
         """A mean gradient over b samples (flat, or per tensor), unbiased for the step's G."""
         g = self._flat(grads).double()
-        self._small.append((b, float(torch.dot(g, g)), self._project(g)))
+        self._small.append((b, torch.dot(g, g), self._project(g)))
 
-    def _project(self, g: Tensor) -> float | None:
+    def _project(self, g: Tensor) -> Tensor | None:
         if self.direction is None:
             return None
         if self.direction.device != g.device:  # restored from a checkpoint read on the CPU
             self.direction = self.direction.to(g.device)
-        return float(torch.dot(g, self.direction))
+        return torch.dot(g, self.direction)
 
     def end_step(self, params: list[nn.Parameter], big: int) -> None:
-        """Fold this step's estimates into the averages; remember the direction u."""
+        """Queue this step's estimates (folded in by ``flush``); remember the direction u."""
         g = self._grads(params).double()
-        sq_big = float(torch.dot(g, g))
-        proj_big = self._project(g)
+        sq_big = torch.dot(g, g)
+        has_dir = self.direction is not None
         usable = [s for s in self._small if 0 < s[0] < big]
-        if usable:
-            g2s, trs, ips = [], [], []
-            for b, sq, proj in usable:
-                g2s.append((big * sq_big - b * sq) / (big - b))
-                trs.append((sq - sq_big) / (1 / b - 1 / big))
-                if proj is not None and proj_big is not None:
-                    ips.append((proj**2 - proj_big**2) / (1 / b - 1 / big))
-            self.g2.add(sum(g2s) / len(g2s))
-            self.trace.add(sum(trs) / len(trs))
-            if ips:
-                self.ip.add(sum(ips) / len(ips))
-            self._epoch_g2.append(sum(g2s) / len(g2s))
-        norm = math.sqrt(sq_big)
-        self.direction = g / norm if norm > 0 else None
+        self._pending.append((big, [s[0] for s in usable], has_dir))
+        self._values.append(sq_big)
+        for _, sq, proj in usable:
+            self._values.append(sq)
+            if has_dir:
+                self._values.append(proj)
+        if has_dir:
+            self._values.append(self._project(g))
+        # u = g / |g|, on the device; a zero gradient leaves no direction, which only
+        # ``flush`` can see (it then ignores the next step's projections and clears u)
+        self.direction = g / sq_big.sqrt()
         self._small, self._prev = [], None
+        if len(self._values) >= 4096:  # long epochs: one tensor instead of thousands
+            self._values = [torch.cat([v.reshape(-1) for v in self._values])]
+
+    def flush(self) -> None:
+        """Fold the queued steps into the averages (one read from the device)."""
+        if not self._pending:
+            return
+        vals = iter(torch.cat([v.reshape(-1) for v in self._values]).tolist())
+        dir_ok = True  # u at the first queued step: as the host saw it (has_dir)
+        for big, smalls, has_dir in self._pending:
+            sq_big = next(vals)
+            pairs = [(b, next(vals), next(vals) if has_dir else None) for b in smalls]
+            proj_big = next(vals) if has_dir else None
+            use_ip = has_dir and dir_ok
+            if pairs:
+                g2s, trs, ips = [], [], []
+                for b, sq, proj in pairs:
+                    g2s.append((big * sq_big - b * sq) / (big - b))
+                    trs.append((sq - sq_big) / (1 / b - 1 / big))
+                    if use_ip and proj is not None and proj_big is not None:
+                        ips.append((proj**2 - proj_big**2) / (1 / b - 1 / big))
+                self.g2.add(sum(g2s) / len(g2s))
+                self.trace.add(sum(trs) / len(trs))
+                if ips:
+                    self.ip.add(sum(ips) / len(ips))
+                self._epoch_g2.append(sum(g2s) / len(g2s))
+            dir_ok = math.sqrt(sq_big) > 0
+        if not dir_ok:
+            self.direction = None
+        self._pending, self._values = [], []
 
     def epoch_signals(self) -> dict[str, float | None]:
         """End of epoch: the smoothed estimates, B_simple and the signal-to-noise ratio of
         |G|^2 (its mean over this epoch's steps / the standard error of that mean)."""
+        self.flush()
         g2, trace, ip = self.g2.get(), self.trace.get(), self.ip.get()
         steps = self._epoch_g2
         snr = None
@@ -286,6 +321,7 @@ class NoiseMeter:
         }
 
     def state_dict(self) -> dict[str, Any]:
+        self.flush()
         return {
             "ema": self.ema,
             "g2": [self.g2.value, self.g2.weight],
@@ -299,6 +335,7 @@ class NoiseMeter:
         for key in ("g2", "trace", "ip"):
             value, weight = state[key]
             setattr(self, key, _Ema(self.ema, float(value), float(weight)))
+        self._pending, self._values = [], []
         d = state["direction"]  # one flat vector (a list of tensors in older checkpoints)
         if isinstance(d, (list, tuple)):
             d = torch.cat([t.reshape(-1).double() for t in d])

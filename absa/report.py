@@ -20,7 +20,9 @@ missing from an older run's config.yaml counts as its default.
 
 Each group also gets its cost and robustness (the second table and the CSV): SGD updates
 to first reach the target accuracy (the best fixed-batch BL at the smallest batch, final
-accuracy minus ``TARGET_MARGIN`` points; per run from metrics.jsonl), samples processed
+accuracy minus ``TARGET_MARGIN`` points; per run from metrics.jsonl) and the training wall
+seconds until then (``train_seconds`` + ``hessian_seconds`` of those epochs; evaluation
+excluded), samples processed
 (forward+backward passes: training samples plus adversarial samples times the attack's
 gradient steps), Hessian-vector products, the Hessian's share of the training time, wall
 time, and clean/FGSM/PGD accuracy per epsilon where summary.json has ``robust`` rows.
@@ -438,6 +440,23 @@ def updates_to_reach(r: RunRecord, target: float | None) -> int | None:
     return None
 
 
+def seconds_to_reach(r: RunRecord, target: float | None) -> float | None:
+    """Training wall seconds until the test accuracy first reaches ``target``: the
+    ``train_seconds`` + ``hessian_seconds`` of every epoch up to and including that one
+    (evaluation excluded, as the probe is part of training and evaluation is not). None when
+    it is never reached or an epoch up to it lacks ``train_seconds`` (older metrics)."""
+    if target is None:
+        return None
+    total = 0.0
+    for m in sorted(r.metrics, key=lambda m: m.get("epoch", 0)):
+        if m.get("train_seconds") is None:
+            return None
+        total += float(m["train_seconds"]) + float(m.get("hessian_seconds") or 0.0)
+        if m.get("test_acc") is not None and m["test_acc"] >= target and m.get("updates"):
+            return total
+    return None
+
+
 def _robust_key(row: dict[str, Any]) -> str:
     attack = str(row.get("attack", "?"))
     return "clean" if attack == "clean" else f"{attack} {float(row.get('eps', 0.0)):g}"
@@ -598,11 +617,15 @@ def table(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
         )
     target, _ = target_accuracy(rows)
     for row in rows:
-        reached = [updates_to_reach(r, target) for r in row.pop("_records")]
+        records = row.pop("_records")
+        reached = [updates_to_reach(r, target) for r in records]
         hit = [u for u in reached if u is not None]
+        secs = [s for s in (seconds_to_reach(r, target) for r in records) if s is not None]
         row["target_acc"] = target
         row["target_reached"] = len(hit)
         row["updates_to_target_mean"] = statistics.fmean(hit) if hit else None
+        row["seconds_to_target_n"] = len(secs)
+        row["seconds_to_target_mean"] = statistics.fmean(secs) if secs else None
     return rows
 
 
@@ -706,6 +729,7 @@ def cost_header() -> list[str]:
         "acc %",
         "updates",
         "to target",
+        "time to target",
         "samples",
         "HVPs",
         "Hess/train",
@@ -722,6 +746,11 @@ def cost_cells(row: dict[str, Any]) -> list[str]:
         to_target = _num(row["updates_to_target_mean"]) + (
             f" ({reached}/{n})" if reached < n else ""
         )
+    timed = row.get("seconds_to_target_n", 0)
+    if row.get("seconds_to_target_mean") is None:
+        time_to = to_target if to_target in ("–", "not reached") else "–"
+    else:
+        time_to = f"{row['seconds_to_target_mean']:.1f}" + (f" ({timed}/{n})" if timed < n else "")
     return [
         str(row["batch"]),
         row["column"],
@@ -729,6 +758,7 @@ def cost_cells(row: dict[str, Any]) -> list[str]:
         f"{row['acc_mean']:.2f}",
         _num(row["updates_mean"]),
         to_target,
+        time_to,
         _si(row["samples_processed_mean"]),
         _si(row["hvps_mean"]),
         _pct(row["hessian_share_mean"]),
@@ -752,7 +782,8 @@ def cost_caption(rows: list[dict[str, Any]]) -> str:
     _, how = target_accuracy(rows)
     return (
         "Means over seeds. To target: SGD updates until the test accuracy first reached the "
-        f"target ({how}; (k/n): only k of n seeds reached it, mean over those). Samples: "
+        f"target ({how}; (k/n): only k of n seeds reached it, mean over those). Time to target: "
+        "training wall seconds until then (train + Hessian probe, evaluation excluded). Samples: "
         "forward+backward passes, training samples plus adversarial ones times the attack's "
         "gradient steps (Hessian probes not included: see HVPs, Hessian-vector products). "
         "Hess/train: Hessian probe time / training time. Wall s: train + Hessian + eval."
@@ -808,6 +839,7 @@ CSV_FIELDS = (
     "target_acc",
     "target_reached",
     "updates_to_target_mean",
+    "seconds_to_target_mean",
     "runs",
 )
 

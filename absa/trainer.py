@@ -10,6 +10,7 @@ may grow B -> test evaluation -> one metrics line and an atomic checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -46,7 +47,6 @@ from absa.data import (
     global_batches,
     load_data,
     local_positions,
-    micro_batches,
     resolve_augment,
     stream_batches,
 )
@@ -181,10 +181,12 @@ class Runtime:
 AUTO_MICRO_CPU = 256  # batch.max_micro_batch: auto without an accelerator to probe
 
 
-def _adversarial_mask(batch_pos: torch.Tensor, local: torch.Tensor, r: float) -> torch.Tensor:
-    """The first round(r * |batch|) positions of each logical batch become adversarial."""
-    n_adv = int(round(r * len(batch_pos)))
-    return (local - batch_pos[0]) < n_adv
+def _adversarial_count(n_batch: int, r: float, rank: int, world: int) -> int:
+    """How many of this rank's samples of a logical batch of ``n_batch`` are adversarial: the
+    first round(r * n_batch) positions of each logical batch are, and since a batch is
+    consecutive positions and a rank's share every ``world``-th one from ``rank``, they are a
+    prefix of that share, counted here from sizes alone (no tensor, nothing to read)."""
+    return len(range(rank, int(round(r * n_batch)), world))
 
 
 def accumulate_gradients(
@@ -211,10 +213,13 @@ def accumulate_gradients(
     Returns float64 [loss sum, correct, samples] of this rank.
     """
     rt = rt or Runtime.plain(cfg, env.device)
-    bare = D.unwrap(model)
-    params = [p for p in bare.parameters() if p.requires_grad]
+    params = []  # unwrapping costs a failed attribute lookup: only for the noise meter
+    if noise is not None:
+        params = [p for p in D.unwrap(model).parameters() if p.requires_grad]
     scale = env.world_size / n_global
-    stats = torch.zeros(3, dtype=torch.float64)
+    loss_acc: torch.Tensor | None = None  # float64 sums on the device: nothing read here
+    correct: torch.Tensor | None = None
+    samples = 0
     it = iter(micro)
     upcoming = next(it, None)
     first = True
@@ -223,13 +228,14 @@ def accumulate_gradients(
         x, y = x.to(env.device, non_blocking=True), y.to(env.device, non_blocking=True)
         x = to_input(x, rt.channels_last)
         last = upcoming is None
-        with D.maybe_no_sync(model, skip_sync=not last):
+        no_sync = D.maybe_no_sync(model, not last) if env.distributed else contextlib.nullcontext()
+        with no_sync:
             half = noise is not None and split and first and last and len(y) >= 2
             with rt.precision.autocast():
-                x = _with_adversarial(bare, x, y, m_adv.to(env.device), cfg)
+                x = _with_adversarial(model, x, y, m_adv, cfg)
                 # the half-batch gradient differentiates this graph twice (retain_graph), which
                 # a compiled graph refuses once it donated its saved buffers: eager module here
-                out = (bare if half else model)(x)
+                out = (D.unwrap(model) if half else model)(x)
                 loss_sum = F.cross_entropy(out, y, reduction="sum")
             if half:
                 _half_gradient(noise, out, y, params)
@@ -239,24 +245,40 @@ def accumulate_gradients(
         if noise is not None and not (last and (env.distributed or first)):
             noise.micro_done(params, len(y), scale * rt.precision.loss_scale)
         first = False
-        stats[0] += loss_sum.detach().double().cpu()
-        stats[1] += (out.detach().argmax(1) == y).sum().item()
-        stats[2] += len(y)
-    return stats
+        # the float64 sum 0 + l_1 + l_2 + ... as before (0 + l_1 is l_1 exactly), on the
+        # device: train_epoch reads it at its logging points and at the end of the epoch
+        loss = loss_sum.detach().double()
+        hits = (out.detach().argmax(1) == y).sum()
+        loss_acc = loss if loss_acc is None else loss_acc + loss
+        correct = hits if correct is None else correct + hits
+        samples += len(y)
+    if loss_acc is None or correct is None:  # no micro-batch at all
+        return torch.zeros(3, dtype=torch.float64, device=env.device)
+    n = torch.full((), float(samples), dtype=torch.float64, device=loss_acc.device)
+    return torch.stack([loss_acc, correct.double(), n])
 
 
 def _with_adversarial(
-    bare: nn.Module, x: torch.Tensor, y: torch.Tensor, m_adv: torch.Tensor, cfg: Config
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, m_adv: torch.Tensor | int, cfg: Config
 ) -> torch.Tensor:
-    """``x`` with the flagged samples replaced by adversarial examples (crafted on ``bare``)."""
-    if not bool(m_adv.any()):
-        return x
+    """``x`` with the flagged samples replaced by adversarial examples (crafted on the bare
+    module under ``model``'s torch.compile / DDP wrappers).
+
+    ``m_adv``: a boolean mask, or an int k for the first k samples (the trainer's case,
+    decided on the host: a device mask would need a read, and indexing by it a sync)."""
+    if isinstance(m_adv, int):
+        if m_adv <= 0:
+            return x
+        sel: slice | torch.Tensor = slice(0, m_adv)
+    else:
+        if not bool(m_adv.any()):  # a host mask (or a caller's device mask: one read)
+            return x
+        sel = m_adv.to(x.device)
     adv = cfg.adversarial
+    bare = D.unwrap(model)
     with model_mode(bare, train=adv.model_mode == "train"):
         x = x.clone()
-        x[m_adv] = make_adversarial(
-            bare, x[m_adv], y[m_adv], adv.method, adv.eps, **_attack_kw(cfg)
-        )
+        x[sel] = make_adversarial(bare, x[sel], y[sel], adv.method, adv.eps, **_attack_kw(cfg))
     return x
 
 
@@ -274,6 +296,11 @@ def _half_gradient(
         ],
         half,
     )
+
+
+def _starts(sizes: list[int]) -> list[int]:
+    """Where each of consecutive chunks of ``sizes`` begins."""
+    return [sum(sizes[:i]) for i in range(len(sizes))]
 
 
 def _split_steps(n_steps: int, k: int) -> set[int]:
@@ -318,22 +345,37 @@ def train_epoch(
     split_at = _split_steps(len(batches), cfg.signals.noise_split_steps) if noise else set()
     params = [p for p in D.unwrap(model).parameters() if p.requires_grad]
     model.train()
-    stats = torch.zeros(4, dtype=torch.float64)  # loss sum, correct, samples, adv (local)
+    # Nothing below reads the device in the steady state: the running sums stay there
+    # (float64), the adversarial count comes from sizes, finiteness is a device flag read
+    # every FINITE_CHECK_EVERY steps, and on_step gets the sums only where it asks for them.
+    stats = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss sum, correct, samples
+    adv_samples = 0  # this rank's adversarial samples (a host count)
+    losses = torch.zeros(len(batches), dtype=torch.float64, device=env.device)  # step sums
+    checked = 0  # steps whose losses were checked finite
+    wants = _stats_wanted(on_step)
     for step, batch_pos in enumerate(batches):
         lr = policy.lr_at(epoch, step / len(batches))
         for group in optimizer.param_groups:
             group["lr"] = lr
         local = local_positions(batch_pos, env.rank, env.world_size)
-        adv_mask = _adversarial_mask(batch_pos, local, plan.adv_fraction)
+        n_adv = _adversarial_count(len(batch_pos), plan.adv_fraction, env.rank, env.world_size)
 
-        def micro_iter(local=local, adv_mask=adv_mask):
-            chunks = micro_batches(torch.arange(len(local)), rt.micro)
-            sizes = [len(mb) for mb in chunks]  # folder data: decoded ahead by its workers
-            xys = stream_batches(data.train, perm[local], sizes, True, epoch, seed)
-            for mb, (x, y) in zip(chunks, xys, strict=True):
-                pos = local[mb]
-                x = apply_augment(x, aug.take(pos) if aug is not None else None)
-                yield x, y, adv_mask[mb]
+        def micro_iter(local=local, n_adv=n_adv):
+            # micro_batches' consecutive chunks, as sizes (folder data: decoded ahead by its
+            # workers) and slices of this rank's positions
+            sizes = [min(rt.micro, len(local) - s) for s in range(0, len(local), rt.micro)]
+            order = perm[local]
+            if isinstance(data.train, FolderSplit):
+                xys = stream_batches(data.train, order, sizes, True, epoch, seed)
+            else:  # stream_batches' chunks of a split in memory, without its generator
+                bounds = zip(_starts(sizes), sizes, strict=True)
+                xys = (data.train.get(order[s : s + n]) for s, n in bounds)
+            start = 0
+            for size, (x, y) in zip(sizes, xys, strict=True):
+                if aug is not None:
+                    x = apply_augment(x, aug.take(local[start : start + size]))
+                yield x, y, min(max(n_adv - start, 0), size)  # adversarial: a prefix
+                start += size
 
         split = step in split_at and not env.distributed
         while True:
@@ -354,13 +396,19 @@ def train_epoch(
         rt.precision.unscale(optimizer)
         if noise is not None:
             noise.end_step(params, len(batch_pos))
-        _check_finite(out[0], env, epoch, step)
+        losses[step] = out[0]
+        if (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 == len(batches):
+            _check_finite(losses[checked : step + 1], checked, env, epoch)  # and before last.pt
+            checked = step + 1
         rt.precision.step(optimizer)
-        stats[:3] += out
-        stats[3] += int(adv_mask.sum())
+        stats += out
+        adv_samples += n_adv
         if on_step is not None:
-            on_step(step + 1, len(batches), _step_info(plan, lr, stats, out))
-    total = env.all_reduce_sum(stats.to(env.device)).cpu()
+            read = wants is None or wants(step + 1, len(batches))
+            on_step(step + 1, len(batches), _step_info(plan, lr, stats, out, read))
+    total = env.all_reduce_sum(
+        torch.cat([stats, torch.tensor([float(adv_samples)], dtype=torch.float64).to(env.device)])
+    ).cpu()
     count = max(total[2].item(), 1.0)
     return EpochStats(
         loss=total[0].item() / count,
@@ -371,19 +419,42 @@ def train_epoch(
     )
 
 
-def _step_info(plan: Any, lr: float, stats: torch.Tensor, out: torch.Tensor) -> dict[str, Any]:
+# A diverged loss stops the run within this many steps (and always before the epoch's
+# checkpoint); the message names the step where it first went non-finite.
+FINITE_CHECK_EVERY = 16
+STATS_EVERY = 16  # the live bar's loss/accuracy: read from the device every this many steps
+
+
+def _stats_wanted(
+    on_step: Callable[[int, int, dict[str, Any]], None] | None,
+) -> Callable[[int, int], bool] | None:
+    """``on_step.wants_stats(step, n_steps)``: whether that call needs the running loss /
+    accuracy (a read from the device); a callback without it gets them at every step."""
+    return getattr(on_step, "wants_stats", None)
+
+
+def _step_info(
+    plan: Any, lr: float, stats: torch.Tensor, out: torch.Tensor, read: bool = True
+) -> dict[str, Any]:
     """What ``on_step`` gets after a step: its settings, this step's mean loss and the
-    epoch's running mean loss / accuracy so far (this rank's samples)."""
-    seen = max(stats[2].item(), 1.0)
-    return {
+    epoch's running mean loss / accuracy so far (this rank's samples). Without ``read`` the
+    three numbers are None (nothing is read from the device)."""
+    info = {
         "phase": "train",
         "lr": lr,
         "batch_size": plan.batch_size,
         "adv_fraction": plan.adv_fraction,
-        "step_loss": out[0].item() / max(out[2].item(), 1.0),
-        "loss": stats[0].item() / seen,
-        "acc": 100.0 * stats[1].item() / seen,
+        "step_loss": None,
+        "loss": None,
+        "acc": None,
     }
+    if read:
+        (s_loss, s_correct, s_seen), (o_loss, _, o_seen) = torch.stack([stats, out]).tolist()
+        seen = max(s_seen, 1.0)
+        info["step_loss"] = o_loss / max(o_seen, 1.0)
+        info["loss"] = s_loss / seen
+        info["acc"] = 100.0 * s_correct / seen
+    return info
 
 
 def _attack_kw(cfg: Config) -> dict[str, Any]:
@@ -396,10 +467,14 @@ def _attack_kw(cfg: Config) -> dict[str, Any]:
     return {}
 
 
-def _check_finite(step_loss: torch.Tensor, env: D.DistEnv, epoch: int, step: int) -> None:
-    """Collective: stop every rank if any rank's loss is NaN/inf."""
-    bad = torch.tensor([0.0 if math.isfinite(step_loss.item()) else 1.0], device=env.device)
-    if env.all_reduce_sum(bad).item() > 0:
+def _check_finite(losses: torch.Tensor, first: int, env: D.DistEnv, epoch: int) -> None:
+    """Collective, one read: stop every rank if any rank's loss sum was NaN/inf at one of the
+    steps ``first``, ``first + 1``, ... whose sums ``losses`` holds; the message names the
+    earliest such step over the ranks."""
+    bad = ~torch.isfinite(losses)
+    at = torch.where(bad.any(), bad.int().argmax(), len(losses))
+    step = first + int(env.all_reduce_min(at.reshape(1)).item())
+    if step < first + len(losses):
         kept = (
             f"last.pt keeps epoch {epoch - 1} (the last completed one)"
             if epoch > 0
@@ -824,17 +899,28 @@ def _step_hook(
     bar: Callable[..., None] | None, logger: MultiLogger, done: int, every: int
 ) -> Callable[[int, int, dict[str, Any]], None] | None:
     """``on_step`` for train_epoch: the live bar, and the loggers' step scalars every
-    ``every`` SGD updates (``done`` = updates before this epoch; None when neither wants it)."""
+    ``every`` SGD updates (``done`` = updates before this epoch; None when neither wants it).
+    Its ``wants_stats`` tells train_epoch at which steps the running loss is read from the
+    device: the logged ones, and every STATS_EVERY steps for the bar."""
     if bar is None and not len(logger):
         return None
 
+    def logs(step: int) -> bool:
+        return bool(len(logger)) and (done + step) % every == 0
+
     def hook(step: int, n_steps: int, info: dict[str, Any]) -> None:
-        if bar is not None:
+        if bar is not None:  # loss/acc None between reads: the bar keeps the last ones
             bar(step, n_steps, {**info, "updates": done + step})
-        if len(logger) and (done + step) % every == 0:
+        if logs(step):
             keys = ("lr", "batch_size", "adv_fraction", "step_loss", "loss", "acc")
             logger.log_step(done + step, {k: info[k] for k in keys})
 
+    def wants_stats(step: int, n_steps: int) -> bool:
+        """Read the device only for a logged step, and for the bar every STATS_EVERY steps
+        and at the epoch's last step."""
+        return logs(step) or (bar is not None and (step % STATS_EVERY == 0 or step == n_steps))
+
+    hook.wants_stats = wants_stats  # type: ignore[attr-defined]
     return hook
 
 

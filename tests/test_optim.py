@@ -354,3 +354,110 @@ def test_config_fields_are_validated():
     ]:
         with pytest.raises(C.ConfigError, match=msg):
             optim_cfg(bad)
+
+
+# --- the foreach steps equal the per-tensor loops they replaced -------------------------------
+
+
+class _LoopLARS(LARS):
+    """LARS.step as a loop over tensors (absa before issue 25)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        from absa.optim import _trust
+
+        for group in self.param_groups:
+            lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                d = g.add(p, alpha=wd) if wd != 0 else g.clone()
+                if group["adapt"]:
+                    w_norm, g_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(g)
+                    ratio = (
+                        group["trust_coefficient"] * w_norm / (g_norm + wd * w_norm + group["eps"])
+                    )
+                    d.mul_(_trust(ratio, w_norm, g_norm))
+                if m != 0:
+                    state = self.state[p]
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = d.clone()
+                    else:
+                        buf.mul_(m).add_(d)
+                    d = d.add(buf, alpha=m) if group["nesterov"] else buf
+                p.add_(d, alpha=-lr)
+
+
+class _LoopLAMB(LAMB):
+    """LAMB.step as a loop over tensors (absa before issue 25)."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        from absa.optim import _trust
+
+        for group in self.param_groups:
+            b1, b2 = group["betas"]
+            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.tensor(0.0)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["step"] += 1
+                t = float(state["step"])
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                r = (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt_().add_(eps))
+                if wd != 0:
+                    r.add_(p, alpha=wd)
+                if group["adapt"]:
+                    w_norm, r_norm = torch.linalg.vector_norm(p), torch.linalg.vector_norm(r)
+                    r.mul_(_trust(w_norm / r_norm, w_norm, r_norm))
+                p.add_(r, alpha=-lr)
+
+
+def _trained(cls, kind, **kw):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    with torch.no_grad():
+        net[0].bias.zero_()  # a zero tensor: trust ratio 1
+    net[2].bias.requires_grad_(False)  # a tensor without .grad
+    groups = param_groups(net, kw.pop("weight_decay"), exclude=True)
+    opt = cls(groups, **kw)
+    gen = torch.Generator().manual_seed(1)
+    for step in range(6):
+        x, y = torch.randn(16, 6, generator=gen), torch.randint(0, 3, (16,), generator=gen)
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(net(x), y).backward()
+        for group in opt.param_groups:
+            group["lr"] = 0.1 / (1 + step)  # a changing lr, as the trainer sets it
+        opt.step()
+    return [p.detach().clone() for p in net.parameters()], opt
+
+
+@pytest.mark.parametrize(
+    "kind, kw",
+    [
+        ("lars", dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=False)),
+        ("lars", dict(lr=0.1, momentum=0.9, weight_decay=5e-4, nesterov=True)),
+        ("lars", dict(lr=0.1, momentum=0.0, weight_decay=0.0)),
+        ("lamb", dict(lr=0.01, weight_decay=0.01)),
+        ("lamb", dict(lr=0.01, weight_decay=0.0)),
+    ],
+)
+def test_foreach_steps_equal_the_per_tensor_loops_bit_for_bit(kind, kw):
+    new, loop = (LARS, _LoopLARS) if kind == "lars" else (LAMB, _LoopLAMB)
+    a, oa = _trained(new, kind, **dict(kw))
+    b, ob = _trained(loop, kind, **dict(kw))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    sa, sb = oa.state_dict()["state"], ob.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert all(torch.equal(sa[k][n], sb[k][n]) for n in sa[k])

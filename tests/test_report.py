@@ -333,12 +333,53 @@ def test_cost_columns(tmp_path):
     assert ab["wall_seconds_mean"] == pytest.approx(5.5)
     assert bl["samples_processed_mean"] is None  # old metrics without "samples"
     md = R.cost_markdown(rows)
-    assert "| 256 | ABSA | 2 | 91.50 | 12 | 12 (1/2) | 3.9k | 21 | 25.0% | 5.5 |" in md
+    assert "| 256 | ABSA | 2 | 91.50 | 12 | 12 (1/2) | – | 3.9k | 21 | 25.0% | 5.5 |" in md
     assert "target 89.00% = BL at B = 32 (90.00%) - 1 pt" in md
     back = list(csv.DictReader(io.StringIO(R.to_csv(rows))))
     assert (
         float(back[1]["updates_to_target_mean"]) == 12 and back[0]["samples_processed_mean"] == ""
     )
+
+
+def test_time_to_target_sums_train_and_hessian_seconds_until_reached(tmp_path):
+    """Hand-written metrics: BL at 32 ends at 90 (target 89); ABSA's seeds reach it at epoch
+    2 and 1 (0-based). Time to target = train + Hessian seconds of the epochs up to it, with
+    the evaluation seconds left out; a seed that never reaches it does not count."""
+    runs = tmp_path / "s" / "runs"
+    _write_run(runs, "bl32", ["batch.size=32"], 90.0, 30, 32)  # 80, 81, 90
+    absa = ["batch.size=16", "schedule.method=absa", "schedule.max_batch=256"]
+    a0 = _write_run(runs, "absa-s0", absa, 95.0, 12, 256)  # 85, 86, 95: epoch 2
+    a1 = _write_run(runs, "absa-s1", [*absa, "train.seed=1"], 91.0, 12, 256)
+    a2 = _write_run(runs, "absa-s2", [*absa, "train.seed=2"], 88.0, 12, 256)  # never
+
+    def timed(rec):
+        e = rec["epoch"]
+        rec.update(train_seconds=10.0 + e, hessian_seconds=0.5, eval_seconds=100.0)
+
+    def early(rec):
+        timed(rec)
+        rec["test_acc"] = 89.5 if rec["epoch"] == 1 else rec["test_acc"]
+
+    for f, change in ((a0, timed), (a1, early), (a2, timed)):
+        _with_metrics(f, change)
+    rows = R.table(R.collect(tmp_path / "s"))
+    bl, ab = rows[0], rows[1]
+    assert R.seconds_to_reach(R.collect(tmp_path / "s")[0], None) is None
+    assert bl["seconds_to_target_mean"] is None  # its metrics have no seconds
+    # seed 0: (10 + 11 + 12) + 3 * 0.5 = 34.5; seed 1: (10 + 11) + 2 * 0.5 = 22.0
+    assert ab["seconds_to_target_mean"] == pytest.approx((34.5 + 22.0) / 2)
+    assert ab["seconds_to_target_n"] == 2 and ab["target_reached"] == 2
+    assert R.cost_header()[6] == "time to target"
+    assert R.cost_cells(ab)[5:7] == ["10 (2/3)", "28.2 (2/3)"]
+    assert R.cost_cells(bl)[6] == "–"
+    md = R.cost_markdown(rows)
+    assert "| 28.2 (2/3) |" in md and "evaluation excluded" in md
+    back = list(csv.DictReader(io.StringIO(R.to_csv(rows))))
+    assert float(back[1]["seconds_to_target_mean"]) == pytest.approx(28.25)
+    assert back[0]["seconds_to_target_mean"] == ""
+    buf = io.StringIO()
+    R.make_report(tmp_path / "s", console=Console(file=buf, width=160))
+    assert "time to" in buf.getvalue() and "28.2 (2/3)" in buf.getvalue()
 
 
 def test_no_bl_run_means_no_target(tmp_path):
@@ -518,7 +559,7 @@ def test_wide_tables_are_transposed_or_split_on_a_narrow_terminal(tmp_path):
     assert "…" not in text
     for i in range(6):
         assert f"{90 + i:.2f} (n=1)" in text  # ... so every cell is readable
-    assert "cost: s (1/2)" in text and "cost: s (2/2)" in text  # split, batch/method repeated
+    assert "cost: s (1/3)" in text and "cost: s (3/3)" in text  # split, batch/method repeated
     assert text.count("ABSA (duration only)") >= 3
 
 
