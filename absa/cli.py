@@ -442,22 +442,20 @@ def default_config() -> Path | None:
 def _config_for(
     config: Path | None, overrides: list[str], resume: Path | None, quiet: bool = False
 ) -> Path | None:
-    """The config file a train command uses: -c, else the resumed run's config.yaml, else
-    (no overrides either: a bare ``absa train``) the repo's configs/default.yaml. With
-    overrides and no -c the built-in defaults are the base, as before; a terminal is told."""
+    """The config file a train command uses: -c, else the resumed run's config.yaml, else the
+    repo's configs/default.yaml (overrides, if any, apply on top of it; stderr says so), else
+    None: the built-in defaults (an installed wheel ships no configs)."""
     if config is not None:
         return config
     if resume is not None:
         return resume / "config.yaml"
     note = (lambda m: None) if quiet else _note
-    if not overrides:
-        path = default_config()
-        if path is not None:
-            note(f"no -c given: using {path}")
-            return path
-        note("no -c given and no configs/default.yaml: training on the built-in defaults")
-    elif err_console.is_terminal:
-        note("no -c given: built-in defaults + the overrides (see docs/config.md)")
+    path = default_config()
+    plus = " + the overrides" if overrides else ""
+    if path is not None:
+        note(f"no -c given: using {path}{plus}")
+        return path
+    note(f"no -c given and no configs/default.yaml: training on the built-in defaults{plus}")
     return None
 
 
@@ -507,8 +505,8 @@ def train(
 ) -> None:
     """Train a model; metrics.jsonl, config.yaml and last.pt go into the run folder.
 
-    Without -c (and without overrides) it trains configs/default.yaml, the 30-epoch digits
-    baseline; every config key is listed in docs/config.md. The run folder is
+    Without -c it trains configs/default.yaml (30 epochs of ABSA on the digits, the
+    overrides applied on top); every config key is listed in docs/config.md. The run folder is
     train.out_dir/train.run_name (default runs/<config-stem>-<method>-b<batch>-s<seed>).
     Kill it any time: --resume RUN_DIR continues from the last completed epoch and ends with
     the same weights as an uninterrupted run.

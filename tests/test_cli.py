@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from absa.cli import app
 
 runner = CliRunner()
+BUILTIN = Path(__file__).parent / "data" / "run.yaml"  # no keys: the built-in defaults
 
 TINY = [
     "model.name=mlp",
@@ -17,10 +18,8 @@ TINY = [
 ]
 
 
-def _train(tmp_path, *extra, config=None):
-    args = ["train"]
-    if config is not None:
-        args += ["-c", str(config)]
+def _train(tmp_path, *extra, config=BUILTIN):
+    args = ["train", "-c", str(config)]
     args += [*TINY, f"train.out_dir={tmp_path}", *extra]
     return runner.invoke(app, args)
 
@@ -114,7 +113,10 @@ def test_bad_hessian_block_fails_before_training(tmp_path):
     ],
 )
 def test_nproc_checks_config_once_before_launching(tmp_path, extra, needle):
-    res = runner.invoke(app, ["train", "--nproc", "2", *TINY, f"train.out_dir={tmp_path}", *extra])
+    res = runner.invoke(
+        app,
+        ["train", "--nproc", "2", "-c", str(BUILTIN), *TINY, f"train.out_dir={tmp_path}", *extra],
+    )
     assert res.exit_code == 2 and needle in res.output
     assert len(res.output.strip().splitlines()) == 1  # once, not once per worker
 
@@ -435,6 +437,29 @@ def test_bare_train_uses_the_default_config(tmp_path, monkeypatch):
     assert res.exit_code == 0 and "width: 8" in res.stdout and res.stderr == ""
 
 
+def test_overrides_without_c_apply_on_top_of_the_default_config(tmp_path, monkeypatch):
+    """`absa train KEY=VALUE...` trains what bare `absa train` trains, with the overrides,
+    and says so on stderr (not a terminal here)."""
+    from absa import cli
+
+    cfg = tmp_path / "default.yaml"
+    cfg.write_text("model: {name: mlp, width: 8}\nbatch: {size: 64}\nhessian: {probe_size: 128}\n")
+    monkeypatch.setattr(cli, "default_config", lambda: cfg)
+    res = runner.invoke(app, ["train", "train.epochs=1", f"train.out_dir={tmp_path / 'runs'}"])
+    assert res.exit_code == 0, res.output
+    assert f"no -c given: using {cfg} + the overrides" in res.stderr
+    run = tmp_path / "runs" / "default-bl-b64-s0"  # the file's stem and batch (built-in: 128)
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 1
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"] == {**saved["model"], "name": "mlp", "width": 8}
+    repo = cli._config_for(None, ["optim.lr=0.1"], None, quiet=True)
+    monkeypatch.undo()
+    assert cli._config_for(None, ["optim.lr=0.1"], None, quiet=True) == cli.default_config()
+    assert repo == cfg
+
+
 def test_no_default_config_says_built_in_defaults(monkeypatch):
     from absa import cli
 
@@ -444,7 +469,10 @@ def test_no_default_config_says_built_in_defaults(monkeypatch):
     assert cli._config_for(None, [], None) is None
     assert notes == ["no -c given and no configs/default.yaml: training on the built-in defaults"]
     notes.clear()
-    assert cli._config_for(None, ["optim.lr=0.1"], None) is None and notes == []  # not a tty
+    assert cli._config_for(None, ["optim.lr=0.1"], None) is None
+    assert notes == [
+        "no -c given and no configs/default.yaml: training on the built-in defaults + the overrides"
+    ]
     run = Path("some/run")
     assert cli._config_for(None, [], run) == run / "config.yaml"
 

@@ -375,7 +375,7 @@ def test_setup_single_process_and_backend_checks(monkeypatch):
 
 # --- real launches ------------------------------------------------------------------------
 
-LAUNCH_ARGS = BASE
+LAUNCH_ARGS = ["-c", str(Path(__file__).parent / "data" / "run.yaml"), *BASE]  # built-in defaults
 
 
 def _launch_env(**extra: str) -> dict[str, str]:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from absa import checkpoint as ckpt_io
 from absa import rundir as R
 from absa import trainer as T
 from absa.runlog import read_metrics
+
+BUILTIN = str(Path(__file__).parent / "data" / "run.yaml")  # no keys: the built-in defaults
 
 
 def _epochs(run_dir):
@@ -114,7 +117,7 @@ def test_two_concurrent_trainings_one_is_refused(tmp_path):
     """Two `absa train` processes on one run name: the second gets one line naming the first's
     pid and writes nothing; the first's metrics stay one line per epoch."""
     args = [
-        sys.executable, "-m", "absa", "train", "data.name=digits", "model.name=mlp",
+        sys.executable, "-m", "absa", "train", "-c", BUILTIN, "data.name=digits", "model.name=mlp",
         "model.width=8", "train.epochs=10000", "batch.size=64", f"train.out_dir={tmp_path}",
         "train.run_name=same", "train.threads=1",
     ]  # fmt: skip
@@ -181,8 +184,9 @@ def test_run_name_cannot_leave_the_output_folder(name, tmp_path):
 
 def test_run_name_escape_writes_nothing_from_the_cli(tmp_path):
     before = set(os.listdir("/"))
+    cmd = [sys.executable, "-m", "absa", "train", "-c", BUILTIN, "train.run_name=/"]
     out = subprocess.run(
-        [sys.executable, "-m", "absa", "train", "train.run_name=/", f"train.out_dir={tmp_path}"],
+        [*cmd, f"train.out_dir={tmp_path}"],
         capture_output=True,
         text=True,
     )
@@ -219,7 +223,7 @@ def test_real_kill_9_mid_run_then_resume_is_exact(tmp_path):
     and resumed each time ends with the weights of an uninterrupted run and one metrics line
     per epoch."""
     common = [
-        sys.executable, "-m", "absa", "train", "data.name=digits", "model.name=mlp",
+        sys.executable, "-m", "absa", "train", "-c", BUILTIN, "data.name=digits", "model.name=mlp",
         "model.width=8", "batch.size=16", "train.epochs=8", "train.threads=1",
         "optim.decay_epochs=[6]", f"train.out_dir={tmp_path}",
     ]  # fmt: skip
