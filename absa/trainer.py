@@ -487,6 +487,17 @@ def check_divisible(cfg: Config, world: int) -> None:
             )
 
 
+def check_batch_fits(cfg: Config, n_train: int) -> None:
+    """Refuse a batch.size above the training split: every epoch would be one step over
+    fewer samples than asked (the lr rule assumes batch.size); the split's size is the
+    largest batch that means what it says."""
+    if cfg.batch.size > n_train:
+        raise ConfigError(
+            f"batch.size: {cfg.batch.size} is larger than the training split of "
+            f"{cfg.data.name} ({n_train:,} samples); pass batch.size={n_train} or less"
+        )
+
+
 def prepare_run_dir(cfg: Config, stem: str, resume: Path | None) -> Path:
     """The run folder to use (``resume``, else train.out_dir/train.run_name), checked by
     ``check_run_dir``."""
@@ -588,6 +599,7 @@ def execute(
     _seed_everything(cfg)
     check_divisible(cfg, env.world_size)
     data = data if data is not None else load_data(cfg.data)  # fails before any write
+    check_batch_fits(cfg, len(data.train))
     for split in ("train", "test"):
         moved, note = to_device_data(getattr(data, split), env.device, cfg.data.on_device)
         setattr(data, split, moved)

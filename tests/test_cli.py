@@ -721,3 +721,17 @@ def test_a_resolved_config_gets_no_ignored_keys_note():
     assert cli.ignored_notes(resolved) == []
     odd = C.from_dict(C.to_dict(C.load(None, ["schedule.max_batch=512"])), "point.yaml")
     assert cli.ignored_notes(odd) == ["schedule.max_batch is ignored by schedule.method bl"]
+
+
+def test_batch_larger_than_the_training_split_is_refused(tmp_path):
+    """digits has 1,347 training samples: batch.size=1000000 would train one step an epoch;
+    it is one line naming batch.size and the split's size, exit 2, nothing written."""
+    res = _train(tmp_path, "batch.size=1000000")
+    assert res.exit_code == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines == [
+        "error: batch.size: 1000000 is larger than the training split of digits (1,347 samples); "
+        "pass batch.size=1347 or less"
+    ]
+    assert not any(tmp_path.iterdir())
+    assert _train(tmp_path, "batch.size=1347", "train.epochs=1").exit_code == 0  # the split fits
