@@ -12,6 +12,7 @@ holding one of the wrong type, is refused with one line instead of failing later
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -43,8 +44,41 @@ def _umask() -> int:
     return mask
 
 
+class DiskFullError(OSError):
+    """A write that ran out of space, as one line naming the folder; the old file is kept."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _full(err: BaseException) -> bool:
+    """True when ``err`` or an exception it was raised from is ENOSPC (or EDQUOT): torch's
+    writer reports a full disk as RuntimeError [enforce fail at inline_container.cc]."""
+    seen: BaseException | None = err
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in _FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _write_failure(path: Path, err: BaseException) -> DiskFullError | None:
+    """The one-line error for a failed write of ``path`` that a full disk explains."""
+    torch_writer = isinstance(err, RuntimeError) and "inline_container" in str(err)
+    if not (_full(err) or torch_writer):
+        return None
+    why = "the disk is full" if _full(err) else "torch's writer failed (is the disk full?)"
+    return DiskFullError(
+        f"{path.parent}: {why} while writing {path.name}; the previous {path.name}, if any, is "
+        "kept: free some space, then run the command again"
+    )
+
+
 def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temp file next to ``path`` and rename it into place."""
+    """Call ``write(fileobj)`` on a temp file next to ``path`` and rename it into place; a
+    full disk raises DiskFullError and leaves the old file as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -55,8 +89,11 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide shared run folders
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        failure = _write_failure(path, err)
+        if failure is not None:
+            raise failure from None
         raise
     _fsync_dir(path.parent)  # the rename itself survives a power loss too
 
@@ -94,7 +131,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save(path: Path, payload: dict[str, Any]) -> None:
     """Save ``payload`` (plus the format version) atomically."""
     payload = {"format_version": FORMAT_VERSION, **payload}
-    atomic_write_bytes(Path(path), lambda fh: torch.save(payload, fh))
+    try:
+        atomic_write_bytes(Path(path), lambda fh: torch.save(payload, fh))
+    except DiskFullError as err:  # the run folder's checkpoint: say how to continue
+        text = str(err).replace("run the command again", f"absa train --resume {Path(path).parent}")
+        raise DiskFullError(text) from None
 
 
 def _why(path: Path, err: Exception) -> str:

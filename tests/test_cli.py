@@ -735,3 +735,62 @@ def test_batch_larger_than_the_training_split_is_refused(tmp_path):
     ]
     assert not any(tmp_path.iterdir())
     assert _train(tmp_path, "batch.size=1347", "train.epochs=1").exit_code == 0  # the split fits
+
+
+class _FullDisk:
+    """A file that takes ``room`` bytes, then raises ENOSPC as a full disk does."""
+
+    def __init__(self, fh, room):
+        self.fh, self.room = fh, room
+
+    def write(self, b):
+        import errno
+
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(b)
+        return self.fh.write(b)
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+
+@pytest.mark.parametrize("how", ["torch_writer", "oserror", "bare_runtime_error"])
+def test_disk_full_while_saving_is_one_line_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch, how
+):
+    """The second epoch's checkpoint hits a full disk: one line naming the run folder and the
+    full disk, exit 2, and last.pt still the first epoch's; the run resumes from it."""
+    import errno
+
+    import torch
+
+    from absa import checkpoint as ckpt_io
+
+    real_save, calls = torch.save, []
+
+    def save(obj, fh):
+        calls.append(1)
+        if len(calls) < 2:
+            return real_save(obj, fh)
+        if how == "torch_writer":  # torch turns the ENOSPC into RuntimeError(inline_container)
+            return real_save(obj, _FullDisk(fh, 1000))
+        if how == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(ckpt_io.torch, "save", save)
+    res = _train(tmp_path, "train.run_name=r")
+    run = tmp_path / "r"
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.output, res.stderr
+    assert lines[0].startswith(f"error: {run}: ")
+    full = "the disk is full" if how != "bare_runtime_error" else "is the disk full?"
+    assert full in lines[0] and f"absa train --resume {run}" in lines[0]
+    monkeypatch.undo()
+    assert ckpt_io.load(run / "last.pt")["epoch"] == 1  # the first epoch's, intact
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    res = runner.invoke(app, ["train", "--resume", str(run)])
+    assert res.exit_code == 0, res.output
+    assert ckpt_io.load(run / "last.pt")["epoch"] == 2
