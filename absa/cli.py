@@ -104,13 +104,56 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-@contextmanager
-def _handled() -> Iterator[None]:
-    """Turn known failures into one line on stderr and a non-zero exit."""
-    from absa.trainer import TrainingDiverged
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm, Kubernetes, kill), raised in the main thread as Ctrl-C raises
+    KeyboardInterrupt, so that both stop a run the same way."""
 
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While training, SIGTERM raises Terminated instead of ending the process at once."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
     try:
         yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _interrupted(err: KeyboardInterrupt, run_dir: Path | None) -> None:
+    """Ctrl-C or SIGTERM: one line (rank 0 only) with the resume command, then exit 130,
+    or end by SIGTERM itself (status -15 to a parent, 143 in a shell: Slurm and absa sweep
+    read that as the job being stopped)."""
+    import signal
+
+    if os.environ.get("RANK", "0") == "0":
+        how = " by SIGTERM" if isinstance(err, Terminated) else ""
+        again = f": absa train --resume {run_dir} continues" if run_dir is not None else ""
+        err_console.print(
+            f"interrupted{how}; the last completed epoch's checkpoint is kept{again}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if isinstance(err, Terminated):
+        sys.stderr.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    raise typer.Exit(130) from None
+
+
+@contextmanager
+def _handled() -> Iterator[dict[str, Any]]:
+    """Turn known failures into one line on stderr and a non-zero exit. The body may set
+    ``["run_dir"]`` of the dict it gets: an interrupted run then names its resume command."""
+    from absa.trainer import TrainingDiverged
+
+    where: dict[str, Any] = {}
+    try:
+        yield where
     except CliError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(err.code) from None
@@ -135,9 +178,8 @@ def _handled() -> Iterator[None]:
             soft_wrap=True,
         )
         raise typer.Exit(USER_ERROR) from None
-    except KeyboardInterrupt:
-        err_console.print("interrupted; the last completed epoch's checkpoint is kept")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as err:
+        _interrupted(err, where.get("run_dir"))
 
 
 ConfigOpt = Annotated[
@@ -526,7 +568,7 @@ def train(
             _check_before_launch(config, overrides or [], resume, nproc)
         _relaunch(nproc, config)
         return
-    with _handled():
+    with _handled() as where, _sigterm_interrupts():
         from absa import config as C
         from absa import distributed as D
         from absa.trainer import prepare_run_dir, run
@@ -536,7 +578,7 @@ def train(
             for note in ignored_notes(cfg):
                 err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
         stem = config.stem if config is not None else "run"
-        run_dir = prepare_run_dir(cfg, stem, resume)
+        run_dir = where["run_dir"] = prepare_run_dir(cfg, stem, resume)
         env = D.setup(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_s)
         ok = False
         try:
