@@ -611,7 +611,7 @@ def execute(
             select_params(model, cfg.hessian.block)
         except ValueError as err:
             raise ConfigError(f"hessian.block: {err}") from None
-    lock = RunLock(run_dir).acquire() if env.is_main else None
+    lock = _lock_run_dir(run_dir, resume) if env.is_main else None
     r = None
     try:
         r = _open(cfg, env, run_dir, data, model, resume, say)
@@ -622,6 +622,17 @@ def execute(
             r.logger.close()
         if lock is not None:
             lock.release()
+
+
+def _lock_run_dir(run_dir: Path, resume: bool) -> RunLock:
+    """Create and lock the run folder; a folder that cannot be written (read-only file
+    system, no permission) is one line naming the setting that chose it."""
+    try:
+        return RunLock(run_dir).acquire()
+    except OSError as err:
+        what = "--resume" if resume else "train.out_dir"
+        why = err.strerror or str(err)
+        raise RunFolderError(f"{what}: cannot write the run folder {run_dir} ({why})") from None
 
 
 def _open(

@@ -794,3 +794,26 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_last_checkpoint(
     res = runner.invoke(app, ["train", "--resume", str(run)])
     assert res.exit_code == 0, res.output
     assert ckpt_io.load(run / "last.pt")["epoch"] == 2
+
+
+def test_read_only_out_dir_names_the_setting(tmp_path, monkeypatch):
+    """A run folder that cannot be created (a read-only file system: EROFS, which chmod cannot
+    produce for root) is one line naming train.out_dir and the folder, exit 2."""
+    import errno
+    import pathlib
+
+    ro = tmp_path / "ro"
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self == ro or ro in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    res = _train(ro, "train.run_name=r")
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines == [
+        f"error: train.out_dir: cannot write the run folder {ro / 'r'} (Read-only file system)"
+    ]
