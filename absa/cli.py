@@ -1126,7 +1126,7 @@ def report(
         list[Path],
         typer.Argument(
             metavar="SWEEP_DIR...",
-            help="A sweep's out_dir (or a folder of runs); several: one report over all.",
+            help="A sweep's out_dir, a folder of runs or one run folder; several: one report.",
         ),
     ],
     out: Annotated[
