@@ -544,6 +544,13 @@ def train(
             help="Print the fully resolved config (YAML) for -c and the overrides; train nothing.",
         ),
     ] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="torch.set_num_threads(N) (the override train.threads=N).")
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto | cpu | cuda | cuda:N | mps (the override train.device=...)."),
+    ] = None,
 ) -> None:
     """Train a model; metrics.jsonl, config.yaml and last.pt go into the run folder.
 
@@ -553,6 +560,8 @@ def train(
     Kill it any time: --resume RUN_DIR continues from the last completed epoch and ends with
     the same weights as an uninterrupted run.
     """
+    with _handled():
+        overrides = [*(overrides or []), *_run_overrides(threads, device)]
     if print_config:
         with _handled():
             from absa import config as C
@@ -628,7 +637,7 @@ def _print_summary(summary: Any) -> None:
     t.add_row("batch trajectory", trajectory_text(summary))
     t.add_row("final batch size", str(summary.final_batch))
     saved = ""
-    if summary.bl_updates and summary.updates:
+    if summary.bl_updates and summary.updates and summary.bl_updates != summary.updates:
         ratio = summary.bl_updates / summary.updates
         saved = f"  (BL at batch {summary.start_batch}: {summary.bl_updates}, {ratio:.1f}x more)"
     t.add_row("epochs / SGD updates", f"{summary.epochs} / {summary.updates}{saved}")
@@ -690,7 +699,7 @@ def eval_cmd(
                 {"attack": "clean", "eps": 0.0, "loss": clean.loss, "acc": clean.acc, "n": clean.n}
             ]
         table = Table(
-            title=f"absa eval: {checkpoint} (epoch {ck['epoch']}, {ck['updates']} updates)"
+            title=f"absa eval: {checkpoint} (after epoch {ck['epoch'] - 1}, {ck['updates']} updates)"
         )
         for col in ("attack", "eps", "loss", "accuracy %", "samples"):
             table.add_column(col, justify="right" if col != "attack" else "left")

@@ -34,17 +34,23 @@ def test_help_lists_commands():
 
 
 def test_train_then_eval(tmp_path):
-    res = _train(tmp_path, "train.run_name=r")
+    res = _train(tmp_path, "train.run_name=r", "--threads", "1", "--device", "cpu")
     assert res.exit_code == 0, res.output
     assert "test accuracy" in res.output
+    assert "BL at batch" not in res.output  # a BL run at its start batch: no comparison row
     run = tmp_path / "r"
     assert (run / "metrics.jsonl").is_file() and (run / "last.pt").is_file()
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert (saved["threads"], saved["device"]) == (1, "cpu")  # --threads/--device: overrides
     out = tmp_path / "eval.json"
     res = runner.invoke(
         app,
         ["eval", "--checkpoint", str(run), "--limit", "64", "--eps", "0.01", "--json", str(out)],
     )
     assert res.exit_code == 0, res.output
+    assert "after epoch 1," in " ".join(res.stdout.split())  # epochs 0 and 1: 0-based
     rows = json.loads(out.read_text())["results"]
     assert [r["attack"] for r in rows] == ["clean", "fgsm", "pgd"]
     assert rows[0]["n"] == 64 and 0 <= rows[2]["acc"] <= rows[0]["acc"] + 1e-9
@@ -817,3 +823,12 @@ def test_read_only_out_dir_names_the_setting(tmp_path, monkeypatch):
     assert lines == [
         f"error: train.out_dir: cannot write the run folder {ro / 'r'} (Read-only file system)"
     ]
+
+
+def test_train_threads_and_device_options_are_checked():
+    res = runner.invoke(app, ["train", "-c", str(BUILTIN), "--threads", "0", "--print-config"])
+    assert res.exit_code == 2 and "--threads: must be >= 1" in res.output
+    res = runner.invoke(app, ["train", "-c", str(BUILTIN), "--device", "tpu", "--print-config"])
+    assert res.exit_code == 2 and "--device:" in res.output
+    res = runner.invoke(app, ["train", "-c", str(BUILTIN), "--threads", "3", "--print-config"])
+    assert res.exit_code == 0 and "threads: 3" in res.stdout
