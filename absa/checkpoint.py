@@ -24,6 +24,7 @@ import torch
 
 FORMAT_VERSION = 1
 LAST = "last.pt"
+PREV = "prev.pt"  # the checkpoint before last.pt, kept by save(); resume falls back to it
 
 
 class CheckpointError(RuntimeError):
@@ -76,9 +77,10 @@ def _write_failure(path: Path, err: BaseException) -> DiskFullError | None:
     )
 
 
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temp file next to ``path`` and rename it into place; a
-    full disk raises DiskFullError and leaves the old file as it was."""
+def atomic_write_bytes(path: Path, write: Any, before_replace: Any = None) -> None:
+    """Call ``write(fileobj)`` on a temp file next to ``path`` and rename it into place
+    (calling ``before_replace()`` just before); a full disk raises DiskFullError and leaves
+    the old file as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -88,6 +90,8 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide shared run folders
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
@@ -128,13 +132,30 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save(path: Path, payload: dict[str, Any]) -> None:
-    """Save ``payload`` (plus the format version) atomically."""
-    payload = {"format_version": FORMAT_VERSION, **payload}
+def _keep_previous(path: Path) -> None:
+    """Hard-link ``path`` (if any) to PREV next to it, atomically (a temp link renamed over
+    PREV), so that ``path`` itself never goes missing: a kill at any point leaves last.pt."""
+    if not path.is_file():
+        return
+    link = path.parent / f".{PREV}.{os.getpid()}_{os.urandom(4).hex()}.tmp"  # clean_temps' pattern
     try:
-        atomic_write_bytes(Path(path), lambda fh: torch.save(payload, fh))
+        os.link(path, link)
+    except OSError:  # no hard links here: copy
+        import shutil
+
+        shutil.copyfile(path, link)
+    os.replace(link, path.parent / PREV)
+
+
+def save(path: Path, payload: dict[str, Any]) -> None:
+    """Save ``payload`` (plus the format version) atomically; the file it replaces becomes
+    PREV (the previous epoch's checkpoint, for a last.pt that turns out unreadable)."""
+    payload = {"format_version": FORMAT_VERSION, **payload}
+    path = Path(path)
+    try:
+        atomic_write_bytes(path, lambda fh: torch.save(payload, fh), lambda: _keep_previous(path))
     except DiskFullError as err:  # the run folder's checkpoint: say how to continue
-        text = str(err).replace("run the command again", f"absa train --resume {Path(path).parent}")
+        text = str(err).replace("run the command again", f"absa train --resume {path.parent}")
         raise DiskFullError(text) from None
 
 
@@ -269,3 +290,46 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         ) from None
     _check(path, ckpt)
     return ckpt
+
+
+def load_for_resume(
+    run_dir: Path, map_location: str | torch.device = "cpu", warn: Any = None, repair: bool = True
+) -> dict[str, Any]:
+    """A run folder's last.pt, or, when it is unreadable (truncated, corrupt) and PREV is
+    readable, PREV with a warning through ``warn`` (and, with ``repair``, the writer's, put
+    in last.pt's place); else last.pt's one-line error."""
+    last = Path(run_dir) / LAST
+    try:
+        return load(last, map_location)
+    except CheckpointError as err:
+        prev = Path(run_dir) / PREV
+        if not prev.is_file():
+            raise
+        try:
+            ck = load(prev, map_location)
+        except CheckpointError:
+            raise err from None
+        if warn is not None:
+            warn(f"warning: {err}; resuming from {prev} (epoch {ck['epoch']}) instead")
+        if repair:
+            _replace_bad_last(last, prev)
+        return ck
+
+
+def _replace_bad_last(last: Path, prev: Path) -> None:
+    """Keep the unreadable last.pt as last.pt.unreadable and put PREV's contents in its
+    place (last.pt exists throughout), so the next save rotates a good file into PREV."""
+    aside = last.parent / f".{LAST}.unreadable.{os.getpid()}.tmp"  # clean_temps' pattern
+    try:
+        os.link(last, aside)
+        os.replace(aside, last.with_name(f"{LAST}.unreadable"))
+    except OSError:
+        pass  # no hard links here: the unreadable file is not kept
+    link = last.parent / f".{LAST}.{os.getpid()}_{os.urandom(4).hex()}.tmp"
+    try:
+        os.link(prev, link)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(prev, link)
+    os.replace(link, last)

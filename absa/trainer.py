@@ -659,7 +659,7 @@ def _open(
         say(f"{run_dir}: no checkpoint yet (no epoch was completed); starting at epoch 0")
         resume = False
     if resume:
-        ck = ckpt_io.load(last, map_location=env.device)
+        ck = ckpt_io.load_for_resume(run_dir, env.device, say, repair=env.is_main)
         check_resume_config(cfg, ck["config"], str(last), ck["epoch"])
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
