@@ -12,6 +12,7 @@ holding one of the wrong type, is refused with one line instead of failing later
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 import tempfile
@@ -23,6 +24,7 @@ import torch
 
 FORMAT_VERSION = 1
 LAST = "last.pt"
+PREV = "prev.pt"  # the checkpoint before last.pt, kept by save(); resume falls back to it
 
 
 class CheckpointError(RuntimeError):
@@ -43,8 +45,42 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Call ``write(fileobj)`` on a temp file next to ``path`` and rename it into place."""
+class DiskFullError(OSError):
+    """A write that ran out of space, as one line naming the folder; the old file is kept."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _full(err: BaseException) -> bool:
+    """True when ``err`` or an exception it was raised from is ENOSPC (or EDQUOT): torch's
+    writer reports a full disk as RuntimeError [enforce fail at inline_container.cc]."""
+    seen: BaseException | None = err
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, OSError) and seen.errno in _FULL:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _write_failure(path: Path, err: BaseException) -> DiskFullError | None:
+    """The one-line error for a failed write of ``path`` that a full disk explains."""
+    torch_writer = isinstance(err, RuntimeError) and "inline_container" in str(err)
+    if not (_full(err) or torch_writer):
+        return None
+    why = "the disk is full" if _full(err) else "torch's writer failed (is the disk full?)"
+    return DiskFullError(
+        f"{path.parent}: {why} while writing {path.name}; the previous {path.name}, if any, is "
+        "kept: free some space, then run the command again"
+    )
+
+
+def atomic_write_bytes(path: Path, write: Any, before_replace: Any = None) -> None:
+    """Call ``write(fileobj)`` on a temp file next to ``path`` and rename it into place
+    (calling ``before_replace()`` just before); a full disk raises DiskFullError and leaves
+    the old file as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -54,9 +90,14 @@ def atomic_write_bytes(path: Path, write: Any) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide shared run folders
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        failure = _write_failure(path, err)
+        if failure is not None:
+            raise failure from None
         raise
     _fsync_dir(path.parent)  # the rename itself survives a power loss too
 
@@ -95,10 +136,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
             torch.cuda.set_rng_state(s.to("cpu", torch.uint8), i)
 
 
+def _keep_previous(path: Path) -> None:
+    """Hard-link ``path`` (if any) to PREV next to it, atomically (a temp link renamed over
+    PREV), so that ``path`` itself never goes missing: a kill at any point leaves last.pt."""
+    if not path.is_file():
+        return
+    link = path.parent / f".{PREV}.{os.getpid()}_{os.urandom(4).hex()}.tmp"  # clean_temps' pattern
+    try:
+        os.link(path, link)
+    except OSError:  # no hard links here: copy
+        import shutil
+
+        shutil.copyfile(path, link)
+    os.replace(link, path.parent / PREV)
+
+
 def save(path: Path, payload: dict[str, Any]) -> None:
-    """Save ``payload`` (plus the format version) atomically."""
+    """Save ``payload`` (plus the format version) atomically; the file it replaces becomes
+    PREV (the previous epoch's checkpoint, for a last.pt that turns out unreadable)."""
     payload = {"format_version": FORMAT_VERSION, **payload}
-    atomic_write_bytes(Path(path), lambda fh: torch.save(payload, fh))
+    path = Path(path)
+    try:
+        atomic_write_bytes(path, lambda fh: torch.save(payload, fh), lambda: _keep_previous(path))
+    except DiskFullError as err:  # the run folder's checkpoint: say how to continue
+        text = str(err).replace("run the command again", f"absa train --resume {path.parent}")
+        raise DiskFullError(text) from None
 
 
 def _why(path: Path, err: Exception) -> str:
@@ -232,3 +294,46 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         ) from None
     _check(path, ckpt)
     return ckpt
+
+
+def load_for_resume(
+    run_dir: Path, map_location: str | torch.device = "cpu", warn: Any = None, repair: bool = True
+) -> dict[str, Any]:
+    """A run folder's last.pt, or, when it is unreadable (truncated, corrupt) and PREV is
+    readable, PREV with a warning through ``warn`` (and, with ``repair``, the writer's, put
+    in last.pt's place); else last.pt's one-line error."""
+    last = Path(run_dir) / LAST
+    try:
+        return load(last, map_location)
+    except CheckpointError as err:
+        prev = Path(run_dir) / PREV
+        if not prev.is_file():
+            raise
+        try:
+            ck = load(prev, map_location)
+        except CheckpointError:
+            raise err from None
+        if warn is not None:
+            warn(f"warning: {err}; resuming from {prev} (epoch {ck['epoch']}) instead")
+        if repair:
+            _replace_bad_last(last, prev)
+        return ck
+
+
+def _replace_bad_last(last: Path, prev: Path) -> None:
+    """Keep the unreadable last.pt as last.pt.unreadable and put PREV's contents in its
+    place (last.pt exists throughout), so the next save rotates a good file into PREV."""
+    aside = last.parent / f".{LAST}.unreadable.{os.getpid()}.tmp"  # clean_temps' pattern
+    try:
+        os.link(last, aside)
+        os.replace(aside, last.with_name(f"{LAST}.unreadable"))
+    except OSError:
+        pass  # no hard links here: the unreadable file is not kept
+    link = last.parent / f".{LAST}.{os.getpid()}_{os.urandom(4).hex()}.tmp"
+    try:
+        os.link(prev, link)
+    except OSError:
+        import shutil
+
+        shutil.copyfile(prev, link)
+    os.replace(link, last)

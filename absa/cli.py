@@ -91,13 +91,56 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     )
 
 
-@contextmanager
-def _handled() -> Iterator[None]:
-    """Turn known failures into one line on stderr and a non-zero exit."""
-    from absa.trainer import TrainingDiverged
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (Slurm, Kubernetes, kill), raised in the main thread as Ctrl-C raises
+    KeyboardInterrupt, so that both stop a run the same way."""
 
+
+@contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While training, SIGTERM raises Terminated instead of ending the process at once."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
     try:
         yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def _interrupted(err: KeyboardInterrupt, run_dir: Path | None) -> None:
+    """Ctrl-C or SIGTERM: one line (rank 0 only) with the resume command, then exit 130,
+    or end by SIGTERM itself (status -15 to a parent, 143 in a shell: Slurm and absa sweep
+    read that as the job being stopped)."""
+    import signal
+
+    if os.environ.get("RANK", "0") == "0":
+        how = " by SIGTERM" if isinstance(err, Terminated) else ""
+        again = f": absa train --resume {run_dir} continues" if run_dir is not None else ""
+        err_console.print(
+            f"interrupted{how}; the last completed epoch's checkpoint is kept{again}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    if isinstance(err, Terminated):
+        sys.stderr.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    raise typer.Exit(130) from None
+
+
+@contextmanager
+def _handled() -> Iterator[dict[str, Any]]:
+    """Turn known failures into one line on stderr and a non-zero exit. The body may set
+    ``["run_dir"]`` of the dict it gets: an interrupted run then names its resume command."""
+    from absa.trainer import TrainingDiverged
+
+    where: dict[str, Any] = {}
+    try:
+        yield where
     except CliError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(err.code) from None
@@ -122,9 +165,8 @@ def _handled() -> Iterator[None]:
             soft_wrap=True,
         )
         raise typer.Exit(USER_ERROR) from None
-    except KeyboardInterrupt:
-        err_console.print("interrupted; the last completed epoch's checkpoint is kept")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as err:
+        _interrupted(err, where.get("run_dir"))
 
 
 ConfigOpt = Annotated[
@@ -429,22 +471,20 @@ def default_config() -> Path | None:
 def _config_for(
     config: Path | None, overrides: list[str], resume: Path | None, quiet: bool = False
 ) -> Path | None:
-    """The config file a train command uses: -c, else the resumed run's config.yaml, else
-    (no overrides either: a bare ``absa train``) the repo's configs/default.yaml. With
-    overrides and no -c the built-in defaults are the base, as before; a terminal is told."""
+    """The config file a train command uses: -c, else the resumed run's config.yaml, else the
+    repo's configs/default.yaml (overrides, if any, apply on top of it; stderr says so), else
+    None: the built-in defaults (an installed wheel ships no configs)."""
     if config is not None:
         return config
     if resume is not None:
         return resume / "config.yaml"
     note = (lambda m: None) if quiet else _note
-    if not overrides:
-        path = default_config()
-        if path is not None:
-            note(f"no -c given: using {path}")
-            return path
-        note("no -c given and no configs/default.yaml: training on the built-in defaults")
-    elif err_console.is_terminal:
-        note("no -c given: built-in defaults + the overrides (see docs/config.md)")
+    path = default_config()
+    plus = " + the overrides" if overrides else ""
+    if path is not None:
+        note(f"no -c given: using {path}{plus}")
+        return path
+    note(f"no -c given and no configs/default.yaml: training on the built-in defaults{plus}")
     return None
 
 
@@ -493,15 +533,24 @@ def train(
             help="Print the fully resolved config (YAML) for -c and the overrides; train nothing.",
         ),
     ] = False,
+    threads: Annotated[
+        int | None, typer.Option(help="torch.set_num_threads(N) (the override train.threads=N).")
+    ] = None,
+    device: Annotated[
+        str | None,
+        typer.Option(help="auto | cpu | cuda | cuda:N | mps (the override train.device=...)."),
+    ] = None,
 ) -> None:
     """Train a model; metrics.jsonl, config.yaml and last.pt go into the run folder.
 
-    Without -c (and without overrides) it trains configs/default.yaml, the 30-epoch digits
-    baseline; every config key is listed in docs/config.md. The run folder is
+    Without -c it trains configs/default.yaml (30 epochs of ABSA on the digits, the
+    overrides applied on top); every config key is listed in docs/config.md. The run folder is
     train.out_dir/train.run_name (default runs/<config-stem>-<method>-b<batch>-s<seed>).
     Kill it any time: --resume RUN_DIR continues from the last completed epoch and ends with
     the same weights as an uninterrupted run.
     """
+    with _handled():
+        overrides = [*(overrides or []), *_run_overrides(threads, device)]
     if print_config:
         with _handled():
             from absa import config as C
@@ -517,7 +566,7 @@ def train(
             _check_before_launch(config, overrides or [], resume, nproc)
         _relaunch(nproc, config)
         return
-    with _handled():
+    with _handled() as where, _sigterm_interrupts():
         from absa import config as C
         from absa import distributed as D
         from absa.trainer import prepare_run_dir, run
@@ -527,7 +576,7 @@ def train(
             for note in ignored_notes(cfg):
                 err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
         stem = config.stem if config is not None else "run"
-        run_dir = prepare_run_dir(cfg, stem, resume)
+        run_dir = where["run_dir"] = prepare_run_dir(cfg, stem, resume)
         env = D.setup(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_s)
         ok = False
         try:
@@ -577,7 +626,7 @@ def _print_summary(summary: Any) -> None:
     t.add_row("batch trajectory", trajectory_text(summary))
     t.add_row("final batch size", str(summary.final_batch))
     saved = ""
-    if summary.bl_updates and summary.updates:
+    if summary.bl_updates and summary.updates and summary.bl_updates != summary.updates:
         ratio = summary.bl_updates / summary.updates
         saved = f"  (BL at batch {summary.start_batch}: {summary.bl_updates}, {ratio:.1f}x more)"
     t.add_row("epochs / SGD updates", f"{summary.epochs} / {summary.updates}{saved}")
@@ -639,7 +688,7 @@ def eval_cmd(
                 {"attack": "clean", "eps": 0.0, "loss": clean.loss, "acc": clean.acc, "n": clean.n}
             ]
         table = Table(
-            title=f"absa eval: {checkpoint} (epoch {ck['epoch']}, {ck['updates']} updates)"
+            title=f"absa eval: {checkpoint} (after epoch {ck['epoch'] - 1}, {ck['updates']} updates)"
         )
         for col in ("attack", "eps", "loss", "accuracy %", "samples"):
             table.add_column(col, justify="right" if col != "attack" else "left")
@@ -1075,7 +1124,7 @@ def report(
         list[Path],
         typer.Argument(
             metavar="SWEEP_DIR...",
-            help="A sweep's out_dir (or a folder of runs); several: one report over all.",
+            help="A sweep's out_dir, a folder of runs or one run folder; several: one report.",
         ),
     ],
     out: Annotated[

@@ -368,9 +368,7 @@ class Config(Section):
             )
         for e in self.optim.decay_epochs:
             if e >= self.train.epochs:
-                raise ValueError(
-                    f"optim.decay_epochs: epoch {e} is not below train.epochs {self.train.epochs}"
-                )
+                raise ValueError(decay_error(self.optim.decay_epochs, self.train.epochs))
         return self
 
     @property
@@ -677,15 +675,47 @@ def validate(tree: dict[str, Any], source: str = "config") -> Config:
     return cfg
 
 
+def decay_error(decays: Any, epochs: int, ref_epochs: int | None = None) -> str:
+    """The error for decay epochs at or past ``epochs``, with the exact override to pass: the
+    decays scaled from a ``ref_epochs``-epoch run (floored, e.g. [20, 26] of 30 -> [2, 3] of
+    4), else the ones that fit; or none."""
+    first = next(e for e in decays if e >= epochs)
+    if ref_epochs and epochs > 1:
+        fit = sorted({min(epochs - 1, e * epochs // ref_epochs) for e in decays})
+        why = f" (scaled from {ref_epochs} epochs)"
+    else:
+        fit, why = [e for e in decays if e < epochs], ""
+    alt = f"'optim.decay_epochs=[{','.join(map(str, fit))}]'{why} or " if fit else ""
+    return (
+        f"optim.decay_epochs: epoch {first} is not below train.epochs {epochs}; "
+        f"pass {alt}'optim.decay_epochs=[]' (no decay)"
+    )
+
+
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load defaults < YAML ``path`` < dotted ``overrides`` into a validated, frozen Config."""
     tree = read_config_tree(path) if path is not None else {}
     source = str(path) if path is not None else "config"
     if overrides:
-        validate(tree, source)  # blame the file for its own errors
+        file_cfg = validate(tree, source)  # blame the file for its own errors
         tree = apply_overrides(tree, overrides)
         source = f"{source} + overrides" if path is not None else "overrides"
+        _shortened(file_cfg, tree, source)
     return validate(tree, source)
+
+
+def _shortened(file_cfg: Config, tree: dict[str, Any], source: str) -> None:
+    """A run shortened by a ``train.epochs`` override past its file's decay epochs: the
+    error suggests those decays scaled to the new length."""
+    train, optim = tree.get("train"), tree.get("optim")
+    epochs = train.get("epochs") if isinstance(train, dict) else None
+    decays = optim.get("decay_epochs") if isinstance(optim, dict) else None
+    if not isinstance(epochs, int) or epochs == file_cfg.train.epochs or epochs < 1:
+        return
+    if decays is None or list(decays) == list(file_cfg.optim.decay_epochs):
+        old = file_cfg.optim.decay_epochs
+        if any(e >= epochs for e in old):
+            raise ConfigError(f"{source}: {decay_error(old, epochs, file_cfg.train.epochs)}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

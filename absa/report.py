@@ -141,6 +141,9 @@ class Collected(list):
 
 
 def _run_folders(sweep_dir: Path) -> list[Path]:
+    """The runs of a sweep (``runs/*``), of a folder of runs, or a single run folder."""
+    if (sweep_dir / "config.yaml").is_file() and (sweep_dir / "metrics.jsonl").exists():
+        return [sweep_dir]
     root = sweep_dir / "runs" if (sweep_dir / "runs").is_dir() else sweep_dir
     return sorted(p for p in root.iterdir() if p.is_dir() and (p / "config.yaml").is_file())
 

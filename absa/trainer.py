@@ -565,6 +565,17 @@ def check_divisible(cfg: Config, world: int) -> None:
             )
 
 
+def check_batch_fits(cfg: Config, n_train: int) -> None:
+    """Refuse a batch.size above the training split: every epoch would be one step over
+    fewer samples than asked (the lr rule assumes batch.size); the split's size is the
+    largest batch that means what it says."""
+    if cfg.batch.size > n_train:
+        raise ConfigError(
+            f"batch.size: {cfg.batch.size} is larger than the training split of "
+            f"{cfg.data.name} ({n_train:,} samples); pass batch.size={n_train} or less"
+        )
+
+
 def prepare_run_dir(cfg: Config, stem: str, resume: Path | None) -> Path:
     """The run folder to use (``resume``, else train.out_dir/train.run_name), checked by
     ``check_run_dir``."""
@@ -666,6 +677,7 @@ def execute(
     _seed_everything(cfg)
     check_divisible(cfg, env.world_size)
     data = data if data is not None else load_data(cfg.data)  # fails before any write
+    check_batch_fits(cfg, len(data.train))
     for split in ("train", "test"):
         moved, note = to_device_data(getattr(data, split), env.device, cfg.data.on_device)
         setattr(data, split, moved)
@@ -677,7 +689,7 @@ def execute(
             select_params(model, cfg.hessian.block)
         except ValueError as err:
             raise ConfigError(f"hessian.block: {err}") from None
-    lock = RunLock(run_dir).acquire() if env.is_main else None
+    lock = _lock_run_dir(run_dir, resume) if env.is_main else None
     r = None
     try:
         r = _open(cfg, env, run_dir, data, model, resume, say)
@@ -688,6 +700,17 @@ def execute(
             r.logger.close()
         if lock is not None:
             lock.release()
+
+
+def _lock_run_dir(run_dir: Path, resume: bool) -> RunLock:
+    """Create and lock the run folder; a folder that cannot be written (read-only file
+    system, no permission) is one line naming the setting that chose it."""
+    try:
+        return RunLock(run_dir).acquire()
+    except OSError as err:
+        what = "--resume" if resume else "train.out_dir"
+        why = err.strerror or str(err)
+        raise RunFolderError(f"{what}: cannot write the run folder {run_dir} ({why})") from None
 
 
 def _open(
@@ -714,7 +737,7 @@ def _open(
         say(f"{run_dir}: no checkpoint yet (no epoch was completed); starting at epoch 0")
         resume = False
     if resume:
-        ck = ckpt_io.load(last)  # on the CPU: RNG states must stay CPU ByteTensors
+        ck = ckpt_io.load_for_resume(run_dir, "cpu", say, repair=env.is_main)  # CPU: RNG states
         check_resume_config(cfg, ck["config"], str(last), ck["epoch"])
         model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from absa.cli import app
 
 runner = CliRunner()
+BUILTIN = Path(__file__).parent / "data" / "run.yaml"  # no keys: the built-in defaults
 
 TINY = [
     "model.name=mlp",
@@ -17,10 +18,8 @@ TINY = [
 ]
 
 
-def _train(tmp_path, *extra, config=None):
-    args = ["train"]
-    if config is not None:
-        args += ["-c", str(config)]
+def _train(tmp_path, *extra, config=BUILTIN):
+    args = ["train", "-c", str(config)]
     args += [*TINY, "train.device=cpu", f"train.out_dir={tmp_path}", *extra]
     return runner.invoke(app, args)
 
@@ -35,17 +34,23 @@ def test_help_lists_commands():
 
 
 def test_train_then_eval(tmp_path):
-    res = _train(tmp_path, "train.run_name=r")
+    res = _train(tmp_path, "train.run_name=r", "--threads", "1", "--device", "cpu")
     assert res.exit_code == 0, res.output
     assert "test accuracy" in res.output
+    assert "BL at batch" not in res.output  # a BL run at its start batch: no comparison row
     run = tmp_path / "r"
     assert (run / "metrics.jsonl").is_file() and (run / "last.pt").is_file()
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())["train"]
+    assert (saved["threads"], saved["device"]) == (1, "cpu")  # --threads/--device: overrides
     out = tmp_path / "eval.json"
     res = runner.invoke(
         app,
         ["eval", "--checkpoint", str(run), "--limit", "64", "--eps", "0.01", "--json", str(out)],
     )
     assert res.exit_code == 0, res.output
+    assert "after epoch 1," in " ".join(res.stdout.split())  # epochs 0 and 1: 0-based
     rows = json.loads(out.read_text())["results"]
     assert [r["attack"] for r in rows] == ["clean", "fgsm", "pgd"]
     assert rows[0]["n"] == 64 and 0 <= rows[2]["acc"] <= rows[0]["acc"] + 1e-9
@@ -116,7 +121,17 @@ def test_bad_hessian_block_fails_before_training(tmp_path):
 def test_nproc_checks_config_once_before_launching(tmp_path, extra, needle):
     res = runner.invoke(
         app,
-        ["train", "--nproc", "2", *TINY, "train.device=cpu", f"train.out_dir={tmp_path}", *extra],
+        [
+            "train",
+            "--nproc",
+            "2",
+            "-c",
+            str(BUILTIN),
+            *TINY,
+            "train.device=cpu",
+            f"train.out_dir={tmp_path}",
+            *extra,
+        ],  # fmt: skip
     )
     assert res.exit_code == 2 and needle in res.output
     assert len(res.output.strip().splitlines()) == 1  # once, not once per worker
@@ -449,6 +464,29 @@ def test_bare_train_uses_the_default_config(tmp_path, monkeypatch):
     assert res.exit_code == 0 and "width: 8" in res.stdout and res.stderr == ""
 
 
+def test_overrides_without_c_apply_on_top_of_the_default_config(tmp_path, monkeypatch):
+    """`absa train KEY=VALUE...` trains what bare `absa train` trains, with the overrides,
+    and says so on stderr (not a terminal here)."""
+    from absa import cli
+
+    cfg = tmp_path / "default.yaml"
+    cfg.write_text("model: {name: mlp, width: 8}\nbatch: {size: 64}\nhessian: {probe_size: 128}\n")
+    monkeypatch.setattr(cli, "default_config", lambda: cfg)
+    res = runner.invoke(app, ["train", "train.epochs=1", f"train.out_dir={tmp_path / 'runs'}"])
+    assert res.exit_code == 0, res.output
+    assert f"no -c given: using {cfg} + the overrides" in res.stderr
+    run = tmp_path / "runs" / "default-bl-b64-s0"  # the file's stem and batch (built-in: 128)
+    assert json.loads((run / "summary.json").read_text())["epochs"] == 1
+    import yaml
+
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["model"] == {**saved["model"], "name": "mlp", "width": 8}
+    repo = cli._config_for(None, ["optim.lr=0.1"], None, quiet=True)
+    monkeypatch.undo()
+    assert cli._config_for(None, ["optim.lr=0.1"], None, quiet=True) == cli.default_config()
+    assert repo == cfg
+
+
 def test_no_default_config_says_built_in_defaults(monkeypatch):
     from absa import cli
 
@@ -458,7 +496,10 @@ def test_no_default_config_says_built_in_defaults(monkeypatch):
     assert cli._config_for(None, [], None) is None
     assert notes == ["no -c given and no configs/default.yaml: training on the built-in defaults"]
     notes.clear()
-    assert cli._config_for(None, ["optim.lr=0.1"], None) is None and notes == []  # not a tty
+    assert cli._config_for(None, ["optim.lr=0.1"], None) is None
+    assert notes == [
+        "no -c given and no configs/default.yaml: training on the built-in defaults + the overrides"
+    ]
     run = Path("some/run")
     assert cli._config_for(None, [], run) == run / "config.yaml"
 
@@ -716,3 +757,108 @@ def test_a_resolved_config_gets_no_ignored_keys_note():
     assert cli.ignored_notes(resolved) == []
     odd = C.from_dict(C.to_dict(C.load(None, ["schedule.max_batch=512"])), "point.yaml")
     assert cli.ignored_notes(odd) == ["schedule.max_batch is ignored by schedule.method bl"]
+
+
+def test_batch_larger_than_the_training_split_is_refused(tmp_path):
+    """digits has 1,347 training samples: batch.size=1000000 would train one step an epoch;
+    it is one line naming batch.size and the split's size, exit 2, nothing written."""
+    res = _train(tmp_path, "batch.size=1000000")
+    assert res.exit_code == 2
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines == [
+        "error: batch.size: 1000000 is larger than the training split of digits (1,347 samples); "
+        "pass batch.size=1347 or less"
+    ]
+    assert not any(tmp_path.iterdir())
+    assert _train(tmp_path, "batch.size=1347", "train.epochs=1").exit_code == 0  # the split fits
+
+
+class _FullDisk:
+    """A file that takes ``room`` bytes, then raises ENOSPC as a full disk does."""
+
+    def __init__(self, fh, room):
+        self.fh, self.room = fh, room
+
+    def write(self, b):
+        import errno
+
+        if len(b) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(b)
+        return self.fh.write(b)
+
+    def __getattr__(self, name):
+        return getattr(self.fh, name)
+
+
+@pytest.mark.parametrize("how", ["torch_writer", "oserror", "bare_runtime_error"])
+def test_disk_full_while_saving_is_one_line_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch, how
+):
+    """The second epoch's checkpoint hits a full disk: one line naming the run folder and the
+    full disk, exit 2, and last.pt still the first epoch's; the run resumes from it."""
+    import errno
+
+    import torch
+
+    from absa import checkpoint as ckpt_io
+
+    real_save, calls = torch.save, []
+
+    def save(obj, fh):
+        calls.append(1)
+        if len(calls) < 2:
+            return real_save(obj, fh)
+        if how == "torch_writer":  # torch turns the ENOSPC into RuntimeError(inline_container)
+            return real_save(obj, _FullDisk(fh, 1000))
+        if how == "oserror":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        raise RuntimeError("[enforce fail at inline_container.cc:603] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(ckpt_io.torch, "save", save)
+    res = _train(tmp_path, "train.run_name=r")
+    run = tmp_path / "r"
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in res.output, res.stderr
+    assert lines[0].startswith(f"error: {run}: ")
+    full = "the disk is full" if how != "bare_runtime_error" else "is the disk full?"
+    assert full in lines[0] and f"absa train --resume {run}" in lines[0]
+    monkeypatch.undo()
+    assert ckpt_io.load(run / "last.pt")["epoch"] == 1  # the first epoch's, intact
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    res = runner.invoke(app, ["train", "--resume", str(run)])
+    assert res.exit_code == 0, res.output
+    assert ckpt_io.load(run / "last.pt")["epoch"] == 2
+
+
+def test_read_only_out_dir_names_the_setting(tmp_path, monkeypatch):
+    """A run folder that cannot be created (a read-only file system: EROFS, which chmod cannot
+    produce for root) is one line naming train.out_dir and the folder, exit 2."""
+    import errno
+    import pathlib
+
+    ro = tmp_path / "ro"
+    real_mkdir = pathlib.Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self == ro or ro in self.parents:
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    res = _train(ro, "train.run_name=r")
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert lines == [
+        f"error: train.out_dir: cannot write the run folder {ro / 'r'} (Read-only file system)"
+    ]
+
+
+def test_train_threads_and_device_options_are_checked():
+    res = runner.invoke(app, ["train", "-c", str(BUILTIN), "--threads", "0", "--print-config"])
+    assert res.exit_code == 2 and "--threads: must be >= 1" in res.output
+    res = runner.invoke(app, ["train", "-c", str(BUILTIN), "--device", "tpu", "--print-config"])
+    assert res.exit_code == 2 and "--device:" in res.output
+    res = runner.invoke(app, ["train", "-c", str(BUILTIN), "--threads", "3", "--print-config"])
+    assert res.exit_code == 0 and "threads: 3" in res.stdout

@@ -505,3 +505,26 @@ def test_fixed_schedules_do_not_read_the_growth_lr_switches(method):
 
     keys = ["schedule.growth_warmup", "schedule.max_lr", "schedule.stop_rule"]
     assert ignored_keys(method, keys) == sorted(keys)
+
+
+def _suggested(msg: str) -> list[str]:
+    return re.findall(r"'(optim\.decay_epochs=\[[0-9,]*\])'", msg)
+
+
+def test_shortened_config_error_gives_the_exact_override():
+    """`-c configs/default.yaml train.epochs=4` (decays [20, 26]) names the decays scaled to 4
+    epochs, and each suggested override, passed as given, loads."""
+    path = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+    with pytest.raises(C.ConfigError) as e:
+        C.load(path, ["train.epochs=4"])
+    msg = str(e.value)
+    assert "\n" not in msg and "optim.decay_epochs: epoch 20 is not below train.epochs 4" in msg
+    assert _suggested(msg) == ["optim.decay_epochs=[2,3]", "optim.decay_epochs=[]"]
+    for fix in _suggested(msg):
+        assert C.load(path, ["train.epochs=4", fix]).train.epochs == 4
+    with pytest.raises(C.ConfigError) as e:  # one epoch: only "no decay" fits
+        C.load(path, ["train.epochs=1"])
+    assert _suggested(str(e.value)) == ["optim.decay_epochs=[]"]
+    with pytest.raises(C.ConfigError) as e:  # a decay past the end: keep the ones that fit
+        C.load(None, ["optim.decay_epochs=[3,40]", "train.epochs=30"])
+    assert _suggested(str(e.value)) == ["optim.decay_epochs=[3]", "optim.decay_epochs=[]"]

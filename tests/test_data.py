@@ -3,6 +3,7 @@
 import gzip
 import pickle
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -919,7 +920,7 @@ def test_bad_images_are_found_before_training(tmp_path, damage, expect, found_by
     assert _one_line_naming(e, bad).startswith(f"{bad}: {expect}")
     res = CliRunner().invoke(
         app,
-        ["train", "data.name=imagefolder", f"data.root={tmp_path}", "data.image_size=8",
+        ["train", "-c", str(Path(__file__).parent / "data" / "run.yaml"), "data.name=imagefolder", f"data.root={tmp_path}", "data.image_size=8",
          f"data.check_images={found_by}", "model.name=mlp", "train.device=cpu", f"train.out_dir={tmp_path / 'runs'}"],
     )  # fmt: skip
     assert res.exit_code == 2 and str(bad) in res.output and "Traceback" not in res.output

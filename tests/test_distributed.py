@@ -378,7 +378,7 @@ def test_setup_single_process_and_backend_checks(monkeypatch):
 
 # --- real launches ------------------------------------------------------------------------
 
-LAUNCH_ARGS = BASE
+LAUNCH_ARGS = ["-c", str(Path(__file__).parent / "data" / "run.yaml"), *BASE]  # built-in defaults
 
 
 def _launch_env(**extra: str) -> dict[str, str]:
@@ -472,7 +472,10 @@ def _processes_mentioning(text: str) -> list[int]:
     return pids
 
 
-def test_ctrl_c_stops_all_ranks_and_keeps_the_checkpoint(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_all_ranks_and_keeps_the_checkpoint(tmp_path, sig):
+    """Ctrl-C (SIGINT) or SIGTERM to the launcher: every rank stops, the checkpoint stays and
+    the resume command is printed once (rank 0)."""
     run = tmp_path / "ctrlc"
     cmd = [sys.executable, "-m", "absa", "train", "--nproc", str(WORLD), *LAUNCH_ARGS]
     cmd += [
@@ -489,16 +492,18 @@ def test_ctrl_c_stops_all_ranks_and_keeps_the_checkpoint(tmp_path):
         while not (run / "last.pt").is_file() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C in a terminal sends to torchrun
+        proc.send_signal(sig)  # SIGINT: what Ctrl-C in a terminal sends to torchrun
         t0 = time.monotonic()
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     err = err.decode()
-    assert proc.returncode == 128 + signal.SIGINT, err[-2000:]
+    assert proc.returncode == 128 + sig, err[-2000:]
     assert time.monotonic() - t0 < 30
-    assert err.count("interrupted; the last completed epoch's checkpoint is kept") == WORLD
+    how = " by SIGTERM" if sig == signal.SIGTERM else ""
+    line = f"interrupted{how}; the last completed epoch's checkpoint is kept: absa train --resume"
+    assert err.count("interrupted") == 1 and err.count(f"{line} {run} continues") == 1, err
     assert "terminate called" not in err and "Traceback" not in err
     assert ckpt_io.load(run)["epoch"] >= 1
     assert not _processes_mentioning(f"train.out_dir={tmp_path}")  # no worker left behind

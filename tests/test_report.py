@@ -627,3 +627,22 @@ def test_up_to_twenty_methods_get_distinct_colours():
     assert len({tuple(map(float, __import__("matplotlib").colors.to_rgba(s["color"])))
                 for s in styles.values()}) == 14  # fmt: skip
     assert R._styles(cols[:10])["m3"]["color"] == "C3"  # up to 10: the default cycle
+
+
+def test_report_takes_one_run_folder_or_a_folder_of_runs(tmp_path):
+    """`absa report runs/twin` on one finished run reports it (it once said "no finished
+    runs"); a plain folder of run folders works as well."""
+    from typer.testing import CliRunner
+
+    from absa.cli import app
+
+    runs = tmp_path / "runs"
+    _write_run(runs, "twin", ["batch.size=32"], 90.0, 100, 32)
+    _write_run(runs, "other", ["batch.size=512"], 80.0, 10, 512)
+    for target, n in ((runs / "twin", 1), (runs, 2)):
+        out = tmp_path / f"r{n}"
+        res = CliRunner().invoke(app, ["report", str(target), "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        rows = list(csv.DictReader((out / "report.csv").open()))
+        assert len(rows) == n, rows
+    assert [r.name for r in R.collect(runs / "twin")] == ["twin"]

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,8 @@ from absa import checkpoint as ckpt_io
 from absa import rundir as R
 from absa import trainer as T
 from absa.runlog import read_metrics
+
+BUILTIN = str(Path(__file__).parent / "data" / "run.yaml")  # no keys: the built-in defaults
 
 
 def _epochs(run_dir):
@@ -114,7 +117,7 @@ def test_two_concurrent_trainings_one_is_refused(tmp_path):
     """Two `absa train` processes on one run name: the second gets one line naming the first's
     pid and writes nothing; the first's metrics stay one line per epoch."""
     args = [
-        sys.executable, "-m", "absa", "train", "data.name=digits", "model.name=mlp",
+        sys.executable, "-m", "absa", "train", "-c", BUILTIN, "data.name=digits", "model.name=mlp",
         "model.width=8", "train.epochs=10000", "batch.size=64", "train.device=cpu", f"train.out_dir={tmp_path}",
         "train.run_name=same", "train.threads=1",
     ]  # fmt: skip
@@ -184,16 +187,9 @@ def test_run_name_cannot_leave_the_output_folder(name, tmp_path):
 
 def test_run_name_escape_writes_nothing_from_the_cli(tmp_path):
     before = set(os.listdir("/"))
+    cmd = [sys.executable, "-m", "absa", "train", "-c", BUILTIN, "train.run_name=/"]
     out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "absa",
-            "train",
-            "train.run_name=/",
-            "train.device=cpu",
-            f"train.out_dir={tmp_path}",
-        ],
+        [*cmd, "train.device=cpu", f"train.out_dir={tmp_path}"],
         capture_output=True,
         text=True,
     )
@@ -230,7 +226,7 @@ def test_real_kill_9_mid_run_then_resume_is_exact(tmp_path):
     and resumed each time ends with the weights of an uninterrupted run and one metrics line
     per epoch."""
     common = [
-        sys.executable, "-m", "absa", "train", "data.name=digits", "model.name=mlp",
+        sys.executable, "-m", "absa", "train", "-c", BUILTIN, "data.name=digits", "model.name=mlp",
         "model.width=8", "batch.size=16", "train.epochs=8", "train.threads=1",
         "optim.decay_epochs=[6]", "train.device=cpu", f"train.out_dir={tmp_path}",
     ]  # fmt: skip
@@ -260,3 +256,47 @@ def test_real_kill_9_mid_run_then_resume_is_exact(tmp_path):
     a = torch.load(run / "last.pt", weights_only=True)["model"]
     b = torch.load(tmp_path / "ref" / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(a[k], b[k]) for k in b)
+
+
+def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path):
+    """SIGTERM (Slurm, Kubernetes) after the first checkpoint: one line with the resume
+    command, the process ends by SIGTERM (exit 143 in a shell), last.pt is kept, and
+    `--resume` completes the run with each epoch once."""
+    import signal
+
+    run = tmp_path / "t"
+    args = [
+        sys.executable, "-m", "absa", "train", "-c", BUILTIN, "data.name=digits", "model.name=mlp",
+        "model.width=8", "batch.size=256", "train.epochs=300", "train.threads=1",
+        f"train.out_dir={tmp_path}", "train.run_name=t",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "last.pt").is_file() and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before SIGTERM: make it longer"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGTERM, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert lines[-1] == (
+        "interrupted by SIGTERM; the last completed epoch's checkpoint is kept: "
+        f"absa train --resume {run} continues"
+    ), err
+    assert "Traceback" not in err
+    done = ckpt_io.load(run / "last.pt")["epoch"]
+    assert 1 <= done < 300  # metrics may lack the last line: resume puts it back
+    assert _epochs(run) in (list(range(done)), list(range(done - 1)))
+    res = subprocess.run(
+        [sys.executable, "-m", "absa", "train", "--resume", str(run)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"resumed {run} at epoch {done}" in res.stdout + res.stderr
+    assert _epochs(run) == list(range(300))

@@ -283,3 +283,31 @@ def test_a_vetoed_growth_is_named_in_the_metrics(tiny_cfg, tmp_path):
         1e-6 * v["noise_scale"]
     )
     assert any("(growth to 128 on duration vetoed: stop_noise)" in x for x in lines)
+
+
+def test_truncated_last_checkpoint_resumes_from_the_previous_one(tiny_cfg, tmp_path):
+    """Each save keeps the replaced checkpoint as prev.pt; a truncated last.pt (a disk error,
+    a bad copy) resumes from prev.pt with a warning and ends with an uninterrupted run's
+    weights and each epoch once."""
+    over = ("train.epochs=4",)
+    T.run(tiny_cfg(*over), run_dir=tmp_path / "full")
+    run = tmp_path / "cut"
+    T.run(tiny_cfg("train.epochs=3"), run_dir=run)
+    assert (
+        ckpt_io.load(run / "prev.pt")["epoch"] == 2 and ckpt_io.load(run / "last.pt")["epoch"] == 3
+    )
+    data = (run / "last.pt").read_bytes()
+    (run / "last.pt").write_bytes(data[: len(data) // 2])
+    said = []
+    T.run(tiny_cfg(*over), run_dir=run, resume=True, log=said.append)
+    assert any(
+        m.startswith(f"warning: {run / 'last.pt'}: not a readable absa checkpoint")
+        and m.endswith(f"resuming from {run / 'prev.pt'} (epoch 2) instead")
+        for m in said
+    ), said
+    assert f"resumed {run} at epoch 2 (" in " ".join(said)
+    _assert_same_weights(_weights(tmp_path / "full"), _weights(run))
+    epochs = [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [0, 1, 2, 3]
+    assert (run / "last.pt.unreadable").read_bytes() == data[: len(data) // 2]
+    assert ckpt_io.load(run / "prev.pt")["epoch"] == 3  # a readable file was rotated, not the cut
