@@ -283,8 +283,7 @@ def _clock(seconds: float | None) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def step_text(info: Mapping[str, Any]) -> str:
-    """The numbers of a progress line, e.g. ``B 256  lr 0.05  loss 0.412  acc 88.1%``."""
+def _step_parts(info: Mapping[str, Any]) -> list[str]:
     parts = []
     if info.get("batch_size") is not None:
         parts.append(f"B {int(info['batch_size'])}")
@@ -298,7 +297,40 @@ def step_text(info: Mapping[str, Any]) -> str:
         parts.append(f"adv {info['adv_fraction']:.2g}")
     if info.get("lambda_max") is not None:
         parts.append(f"λmax {info['lambda_max']:.4g}")
-    return "  ".join(parts)
+    return parts
+
+
+def step_text(info: Mapping[str, Any]) -> str:
+    """The numbers of a progress line, e.g. ``B 256  lr 0.05  loss 0.412  acc 88.1%``."""
+    return "  ".join(_step_parts(info))
+
+
+# Which numbers a narrow line keeps first (B always; then these, in this order).
+_STATS_PRIORITY = ("lr", "λmax", "loss", "acc", "adv")
+
+
+def fit_stats(info: Mapping[str, Any], eta: str, run_eta: str, room: int | None) -> str:
+    """The stats column in ``room`` characters (None: no limit): the batch and both ETAs
+    always (shortened to ``eta 0:00:06 ep 0:01:18 run`` when needed), then lr, lambda_max,
+    loss, accuracy, adversarial fraction until one does not fit, in step_text's order."""
+    parts = _step_parts(info)
+    etas = f"eta {eta} epoch, {run_eta} run"
+    if room is None:
+        return "  ".join([*parts, etas])
+    keep = [p for p in parts if p.startswith("B ")]
+    if sum(len(p) + 2 for p in keep) + len(etas) > room:
+        etas = f"eta {eta} ep {run_eta} run"
+    for name in _STATS_PRIORITY:
+        more = keep + [p for p in parts if p.split(" ")[0] == name]
+        if sum(len(p) + 2 for p in more) + len(etas) > room:
+            break
+        keep = more
+    return "  ".join([*(p for p in parts if p in keep), etas])
+
+
+def _bar_width(columns: int) -> int:
+    """The live bar's width: 18 on a wide terminal, 8 below 120 columns."""
+    return 18 if columns >= 120 else 8
 
 
 def _progress_factory(
@@ -309,8 +341,11 @@ def _progress_factory(
     One task per epoch: the phase, a bar of its steps, the step's numbers and two ETAs:
     the epoch's (from this epoch's training steps so far) and the run's (from the run's
     wall time per epoch so far, Hessian probes and evaluation included; from the first
-    epoch this process trained, so a resumed run estimates from its own epochs)."""
+    epoch this process trained, so a resumed run estimates from its own epochs). On a
+    narrow console the stats keep the batch and the ETAs first (fit_stats)."""
     run: dict[str, Any] = {"t0": None, "e0": 0, "kept": {}}
+    console = getattr(progress, "console", None)
+    columns = getattr(console, "width", None)
 
     def factory(epoch: int, epochs: int) -> Callable[..., None]:
         now = clock()
@@ -342,14 +377,17 @@ def _progress_factory(
             left = epochs - epoch - state["frac"]
             run_eta = (t - run["t0"]) / done * left if done > 0 else None
             eta = state["eta"] if phase == "train" else None
-            etas = f"eta {_clock(eta)} epoch, {_clock(run_eta)} run"
-            text = step_text(shown)
+            description = f"{label} {PHASES.get(phase, phase)}"
+            room = None
+            if columns is not None:  # description, bar, "step/steps", and the gaps
+                mofn = 2 * len(str(steps)) + 1 if steps > 0 else len(str(step)) + 2
+                room = columns - len(description) - _bar_width(columns) - mofn - 4
             progress.update(
                 task,
                 completed=step,
                 total=steps if steps > 0 else None,
-                description=f"{label} {PHASES.get(phase, phase)}",
-                stats=f"{text}  {etas}" if text else etas,
+                description=description,
+                stats=fit_stats(shown, _clock(eta), _clock(run_eta), room),
             )
 
         return update
@@ -357,12 +395,12 @@ def _progress_factory(
     return factory
 
 
-def _progress_columns() -> list[Any]:
+def _progress_columns(columns: int = 160) -> list[Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     return [
         TextColumn("{task.description}"),
-        BarColumn(bar_width=18),
+        BarColumn(bar_width=_bar_width(columns)),
         MofNCompleteColumn(),
         TextColumn("{task.fields[stats]}"),
     ]
@@ -376,7 +414,8 @@ def _progress_output() -> Iterator[tuple[Callable[[str], None], Any]]:
         return
     from rich.progress import Progress
 
-    with Progress(*_progress_columns(), console=err_console, transient=True) as progress:
+    columns = _progress_columns(err_console.width)
+    with Progress(*columns, console=err_console, transient=True) as progress:
         yield (
             (lambda msg: progress.console.print(msg, highlight=False)),
             _progress_factory(progress),
@@ -407,7 +446,7 @@ def _phase_output() -> Iterator[tuple[Callable[[str], None], Any]]:
     }
     with Progress(
         TextColumn("{task.description}"),
-        BarColumn(bar_width=24),
+        BarColumn(bar_width=24 if err_console.width >= 100 else 12),  # 80 columns fit
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("eta"),

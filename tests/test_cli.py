@@ -590,6 +590,46 @@ def test_progress_on_a_real_rich_progress():
     assert "epoch 3/29 train" in buf.getvalue() and "B 256" in buf.getvalue()
 
 
+def _rendered_lines(width, steps):
+    """The live bar's last frame on a ``width``-column terminal after ``steps`` updates."""
+    import io
+    import re
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from absa import cli
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=width)
+    clock = iter(range(0, 10**6, 7)).__next__  # 7 s per call: hours-long ETAs
+    with Progress(*cli._progress_columns(width), console=console) as progress:
+        on_step = cli._progress_factory(progress, clock=clock)(12, 30)
+        for step, info in steps:
+            on_step(step, 1022, info)
+        progress.refresh()
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", buf.getvalue()).replace("\r", "\n")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("width", [80, 100, 160])
+def test_progress_keeps_phase_batch_and_both_etas_at_80_columns(width):
+    import re
+
+    full = {"lr": 0.0512, "batch_size": 1024, "loss": 0.4123, "acc": 88.1, "adv_fraction": 0.2}
+    train = [(5, {**full, "lambda_max": 12.345}), (6, full)]
+    probe = [*train, (7, {"phase": "hessian", "lambda_max": 12.5})]
+    for steps, phase in ((train, "train"), (probe, "Hessian probe")):
+        line = _rendered_lines(width, steps)[-1]
+        assert len(line) <= width and "…" not in line, line
+        assert line.startswith(f"epoch 12/29 {phase} ━"), line
+        assert "/1022 B 1024  eta " in line or width > 80, line
+        epoch_eta = r"\d:\d\d:\d\d" if phase == "train" else "-:--:--"  # none while probing
+        assert re.search(rf"  eta {epoch_eta} ep(och,)? \d+:\d\d:\d\d run$", line), line
+        if width == 160:
+            assert "loss 0.4123  acc 88.1%  adv 0.2  λmax 12." in line, line
+
+
 @pytest.mark.parametrize("cmd", ["train", "eval", "hessian", "sweep", "report"])
 def test_help_has_no_rst(cmd):
     """(How typer shows a flag's type, e.g. ``<bool>``, is typer's own and varies by version:
