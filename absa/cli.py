@@ -6,6 +6,7 @@ and exit with status 2; a diverged run exits with status 3 keeping its last good
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -38,6 +39,16 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 console = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _reflowed(fn: F) -> F:
+    """Join the hard-wrapped lines of a command's docstring into paragraphs (typer keeps
+    single newlines after the first paragraph, so ``--help`` showed the source's line
+    breaks as ragged lines); rich then wraps each paragraph to the terminal."""
+    paragraphs = inspect.cleandoc(fn.__doc__ or "").split("\n\n")
+    fn.__doc__ = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+    return fn
 
 
 def _version(value: bool) -> None:
@@ -204,12 +215,12 @@ EvalOverridesArg = Annotated[
 
 ThreadsOpt = Annotated[
     int | None,
-    typer.Option(help="torch.set_num_threads(N) (train.threads; default: the run's setting)."),
+    typer.Option(help="Threads for torch (train.threads; default: the run's setting)."),
 ]
 TrustOpt = Annotated[
     bool,
     typer.Option(
-        "--trust-model-code/--no-trust-model-code",
+        "--trust-model-code",
         help="Import the module:function model a checkpoint's config names (runs its code).",
     ),
 ]
@@ -553,6 +564,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 @app.command()
+@_reflowed
 def train(
     config: ConfigOpt = None,
     overrides: OverridesArg = None,
@@ -573,7 +585,7 @@ def train(
         ),
     ] = False,
     threads: Annotated[
-        int | None, typer.Option(help="torch.set_num_threads(N) (the override train.threads=N).")
+        int | None, typer.Option(help="Threads for torch (the override train.threads=N).")
     ] = None,
     device: Annotated[
         str | None,
@@ -656,7 +668,8 @@ def trajectory_text(summary: Any) -> str:
 
 
 def _print_summary(summary: Any) -> None:
-    t = Table(title=f"absa train: {summary.run_dir}", show_header=False)
+    title = f"absa train: {summary.run_dir}"
+    t = Table(title=title, show_header=False, min_width=len(title))  # the title on one line
     t.add_row("test accuracy", f"{summary.test_acc:.2f}%  (best {summary.best_test_acc:.2f}%)")
     for row in summary.robust:  # adversarial.final_eval (on the first eval_limit samples)
         what = "clean" if row["attack"] == "clean" else f"{row['attack']} eps {row['eps']:g}"
@@ -677,6 +690,7 @@ def _print_summary(summary: Any) -> None:
 
 
 @app.command("eval")
+@_reflowed
 def eval_cmd(
     checkpoint: Annotated[Path, typer.Option(help="last.pt or a run folder.")],
     overrides: EvalOverridesArg = None,
@@ -726,9 +740,8 @@ def eval_cmd(
             out = [
                 {"attack": "clean", "eps": 0.0, "loss": clean.loss, "acc": clean.acc, "n": clean.n}
             ]
-        table = Table(
-            title=f"absa eval: {checkpoint} (after epoch {ck['epoch'] - 1}, {ck['updates']} updates)"
-        )
+        title = f"absa eval: {checkpoint} (after epoch {ck['epoch'] - 1}, {ck['updates']} updates)"
+        table = Table(title=title, min_width=len(title))  # the title on one line
         for col in ("attack", "eps", "loss", "accuracy %", "samples"):
             table.add_column(col, justify="right" if col != "attack" else "left")
         for r in out:
@@ -842,6 +855,7 @@ def _phase_size(option: str, on: bool | None, size: int | None, default: int, fl
 
 
 @app.command("hessian")
+@_reflowed
 def hessian_cmd(
     checkpoint: Annotated[
         Path | None, typer.Option(help="last.pt or a run folder (its config is used).")
@@ -984,7 +998,7 @@ def hessian_cmd(
                         tick,
                     )  # fmt: skip
                 )
-        table = Table(title=f"absa hessian: {source}")
+        table = Table(title=f"absa hessian: {source}", min_width=len(f"absa hessian: {source}"))
         table.add_column("quantity")
         table.add_column("value", justify="right")
         table.add_row("block / parameters", f"{blk} / {spec.block_size}")
@@ -1110,13 +1124,17 @@ def _landscape_plots(
 
 
 @app.command()
+@_reflowed
 def sweep(
     sweep_file: Annotated[
         Path, typer.Argument(metavar="SWEEP_FILE", help="Sweep YAML: base config + grid.")
     ],
     executor: Annotated[
         Executor,
-        typer.Option(help="Where points run: submitit-local is submitit on this machine."),
+        typer.Option(
+            metavar="WHERE",
+            help="Where points run: local, slurm or submitit-local (submitit on this machine).",
+        ),
     ] = "local",
     max_parallel: Annotated[
         int | None,
@@ -1158,6 +1176,7 @@ def sweep(
 
 
 @app.command()
+@_reflowed
 def report(
     sweep_dirs: Annotated[
         list[Path],

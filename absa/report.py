@@ -867,10 +867,11 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 def _table(
     title: str, header: list[str], lines: list[list[str]], left: tuple[int, ...] = ()
 ) -> Any:
-    """A rich table whose cells never wrap (columns ``left`` left-aligned, others right)."""
+    """A rich table whose cells never wrap (columns ``left`` left-aligned, others right), at
+    least as wide as its title, which then stays on one line."""
     from rich.table import Table
 
-    t = Table(title=title)
+    t = Table(title=title, min_width=len(title))
     for i, h in enumerate(header):
         t.add_column(h, justify="left" if i in left else "right", no_wrap=True)
     for line in lines:

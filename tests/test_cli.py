@@ -640,6 +640,30 @@ def test_help_has_no_rst(cmd):
     assert "KEY=VALUE" in res.output or cmd in ("sweep", "report")
 
 
+@pytest.mark.parametrize("cmd", [None, "train", "eval", "hessian", "sweep", "report"])
+def test_help_fits_80_columns(cmd):
+    """At 80 columns: nothing cut (no ``…``, every option name whole) and the description
+    greedily filled: no line of it could have taken the next line's first word (a hard
+    wrap in a docstring left ragged lines such as `` the`` alone)."""
+    import re
+
+    import typer
+
+    res = runner.invoke(app, [*([cmd] if cmd else []), "--help"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80, out
+    group = typer.main.get_command(app)
+    command = group.commands[cmd] if cmd else group
+    names = [n for p in command.params for n in (*p.opts, *p.secondary_opts) if n[:2] == "--"]
+    for name in names:
+        assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", out), (name, out)
+    description = [line.rstrip() for line in out.split("╭")[0].splitlines()]
+    for line, after in zip(description, description[1:], strict=False):
+        if line.strip() and after.strip() and "Usage:" not in line:
+            assert len(line) + 1 + len(after.split()[0]) > 80 - 4, (line, after)
+
+
 def test_help_details():
     help_of = {
         c: runner.invoke(app, [c, "--help"], env={"COLUMNS": "200"}).output
@@ -649,7 +673,7 @@ def test_help_details():
     assert "--trace" in help_of["hessian"] and "--no-density" in help_of["hessian"]
     assert "optim.lr=0.2 batch.size=512" not in help_of["hessian"]  # not train's overrides
     assert "optim.lr=0.2 batch.size=512" not in help_of["eval"]
-    assert "<local|slurm|submitit-local>" in help_of["sweep"]
+    assert "local, slurm or submitit-local" in help_of["sweep"]
     assert "--dry-run" in help_of["sweep"] and "--no-wait" in help_of["sweep"]
 
 

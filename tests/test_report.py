@@ -575,6 +575,13 @@ def test_fit_tables_splits_columns_and_repeats_the_keys():
     assert len(R.fit_tables(None, "t", header, lines)) == 1  # no console: one table
 
 
+def test_a_table_title_stays_on_one_line():
+    title = "cost: docs/reproduce_fmnist/sweep/runs (a long sweep path)"
+    buf = io.StringIO()
+    Console(file=buf, width=80).print(R._table(title, ["batch", "acc"], [["32", "9.0"]]))
+    assert title in buf.getvalue().splitlines()[0], buf.getvalue()
+
+
 def test_replay_of_a_moved_sweep_finds_its_source_next_to_it(tmp_path, monkeypatch):
     runs = tmp_path / "committed" / "runs"
     grow = ["batch.size=16", "schedule.method=absa", "schedule.max_batch=512"]
