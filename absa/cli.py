@@ -901,8 +901,16 @@ def hessian_cmd(
     density_runs: Annotated[int, typer.Option(help="SLQ runs averaged.")] = 3,
     plot: Annotated[
         Path | None,
-        typer.Option(help="Folder for PNGs: 1D/2D loss landscape (and density with --density)."),
+        typer.Option(help="Folder for PNGs: the density (--density) and landscape (--landscape)."),
     ] = None,
+    landscape: Annotated[
+        bool,
+        typer.Option(
+            "--landscape",
+            help="Also plot the 1D/2D loss landscape into --plot: 2 x --points + (--points/2)^2 "
+            "loss evaluations over --samples, often the slowest part. Off by default.",
+        ),
+    ] = False,
     radius: Annotated[
         float | None,
         typer.Option(help="Landscape half-width (default sqrt(2/lambda_max): +1 nat quadratic)."),
@@ -952,6 +960,8 @@ def hessian_cmd(
             _at_least(option, value, low)
         _positive("--rtol", rtol)
         _positive("--radius", radius)
+        if landscape and plot is None:
+            raise CliError("--landscape: give --plot DIR too (where its PNGs go)")
         n_trace = _phase_size("--trace-samples", trace, trace_samples, 100, "trace")
         n_density = _phase_size("--density-iter", density, density_iter, 60, "density")
         extra = _run_overrides(threads, device)
@@ -991,7 +1001,7 @@ def hessian_cmd(
                         (blk, n, batch, seed, max_iter, rtol),
                         env,
                         radius,
-                        points,
+                        points if landscape else None,
                         plot,
                         context,
                         say,
@@ -1043,11 +1053,12 @@ def hessian_cmd(
             "epoch": ck["epoch"] if ck else None,
             **result,
         }
-        if "plots" in result:
+        if "landscape_seconds" in result:
             table.add_row(
                 "landscape / plots",
                 f"{result['landscape_seconds']:.2f}s / {result['plots_seconds']:.2f}s",
             )
+        if result.get("plots"):
             table.add_row("plots", "\n".join(result["plots"]))
         console.print(table)
         if json_out is not None:
@@ -1062,21 +1073,60 @@ def _landscape_plots(
     request: tuple[str, int, int, int, int, float],
     env: Any,
     radius: float | None,
-    points: int,
+    points: int | None,
     folder: Path,
     context: str,
     say: Callable[[str], None],
     tick: Any,
 ) -> dict[str, Any]:
-    """Loss landscape along the top two eigenvectors and the PNGs, with their times.
+    """The PNGs of --plot with their times: the loss landscape along the top two
+    eigenvectors (``points`` per axis; None: --landscape not given, none) and the density.
     ``request``: (block, samples, micro-batch, seed, max_iter, rtol) of the spectrum."""
-    import math
-
-    from absa import analysis as A
     from absa import plots
 
     blk, n, batch, seed, max_iter, rtol = request
-    t_start = time.perf_counter()
+    out: dict[str, Any] = {}
+    files = []
+    t0 = time.perf_counter()
+    if points is not None:
+        land = _landscape(model, data, batches, spec, request, env, radius, points, say, tick)
+        out.update(landscape=land, landscape_seconds=time.perf_counter() - t0)
+        lam = spec.eigenvalues[0]
+        files.append(plots.landscape_1d(land, lam, blk, folder / "landscape_1d.png", context))
+        if "surface" in land:
+            files.append(plots.landscape_2d(land, blk, folder / "landscape_2d.png", context))
+    if spec.density is not None:
+        files.append(
+            plots.density(spec.density, spec.eigenvalues, blk, folder / "density.png", context)
+        )
+    out["plots_seconds"] = time.perf_counter() - t0 - out.get("landscape_seconds", 0.0)
+    if not files:
+        say("--plot: nothing to draw (add --landscape and/or --density)")
+    else:
+        took = f"landscape {out['landscape_seconds']:.2f}s, " if points is not None else ""
+        say(f"{took}plots {out['plots_seconds']:.2f}s: {', '.join(str(f) for f in files)}")
+    return {**out, "plots": [str(f) for f in files]}
+
+
+def _landscape(
+    model: Any,
+    data: Any,
+    batches: Any,
+    spec: Any,
+    request: tuple[str, int, int, int, int, float],
+    env: Any,
+    radius: float | None,
+    points: int,
+    say: Callable[[str], None],
+    tick: Any,
+) -> dict[str, Any]:
+    """Train/test loss along the top eigenvector and on the plane of the top two, its cost
+    said first (from one timed loss evaluation)."""
+    import math
+
+    from absa import analysis as A
+
+    blk, n, batch, seed, max_iter, rtol = request
     lam = spec.eigenvalues[0]
     r = radius if radius is not None else (math.sqrt(2 / lam) if lam > 0 else 1.0)
     splits = {
@@ -1103,24 +1153,7 @@ def _landscape_plots(
         + f" = {evals} loss evaluations, ~{A.seconds_text(evals * t_loss)} "
         f"(one took {A.seconds_text(t_loss)}); radius {r:.3g}"
     )
-    land = A.landscape(model, blk, vecs, splits, r, points, points_2d, tick)
-    t_land = time.perf_counter() - t_start
-    t0 = time.perf_counter()
-    files = [plots.landscape_1d(land, lam, blk, folder / "landscape_1d.png", context)]
-    if "surface" in land:
-        files.append(plots.landscape_2d(land, blk, folder / "landscape_2d.png", context))
-    if spec.density is not None:
-        files.append(
-            plots.density(spec.density, spec.eigenvalues, blk, folder / "density.png", context)
-        )
-    t_plots = time.perf_counter() - t0
-    say(f"landscape {t_land:.2f}s, plots {t_plots:.2f}s: {', '.join(str(f) for f in files)}")
-    return {
-        "landscape": land,
-        "landscape_seconds": t_land,
-        "plots_seconds": t_plots,
-        "plots": [str(f) for f in files],
-    }
+    return A.landscape(model, blk, vecs, splits, r, points, points_2d, tick)
 
 
 @app.command()

@@ -174,7 +174,7 @@ def test_hessian_command_json_matches_dense_and_writes_plots(trained_run, tmp_pa
     out, plots = tmp_path / "h.json", tmp_path / "plots"
     args = ["hessian", "--checkpoint", str(trained_run), "-k", "3", "--samples", "200"]
     args += ["--trace-samples", "50", "--density-iter", "20", "--points", "7"]
-    res = runner.invoke(app, [*args, "--json", str(out), "--plot", str(plots)])
+    res = runner.invoke(app, [*args, "--json", str(out), "--plot", str(plots), "--landscape"])
     assert res.exit_code == 0, res.output
     got = json.loads(out.read_text())
     assert got["block"] == "last" and got["samples"] == 200 and got["converged"]
@@ -691,6 +691,13 @@ def test_hessian_trace_and_density_are_opt_in(trained_run, tmp_path):
     base = ["hessian", "--checkpoint", str(trained_run), "--samples", "128", "-k", "2"]
     base += ["--max-iter", "20", "--points", "5", "--threads", "1"]
     res = runner.invoke(app, [*base, "--plot", str(plots), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    assert "landscape" not in got and not plots.exists() and "nothing to draw" in res.output
+    assert "loss evaluations" not in res.output  # the landscape is opt-in too
+    res = runner.invoke(app, [*base, "--landscape"])
+    assert res.exit_code == 2 and "--landscape: give --plot DIR" in res.output
+    res = runner.invoke(app, [*base, "--plot", str(plots), "--landscape", "--json", str(out)])
     assert res.exit_code == 0, res.output
     got = json.loads(out.read_text())
     assert got["trace"] is None and got["density"] is None and got["trace_hvps"] == 0
