@@ -6,6 +6,7 @@ and exit with status 2; a diverged run exits with status 3 keeping its last good
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -13,7 +14,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import typer
 from rich.console import Console
@@ -38,6 +39,16 @@ app = typer.Typer(
 )
 err_console = Console(stderr=True)
 console = Console()
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _reflowed(fn: F) -> F:
+    """Join the hard-wrapped lines of a command's docstring into paragraphs (typer keeps
+    single newlines after the first paragraph, so ``--help`` showed the source's line
+    breaks as ragged lines); rich then wraps each paragraph to the terminal."""
+    paragraphs = inspect.cleandoc(fn.__doc__ or "").split("\n\n")
+    fn.__doc__ = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+    return fn
 
 
 def _version(value: bool) -> None:
@@ -204,12 +215,12 @@ EvalOverridesArg = Annotated[
 
 ThreadsOpt = Annotated[
     int | None,
-    typer.Option(help="torch.set_num_threads(N) (train.threads; default: the run's setting)."),
+    typer.Option(help="Threads for torch (train.threads; default: the run's setting)."),
 ]
 TrustOpt = Annotated[
     bool,
     typer.Option(
-        "--trust-model-code/--no-trust-model-code",
+        "--trust-model-code",
         help="Import the module:function model a checkpoint's config names (runs its code).",
     ),
 ]
@@ -283,8 +294,7 @@ def _clock(seconds: float | None) -> str:
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
-def step_text(info: Mapping[str, Any]) -> str:
-    """The numbers of a progress line, e.g. ``B 256  lr 0.05  loss 0.412  acc 88.1%``."""
+def _step_parts(info: Mapping[str, Any]) -> list[str]:
     parts = []
     if info.get("batch_size") is not None:
         parts.append(f"B {int(info['batch_size'])}")
@@ -298,7 +308,40 @@ def step_text(info: Mapping[str, Any]) -> str:
         parts.append(f"adv {info['adv_fraction']:.2g}")
     if info.get("lambda_max") is not None:
         parts.append(f"λmax {info['lambda_max']:.4g}")
-    return "  ".join(parts)
+    return parts
+
+
+def step_text(info: Mapping[str, Any]) -> str:
+    """The numbers of a progress line, e.g. ``B 256  lr 0.05  loss 0.412  acc 88.1%``."""
+    return "  ".join(_step_parts(info))
+
+
+# Which numbers a narrow line keeps first (B always; then these, in this order).
+_STATS_PRIORITY = ("lr", "λmax", "loss", "acc", "adv")
+
+
+def fit_stats(info: Mapping[str, Any], eta: str, run_eta: str, room: int | None) -> str:
+    """The stats column in ``room`` characters (None: no limit): the batch and both ETAs
+    always (shortened to ``eta 0:00:06 ep 0:01:18 run`` when needed), then lr, lambda_max,
+    loss, accuracy, adversarial fraction until one does not fit, in step_text's order."""
+    parts = _step_parts(info)
+    etas = f"eta {eta} epoch, {run_eta} run"
+    if room is None:
+        return "  ".join([*parts, etas])
+    keep = [p for p in parts if p.startswith("B ")]
+    if sum(len(p) + 2 for p in keep) + len(etas) > room:
+        etas = f"eta {eta} ep {run_eta} run"
+    for name in _STATS_PRIORITY:
+        more = keep + [p for p in parts if p.split(" ")[0] == name]
+        if sum(len(p) + 2 for p in more) + len(etas) > room:
+            break
+        keep = more
+    return "  ".join([*(p for p in parts if p in keep), etas])
+
+
+def _bar_width(columns: int) -> int:
+    """The live bar's width: 18 on a wide terminal, 8 below 120 columns."""
+    return 18 if columns >= 120 else 8
 
 
 def _progress_factory(
@@ -309,8 +352,11 @@ def _progress_factory(
     One task per epoch: the phase, a bar of its steps, the step's numbers and two ETAs:
     the epoch's (from this epoch's training steps so far) and the run's (from the run's
     wall time per epoch so far, Hessian probes and evaluation included; from the first
-    epoch this process trained, so a resumed run estimates from its own epochs)."""
+    epoch this process trained, so a resumed run estimates from its own epochs). On a
+    narrow console the stats keep the batch and the ETAs first (fit_stats)."""
     run: dict[str, Any] = {"t0": None, "e0": 0, "kept": {}}
+    console = getattr(progress, "console", None)
+    columns = getattr(console, "width", None)
 
     def factory(epoch: int, epochs: int) -> Callable[..., None]:
         now = clock()
@@ -342,14 +388,17 @@ def _progress_factory(
             left = epochs - epoch - state["frac"]
             run_eta = (t - run["t0"]) / done * left if done > 0 else None
             eta = state["eta"] if phase == "train" else None
-            etas = f"eta {_clock(eta)} epoch, {_clock(run_eta)} run"
-            text = step_text(shown)
+            description = f"{label} {PHASES.get(phase, phase)}"
+            room = None
+            if columns is not None:  # description, bar, "step/steps", and the gaps
+                mofn = 2 * len(str(steps)) + 1 if steps > 0 else len(str(step)) + 2
+                room = columns - len(description) - _bar_width(columns) - mofn - 4
             progress.update(
                 task,
                 completed=step,
                 total=steps if steps > 0 else None,
-                description=f"{label} {PHASES.get(phase, phase)}",
-                stats=f"{text}  {etas}" if text else etas,
+                description=description,
+                stats=fit_stats(shown, _clock(eta), _clock(run_eta), room),
             )
 
         return update
@@ -357,12 +406,12 @@ def _progress_factory(
     return factory
 
 
-def _progress_columns() -> list[Any]:
+def _progress_columns(columns: int = 160) -> list[Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
 
     return [
         TextColumn("{task.description}"),
-        BarColumn(bar_width=18),
+        BarColumn(bar_width=_bar_width(columns)),
         MofNCompleteColumn(),
         TextColumn("{task.fields[stats]}"),
     ]
@@ -376,7 +425,8 @@ def _progress_output() -> Iterator[tuple[Callable[[str], None], Any]]:
         return
     from rich.progress import Progress
 
-    with Progress(*_progress_columns(), console=err_console, transient=True) as progress:
+    columns = _progress_columns(err_console.width)
+    with Progress(*columns, console=err_console, transient=True) as progress:
         yield (
             (lambda msg: progress.console.print(msg, highlight=False)),
             _progress_factory(progress),
@@ -407,7 +457,7 @@ def _phase_output() -> Iterator[tuple[Callable[[str], None], Any]]:
     }
     with Progress(
         TextColumn("{task.description}"),
-        BarColumn(bar_width=24),
+        BarColumn(bar_width=24 if err_console.width >= 100 else 12),  # 80 columns fit
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TextColumn("eta"),
@@ -514,6 +564,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 @app.command()
+@_reflowed
 def train(
     config: ConfigOpt = None,
     overrides: OverridesArg = None,
@@ -534,7 +585,7 @@ def train(
         ),
     ] = False,
     threads: Annotated[
-        int | None, typer.Option(help="torch.set_num_threads(N) (the override train.threads=N).")
+        int | None, typer.Option(help="Threads for torch (the override train.threads=N).")
     ] = None,
     device: Annotated[
         str | None,
@@ -617,7 +668,8 @@ def trajectory_text(summary: Any) -> str:
 
 
 def _print_summary(summary: Any) -> None:
-    t = Table(title=f"absa train: {summary.run_dir}", show_header=False)
+    title = f"absa train: {summary.run_dir}"
+    t = Table(title=title, show_header=False, min_width=len(title))  # the title on one line
     t.add_row("test accuracy", f"{summary.test_acc:.2f}%  (best {summary.best_test_acc:.2f}%)")
     for row in summary.robust:  # adversarial.final_eval (on the first eval_limit samples)
         what = "clean" if row["attack"] == "clean" else f"{row['attack']} eps {row['eps']:g}"
@@ -638,6 +690,7 @@ def _print_summary(summary: Any) -> None:
 
 
 @app.command("eval")
+@_reflowed
 def eval_cmd(
     checkpoint: Annotated[Path, typer.Option(help="last.pt or a run folder.")],
     overrides: EvalOverridesArg = None,
@@ -687,9 +740,8 @@ def eval_cmd(
             out = [
                 {"attack": "clean", "eps": 0.0, "loss": clean.loss, "acc": clean.acc, "n": clean.n}
             ]
-        table = Table(
-            title=f"absa eval: {checkpoint} (after epoch {ck['epoch'] - 1}, {ck['updates']} updates)"
-        )
+        title = f"absa eval: {checkpoint} (after epoch {ck['epoch'] - 1}, {ck['updates']} updates)"
+        table = Table(title=title, min_width=len(title))  # the title on one line
         for col in ("attack", "eps", "loss", "accuracy %", "samples"):
             table.add_column(col, justify="right" if col != "attack" else "left")
         for r in out:
@@ -803,6 +855,7 @@ def _phase_size(option: str, on: bool | None, size: int | None, default: int, fl
 
 
 @app.command("hessian")
+@_reflowed
 def hessian_cmd(
     checkpoint: Annotated[
         Path | None, typer.Option(help="last.pt or a run folder (its config is used).")
@@ -848,8 +901,16 @@ def hessian_cmd(
     density_runs: Annotated[int, typer.Option(help="SLQ runs averaged.")] = 3,
     plot: Annotated[
         Path | None,
-        typer.Option(help="Folder for PNGs: 1D/2D loss landscape (and density with --density)."),
+        typer.Option(help="Folder for PNGs: the density (--density) and landscape (--landscape)."),
     ] = None,
+    landscape: Annotated[
+        bool,
+        typer.Option(
+            "--landscape",
+            help="Also plot the 1D/2D loss landscape into --plot: 2 x --points + (--points/2)^2 "
+            "loss evaluations over --samples, often the slowest part. Off by default.",
+        ),
+    ] = False,
     radius: Annotated[
         float | None,
         typer.Option(help="Landscape half-width (default sqrt(2/lambda_max): +1 nat quadratic)."),
@@ -899,6 +960,8 @@ def hessian_cmd(
             _at_least(option, value, low)
         _positive("--rtol", rtol)
         _positive("--radius", radius)
+        if landscape and plot is None:
+            raise CliError("--landscape: give --plot DIR too (where its PNGs go)")
         n_trace = _phase_size("--trace-samples", trace, trace_samples, 100, "trace")
         n_density = _phase_size("--density-iter", density, density_iter, 60, "density")
         extra = _run_overrides(threads, device)
@@ -938,14 +1001,14 @@ def hessian_cmd(
                         (blk, n, batch, seed, max_iter, rtol),
                         env,
                         radius,
-                        points,
+                        points if landscape else None,
                         plot,
                         context,
                         say,
                         tick,
                     )  # fmt: skip
                 )
-        table = Table(title=f"absa hessian: {source}")
+        table = Table(title=f"absa hessian: {source}", min_width=len(f"absa hessian: {source}"))
         table.add_column("quantity")
         table.add_column("value", justify="right")
         table.add_row("block / parameters", f"{blk} / {spec.block_size}")
@@ -990,11 +1053,12 @@ def hessian_cmd(
             "epoch": ck["epoch"] if ck else None,
             **result,
         }
-        if "plots" in result:
+        if "landscape_seconds" in result:
             table.add_row(
                 "landscape / plots",
                 f"{result['landscape_seconds']:.2f}s / {result['plots_seconds']:.2f}s",
             )
+        if result.get("plots"):
             table.add_row("plots", "\n".join(result["plots"]))
         console.print(table)
         if json_out is not None:
@@ -1009,21 +1073,60 @@ def _landscape_plots(
     request: tuple[str, int, int, int, int, float],
     env: Any,
     radius: float | None,
-    points: int,
+    points: int | None,
     folder: Path,
     context: str,
     say: Callable[[str], None],
     tick: Any,
 ) -> dict[str, Any]:
-    """Loss landscape along the top two eigenvectors and the PNGs, with their times.
+    """The PNGs of --plot with their times: the loss landscape along the top two
+    eigenvectors (``points`` per axis; None: --landscape not given, none) and the density.
     ``request``: (block, samples, micro-batch, seed, max_iter, rtol) of the spectrum."""
-    import math
-
-    from absa import analysis as A
     from absa import plots
 
     blk, n, batch, seed, max_iter, rtol = request
-    t_start = time.perf_counter()
+    out: dict[str, Any] = {}
+    files = []
+    t0 = time.perf_counter()
+    if points is not None:
+        land = _landscape(model, data, batches, spec, request, env, radius, points, say, tick)
+        out.update(landscape=land, landscape_seconds=time.perf_counter() - t0)
+        lam = spec.eigenvalues[0]
+        files.append(plots.landscape_1d(land, lam, blk, folder / "landscape_1d.png", context))
+        if "surface" in land:
+            files.append(plots.landscape_2d(land, blk, folder / "landscape_2d.png", context))
+    if spec.density is not None:
+        files.append(
+            plots.density(spec.density, spec.eigenvalues, blk, folder / "density.png", context)
+        )
+    out["plots_seconds"] = time.perf_counter() - t0 - out.get("landscape_seconds", 0.0)
+    if not files:
+        say("--plot: nothing to draw (add --landscape and/or --density)")
+    else:
+        took = f"landscape {out['landscape_seconds']:.2f}s, " if points is not None else ""
+        say(f"{took}plots {out['plots_seconds']:.2f}s: {', '.join(str(f) for f in files)}")
+    return {**out, "plots": [str(f) for f in files]}
+
+
+def _landscape(
+    model: Any,
+    data: Any,
+    batches: Any,
+    spec: Any,
+    request: tuple[str, int, int, int, int, float],
+    env: Any,
+    radius: float | None,
+    points: int,
+    say: Callable[[str], None],
+    tick: Any,
+) -> dict[str, Any]:
+    """Train/test loss along the top eigenvector and on the plane of the top two, its cost
+    said first (from one timed loss evaluation)."""
+    import math
+
+    from absa import analysis as A
+
+    blk, n, batch, seed, max_iter, rtol = request
     lam = spec.eigenvalues[0]
     r = radius if radius is not None else (math.sqrt(2 / lam) if lam > 0 else 1.0)
     splits = {
@@ -1050,34 +1153,21 @@ def _landscape_plots(
         + f" = {evals} loss evaluations, ~{A.seconds_text(evals * t_loss)} "
         f"(one took {A.seconds_text(t_loss)}); radius {r:.3g}"
     )
-    land = A.landscape(model, blk, vecs, splits, r, points, points_2d, tick)
-    t_land = time.perf_counter() - t_start
-    t0 = time.perf_counter()
-    files = [plots.landscape_1d(land, lam, blk, folder / "landscape_1d.png", context)]
-    if "surface" in land:
-        files.append(plots.landscape_2d(land, blk, folder / "landscape_2d.png", context))
-    if spec.density is not None:
-        files.append(
-            plots.density(spec.density, spec.eigenvalues, blk, folder / "density.png", context)
-        )
-    t_plots = time.perf_counter() - t0
-    say(f"landscape {t_land:.2f}s, plots {t_plots:.2f}s: {', '.join(str(f) for f in files)}")
-    return {
-        "landscape": land,
-        "landscape_seconds": t_land,
-        "plots_seconds": t_plots,
-        "plots": [str(f) for f in files],
-    }
+    return A.landscape(model, blk, vecs, splits, r, points, points_2d, tick)
 
 
 @app.command()
+@_reflowed
 def sweep(
     sweep_file: Annotated[
         Path, typer.Argument(metavar="SWEEP_FILE", help="Sweep YAML: base config + grid.")
     ],
     executor: Annotated[
         Executor,
-        typer.Option(help="Where points run: submitit-local is submitit on this machine."),
+        typer.Option(
+            metavar="WHERE",
+            help="Where points run: local, slurm or submitit-local (submitit on this machine).",
+        ),
     ] = "local",
     max_parallel: Annotated[
         int | None,
@@ -1119,6 +1209,7 @@ def sweep(
 
 
 @app.command()
+@_reflowed
 def report(
     sweep_dirs: Annotated[
         list[Path],

@@ -12,11 +12,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from absa.checkpoint import atomic_write_bytes  # noqa: E402
 from absa.hessian import Density, density_on_grid  # noqa: E402
 from absa.landscape import quadratic_model  # noqa: E402
 
+SMOOTH = 6  # landscape_2d draws the surface on a grid this many times finer (interpolated)
 SMOOTHING = 0.01  # Gaussian width of the density plot, as a fraction of the spectrum's span
 
 
@@ -64,16 +67,25 @@ def landscape_1d(
 
 
 def landscape_2d(land: dict[str, Any], block: str, path: Path, context: str = "") -> Path:
-    """Loss on the plane of the top two eigenvectors: 3D surface and contour map."""
+    """Loss on the plane of the top two eigenvectors: 3D surface and contour map, both drawn
+    from a bicubic interpolation of the measured grid (SMOOTH x finer; no extra loss
+    evaluations), the measured points marked on the map."""
     surf = land["surface"]
-    z = torch.tensor(surf["loss"]).numpy()
-    a = torch.tensor(surf["alphas"])
-    b = torch.tensor(surf["betas"])
+    coarse = torch.tensor(surf["loss"], dtype=torch.float64)
+    a0, b0 = torch.tensor(surf["alphas"]), torch.tensor(surf["betas"])
+    n, m = coarse.shape
+    size = ((n - 1) * SMOOTH + 1, (m - 1) * SMOOTH + 1)
+    z = F.interpolate(coarse[None, None], size=size, mode="bicubic", align_corners=True)[0, 0]
+    z = z.numpy()
+    a = torch.linspace(float(a0[0]), float(a0[-1]), size[0])
+    b = torch.linspace(float(b0[0]), float(b0[-1]), size[1])
     aa, bb = (t.numpy() for t in torch.meshgrid(a, b, indexing="ij"))
     fig = plt.figure(figsize=(10.5, 4.6))
-    grid = fig.add_gridspec(1, 2, width_ratios=(1.2, 1.0), wspace=0.02)
+    grid = fig.add_gridspec(1, 2, width_ratios=(1.2, 1.0), wspace=0.14)
     ax1 = fig.add_subplot(grid[0, 0], projection="3d")
-    ax1.plot_surface(aa, bb, z, cmap="viridis", alpha=0.95, linewidth=0)
+    ax1.plot_surface(
+        aa, bb, z, cmap="viridis", rcount=size[0], ccount=size[1], linewidth=0, antialiased=False
+    )
     ax1.set_xlabel("v1 step", labelpad=-2)
     ax1.set_ylabel("v2 step", labelpad=-2)
     ax1.set_zlabel(f"{surf['split']} loss", labelpad=-1)
@@ -83,13 +95,22 @@ def landscape_2d(land: dict[str, Any], block: str, path: Path, context: str = ""
     ax2 = fig.add_subplot(grid[0, 1])
     cs = ax2.contourf(aa, bb, z, levels=20, cmap="viridis")
     ax2.contour(aa, bb, z, levels=10, colors="k", linewidths=0.4, alpha=0.5)
+    ga, gb = torch.meshgrid(a0, b0, indexing="ij")
+    ax2.plot(ga.flatten(), gb.flatten(), ".", color="w", ms=1.5, alpha=0.6)  # measured
     ax2.plot([0], [0], marker="+", color="w", ms=10, mew=2)
     fig.colorbar(cs, ax=ax2, label=f"{surf['split']} loss", fraction=0.05, pad=0.03)
     ax2.set_xlabel("step along v1 (top eigenvector)")
     ax2.set_ylabel("step along v2")
     ax2.set_aspect("equal")
+    for axis in (ax1.xaxis, ax1.yaxis, ax2.xaxis, ax2.yaxis):
+        axis.set_major_locator(MaxNLocator(5))
     fig.suptitle(
-        _title(f"2D loss surface, {block} block (+: trained weights)", context), fontsize=10
+        _title(
+            f"2D loss surface, {block} block (+: trained weights; dots: the {n}x{m} "
+            "measured points, bicubic in between)",
+            context,
+        ),
+        fontsize=10,
     )
     fig.subplots_adjust(left=0.0, right=0.93, bottom=0.11, top=0.86)
     return _save(fig, path)

@@ -867,10 +867,11 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 def _table(
     title: str, header: list[str], lines: list[list[str]], left: tuple[int, ...] = ()
 ) -> Any:
-    """A rich table whose cells never wrap (columns ``left`` left-aligned, others right)."""
+    """A rich table whose cells never wrap (columns ``left`` left-aligned, others right), at
+    least as wide as its title, which then stays on one line."""
     from rich.table import Table
 
-    t = Table(title=title)
+    t = Table(title=title, min_width=len(title))
     for i, h in enumerate(header):
         t.add_column(h, justify="left" if i in left else "right", no_wrap=True)
     for line in lines:
@@ -1219,18 +1220,23 @@ def plot_accuracy(
 def plot_updates(
     rows: list[dict[str, Any]], path: Path, title: str = "", context: str = ""
 ) -> Path:
-    """Mean number of SGD updates vs batch size B (log-log)."""
+    """Mean number of SGD updates vs batch size B (log-log). Methods are dodged sideways
+    (by a few % of B, hollow markers) so that equal counts, e.g. FB's and BL's at one B,
+    both show."""
     cols = _columns(rows)
     styles = _styles(cols)
     batches = sorted({r["batch"] for r in rows})
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    for c in cols:
+    for k, c in enumerate(cols):
         rs = sorted((r for r in rows if r["column"] == c), key=lambda r: r["batch"])
+        dodge = 2 ** (0.045 * (k - (len(cols) - 1) / 2))
         ax.plot(
-            [r["batch"] for r in rs],
+            [r["batch"] * dodge for r in rs],
             [max(r["updates_mean"], 1e-9) for r in rs],
             ms=6,
-            lw=1.6,
+            lw=1.4,
+            mfc="none",
+            mew=1.4,
             label=c,
             **styles[c],
         )
@@ -1269,6 +1275,9 @@ def _per_epoch(runs: list[list[tuple[float, float]]]) -> list[tuple[float, float
     ]
 
 
+_DASHES = ("-", (0, (4, 1.5)), (0, (2, 1.2)), (0, (6, 2, 1.5, 2)))
+
+
 def plot_trajectories(
     records: list[RunRecord], path: Path, title: str = "", context: str = ""
 ) -> Path:
@@ -1277,6 +1286,10 @@ def plot_trajectories(
     col_of, cols = _run_columns(records)
     batches = sorted({r.batch_size for r in records})
     bcolor = {b: f"C{i % 10}" for i, b in enumerate(batches)}
+    # where two batch rows coincide (a growing method below its cap), the smaller B is drawn
+    # wider underneath and the larger dashed on top, so both stay visible
+    bwidth = {b: 1.6 + 1.5 * (len(batches) - 1 - i) for i, b in enumerate(batches)}
+    bdash = {b: _DASHES[i % len(_DASHES)] for i, b in enumerate(batches)}
     fig, axes = plt.subplots(
         len(cols), 3, figsize=(12, 1.2 + 2.3 * len(cols)), sharex=True, sharey="col", squeeze=False
     )
@@ -1320,11 +1333,11 @@ def plot_trajectories(
                 if not runs:
                     continue
                 step = {"drawstyle": "steps-post"} if key != "lam" else {"marker": ".", "ms": 4}
-                for run in runs:
-                    alone = {"lw": 1.8} if len(runs) == 1 else {"lw": 0.8, "alpha": 0.45}
-                    ax.plot(*zip(*run, strict=True), color=bcolor[b], **alone, **step)
+                bold = {"color": bcolor[b], "lw": bwidth[b], "ls": bdash[b], **step}
                 if len(runs) > 1:
-                    ax.plot(*zip(*_per_epoch(runs), strict=True), color=bcolor[b], lw=2.2, **step)
+                    for run in runs:
+                        ax.plot(*zip(*run, strict=True), color=bcolor[b], lw=0.7, alpha=0.4, **step)
+                ax.plot(*zip(*_per_epoch(runs), strict=True), **bold)
                 if key == "lam":
                     row_lambda = any_lambda = True
         if not row_lambda:
@@ -1348,9 +1361,12 @@ def plot_trajectories(
     for ax in axes[-1]:
         ax.set_xlabel("epochs completed")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    handles = [Line2D([], [], color=bcolor[b], lw=2, label=f"B = {b}") for b in batches]
+    handles = [
+        Line2D([], [], color=bcolor[b], lw=bwidth[b], ls=bdash[b], label=f"B = {b}")
+        for b in batches
+    ]
     handles += [
-        Line2D([], [], color="0.3", lw=0.8, alpha=0.6, label="one seed"),
+        Line2D([], [], color="0.3", lw=0.7, alpha=0.6, label="one seed"),
         Line2D([], [], color="0.3", lw=2.2, label="geometric mean over seeds (or the one seed)"),
     ]
     height = fig.get_figheight()
@@ -1368,6 +1384,14 @@ def plot_trajectories(
         left=0.07, right=0.99, top=1 - 1.3 / height, bottom=0.6 / height, hspace=0.32, wspace=0.28
     )
     return _save(fig, path)
+
+
+def _epochwise(runs: list[list[tuple[float, float]]]) -> list[tuple[float, list[float]]]:
+    """At each epoch the runs share: (mean x over the runs, the runs' y values)."""
+    n = min(len(run) for run in runs)
+    return [
+        (statistics.fmean(run[i][0] for run in runs), [run[i][1] for run in runs]) for i in range(n)
+    ]
 
 
 def _cumulative_seconds(ms: list[dict[str, Any]]) -> list[float]:
@@ -1390,8 +1414,8 @@ def plot_accuracy_vs(
     context: str = "",
 ) -> Path:
     """Test accuracy per epoch against SGD updates (``x="updates"``) or wall time
-    (``x="seconds"``): one panel per batch row B, one colour per method; seeds thin, the
-    mean over seeds (epoch by epoch) bold; the target accuracy dashed."""
+    (``x="seconds"``): one panel per batch row B, one colour per method; the mean over seeds
+    epoch by epoch, with a band from the lowest to the highest seed; the target dashed."""
     col_of, cols = _run_columns(records)
     styles = _styles(cols)
     batches = sorted({r.batch_size for r in records})
@@ -1422,14 +1446,7 @@ def plot_accuracy_vs(
         return runs
 
     def mean_of(runs: list[list[tuple[float, float]]]) -> list[tuple[float, float]]:
-        n = min(len(run) for run in runs)
-        return [
-            (
-                statistics.fmean(run[i][0] for run in runs),
-                statistics.fmean(run[i][1] for run in runs),
-            )
-            for i in range(n)
-        ]
+        return [(x, statistics.fmean(ys)) for x, ys in _epochwise(runs)]
 
     ref = _reference(rows)
     ref_runs = curves(ref["column"], ref["batch"]) if ref is not None else []
@@ -1445,9 +1462,12 @@ def plot_accuracy_vs(
             if not runs:
                 continue
             st = styles[c]
-            for run in runs:
-                ax.plot(*zip(*run, strict=True), color=st["color"], ls=st["ls"], lw=0.8, alpha=0.4)
-            (line,) = ax.plot(*zip(*mean_of(runs), strict=True), lw=2, ms=4, label=c, **st)
+            if len(runs) > 1:  # min-max over seeds, epoch by epoch
+                xs, lo, hi = zip(
+                    *((x, min(ys), max(ys)) for x, ys in _epochwise(runs)), strict=True
+                )
+                ax.fill_between(xs, lo, hi, color=st["color"], alpha=0.18, lw=0)
+            (line,) = ax.plot(*zip(*mean_of(runs), strict=True), lw=1.8, ms=3, label=c, **st)
             seen_max[(id(ax), c)] = [y for run in runs for _x, y in run]
             seen.setdefault(c, line)
         if target is not None:
@@ -1487,7 +1507,7 @@ def plot_accuracy_vs(
         handles.append(Line2D([], [], color="0.25", ls="--", lw=1, label=f"target {target:.2f}%"))
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8)
     what = "Test accuracy vs SGD updates" if x == "updates" else "Test accuracy vs wall time"
-    fig.suptitle(_title(f"{what} (bold: mean over seeds)", title, context), fontsize=11)
+    fig.suptitle(_title(f"{what} (mean over seeds, band: min-max)", title, context), fontsize=11)
     fig.tight_layout(rect=(0, 0.05 + 0.05 * math.ceil(len(handles) / 8), 1, 1))
     return _save(fig, path)
 

@@ -174,7 +174,7 @@ def test_hessian_command_json_matches_dense_and_writes_plots(trained_run, tmp_pa
     out, plots = tmp_path / "h.json", tmp_path / "plots"
     args = ["hessian", "--checkpoint", str(trained_run), "-k", "3", "--samples", "200"]
     args += ["--trace-samples", "50", "--density-iter", "20", "--points", "7"]
-    res = runner.invoke(app, [*args, "--json", str(out), "--plot", str(plots)])
+    res = runner.invoke(app, [*args, "--json", str(out), "--plot", str(plots), "--landscape"])
     assert res.exit_code == 0, res.output
     got = json.loads(out.read_text())
     assert got["block"] == "last" and got["samples"] == 200 and got["converged"]
@@ -590,6 +590,46 @@ def test_progress_on_a_real_rich_progress():
     assert "epoch 3/29 train" in buf.getvalue() and "B 256" in buf.getvalue()
 
 
+def _rendered_lines(width, steps):
+    """The live bar's last frame on a ``width``-column terminal after ``steps`` updates."""
+    import io
+    import re
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from absa import cli
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=width)
+    clock = iter(range(0, 10**6, 7)).__next__  # 7 s per call: hours-long ETAs
+    with Progress(*cli._progress_columns(width), console=console) as progress:
+        on_step = cli._progress_factory(progress, clock=clock)(12, 30)
+        for step, info in steps:
+            on_step(step, 1022, info)
+        progress.refresh()
+    text = re.sub(r"\x1b\[[0-9;?]*[a-zA-Z]", "", buf.getvalue()).replace("\r", "\n")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("width", [80, 100, 160])
+def test_progress_keeps_phase_batch_and_both_etas_at_80_columns(width):
+    import re
+
+    full = {"lr": 0.0512, "batch_size": 1024, "loss": 0.4123, "acc": 88.1, "adv_fraction": 0.2}
+    train = [(5, {**full, "lambda_max": 12.345}), (6, full)]
+    probe = [*train, (7, {"phase": "hessian", "lambda_max": 12.5})]
+    for steps, phase in ((train, "train"), (probe, "Hessian probe")):
+        line = _rendered_lines(width, steps)[-1]
+        assert len(line) <= width and "…" not in line, line
+        assert line.startswith(f"epoch 12/29 {phase} ━"), line
+        assert "/1022 B 1024  eta " in line or width > 80, line
+        epoch_eta = r"\d:\d\d:\d\d" if phase == "train" else "-:--:--"  # none while probing
+        assert re.search(rf"  eta {epoch_eta} ep(och,)? \d+:\d\d:\d\d run$", line), line
+        if width == 160:
+            assert "loss 0.4123  acc 88.1%  adv 0.2  λmax 12." in line, line
+
+
 @pytest.mark.parametrize("cmd", ["train", "eval", "hessian", "sweep", "report"])
 def test_help_has_no_rst(cmd):
     """(How typer shows a flag's type, e.g. ``<bool>``, is typer's own and varies by version:
@@ -598,6 +638,30 @@ def test_help_has_no_rst(cmd):
     assert res.exit_code == 0
     assert "``" not in res.output
     assert "KEY=VALUE" in res.output or cmd in ("sweep", "report")
+
+
+@pytest.mark.parametrize("cmd", [None, "train", "eval", "hessian", "sweep", "report"])
+def test_help_fits_80_columns(cmd):
+    """At 80 columns: nothing cut (no ``…``, every option name whole) and the description
+    greedily filled: no line of it could have taken the next line's first word (a hard
+    wrap in a docstring left ragged lines such as `` the`` alone)."""
+    import re
+
+    import typer
+
+    res = runner.invoke(app, [*([cmd] if cmd else []), "--help"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "…" not in out and max(len(line) for line in out.splitlines()) <= 80, out
+    group = typer.main.get_command(app)
+    command = group.commands[cmd] if cmd else group
+    names = [n for p in command.params for n in (*p.opts, *p.secondary_opts) if n[:2] == "--"]
+    for name in names:
+        assert re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", out), (name, out)
+    description = [line.rstrip() for line in out.split("╭")[0].splitlines()]
+    for line, after in zip(description, description[1:], strict=False):
+        if line.strip() and after.strip() and "Usage:" not in line:
+            assert len(line) + 1 + len(after.split()[0]) > 80 - 4, (line, after)
 
 
 def test_help_details():
@@ -609,7 +673,7 @@ def test_help_details():
     assert "--trace" in help_of["hessian"] and "--no-density" in help_of["hessian"]
     assert "optim.lr=0.2 batch.size=512" not in help_of["hessian"]  # not train's overrides
     assert "optim.lr=0.2 batch.size=512" not in help_of["eval"]
-    assert "local|slurm|submitit-local" in help_of["sweep"]  # <...> or [...] by typer version
+    assert "local, slurm or submitit-local" in help_of["sweep"]
     assert "--dry-run" in help_of["sweep"] and "--no-wait" in help_of["sweep"]
 
 
@@ -627,6 +691,13 @@ def test_hessian_trace_and_density_are_opt_in(trained_run, tmp_path):
     base = ["hessian", "--checkpoint", str(trained_run), "--samples", "128", "-k", "2"]
     base += ["--max-iter", "20", "--points", "5", "--threads", "1"]
     res = runner.invoke(app, [*base, "--plot", str(plots), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    got = json.loads(out.read_text())
+    assert "landscape" not in got and not plots.exists() and "nothing to draw" in res.output
+    assert "loss evaluations" not in res.output  # the landscape is opt-in too
+    res = runner.invoke(app, [*base, "--landscape"])
+    assert res.exit_code == 2 and "--landscape: give --plot DIR" in res.output
+    res = runner.invoke(app, [*base, "--plot", str(plots), "--landscape", "--json", str(out)])
     assert res.exit_code == 0, res.output
     got = json.loads(out.read_text())
     assert got["trace"] is None and got["density"] is None and got["trace_hvps"] == 0

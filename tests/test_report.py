@@ -575,6 +575,13 @@ def test_fit_tables_splits_columns_and_repeats_the_keys():
     assert len(R.fit_tables(None, "t", header, lines)) == 1  # no console: one table
 
 
+def test_a_table_title_stays_on_one_line():
+    title = "cost: docs/reproduce_fmnist/sweep/runs (a long sweep path)"
+    buf = io.StringIO()
+    Console(file=buf, width=80).print(R._table(title, ["batch", "acc"], [["32", "9.0"]]))
+    assert title in buf.getvalue().splitlines()[0], buf.getvalue()
+
+
 def test_replay_of_a_moved_sweep_finds_its_source_next_to_it(tmp_path, monkeypatch):
     runs = tmp_path / "committed" / "runs"
     grow = ["batch.size=16", "schedule.method=absa", "schedule.max_batch=512"]
@@ -646,3 +653,31 @@ def test_report_takes_one_run_folder_or_a_folder_of_runs(tmp_path):
         rows = list(csv.DictReader((out / "report.csv").open()))
         assert len(rows) == n, rows
     assert [r.name for r in R.collect(runs / "twin")] == ["twin"]
+
+
+def test_overlapping_pictures_stay_readable(tmp_path, monkeypatch):
+    """updates_vs_batch dodges methods with equal counts (FB on BL); accuracy_vs_updates
+    draws one mean line per method with a min-max band over seeds, not a line per seed."""
+    runs = tmp_path / "s" / "runs"
+    fb = ["schedule.method=fb", "schedule.ref_batch=32"]
+    for seed, acc in ((0, 80.0), (1, 84.0)):
+        common = ["batch.size=256", f"train.seed={seed}"]
+        _write_run(runs, f"bl-s{seed}", common, acc, 30, 256)
+        _write_run(runs, f"fb-s{seed}", [*common, *fb], acc, 30, 256)
+    recs = R.collect(tmp_path / "s")
+    rows = R.table(recs)
+    figs = []
+    monkeypatch.setattr(R, "_save", lambda fig, path: figs.append(fig) or path)
+    R.plot_updates(rows, tmp_path / "u.png")
+    lines = figs[0].axes[0].lines
+    assert [ln.get_ydata()[0] for ln in lines] == [30, 30]
+    xs = [ln.get_xdata()[0] for ln in lines]
+    assert xs[0] < 256 < xs[1] and xs[1] / xs[0] < 1.1
+    R.plot_accuracy_vs(list(recs), rows, tmp_path / "a.png")
+    ax = figs[1].axes[0]
+    means = [ln for ln in ax.lines if len(ln.get_xdata()) == 3]  # 3 epochs (no seed lines)
+    assert [ln.get_ydata().tolist() for ln in means] == [[72.0, 73.0, 82.0]] * 2
+    bands = [c.get_paths()[0].vertices[:, 1] for c in ax.collections]
+    assert len(bands) == 2 and all((b.min(), b.max()) == (70.0, 84.0) for b in bands)
+    for fig in figs:
+        R.plt.close(fig)
