@@ -120,31 +120,13 @@ def test_find_micro_batch_halves_until_it_fits():
         A.find_micro_batch(lambda s: (_ for _ in ()).throw(torch.OutOfMemoryError("oom")), 4)
 
 
-def _oom_above(limit):
-    """An mlp whose training forward 'runs out of memory' above ``limit`` samples."""
-
-    def factory(info, width):
-        model = M.mlp(info, width)
-        forward = model.forward
-
-        def guarded(x):
-            if model.training and torch.is_grad_enabled() and len(x) > limit:
-                raise torch.OutOfMemoryError(f"CUDA out of memory: {len(x)} samples (simulated)")
-            return forward(x)
-
-        model.forward = guarded
-        return model
-
-    return factory
-
-
-def test_out_of_memory_step_backs_off_and_gives_the_same_weights(tiny_cfg, tmp_path, monkeypatch):
-    monkeypatch.setitem(M.MODELS, "mlp", _oom_above(16))
+def test_out_of_memory_step_backs_off_and_gives_the_same_weights(tiny_cfg, tmp_path, oom_mlp):
+    oom_mlp(16)
     cfg = tiny_cfg("batch.max_micro_batch=64", "data.augment=none")
     T.run(cfg, run_dir=tmp_path / "backoff")
     ck = torch.load(tmp_path / "backoff" / "last.pt", weights_only=True)
     assert ck["micro_batch"] == 16  # 64 -> 32 -> 16, kept for the rest of the run
-    monkeypatch.setitem(M.MODELS, "mlp", M.mlp)
+    oom_mlp(None)
     T.run(tiny_cfg("batch.max_micro_batch=16", "data.augment=none"), run_dir=tmp_path / "ref")
     wa, wb = _weights(tmp_path / "backoff"), _weights(tmp_path / "ref")
     assert all(torch.equal(wa[k], wb[k]) for k in wa)

@@ -115,25 +115,13 @@ def test_data_on_the_device(cuda_cfg, tmp_path):
     assert any("data on cuda" in ln for ln in lines)
 
 
-def test_auto_micro_batch_probes_and_a_step_backs_off(cuda_cfg, tmp_path, monkeypatch):
+def test_auto_micro_batch_probes_and_a_step_backs_off(cuda_cfg, tmp_path, oom_mlp):
     lines = []
     T.run(cuda_cfg("batch.max_micro_batch=auto", "train.epochs=1", "schedule.method=abs",
                    "schedule.max_batch=128"), run_dir=tmp_path / "a", log=lines.append)  # fmt: skip
     assert any("auto ->" in ln for ln in lines) and (tmp_path / "a" / "micro_batch.json").is_file()
 
-    def factory(info, width):
-        model = M.mlp(info, width)
-        forward = model.forward
-
-        def guarded(x):
-            if model.training and torch.is_grad_enabled() and len(x) > 16:
-                raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-            return forward(x)
-
-        model.forward = guarded
-        return model
-
-    monkeypatch.setitem(M.MODELS, "mlp", factory)
+    oom_mlp(16)
     T.run(cuda_cfg("batch.max_micro_batch=64", "train.epochs=1"), run_dir=tmp_path / "b")
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["micro_batch"] == 16
 

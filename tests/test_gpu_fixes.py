@@ -231,29 +231,10 @@ def test_auto_micro_batch_with_the_hessian_probe(tiny_cfg, tmp_path):
     assert all(r["lambda_max"] is not None for r in a)
 
 
-def _probe_oom_above(limit):
-    """The mlp factory, whose model raises a (simulated) out-of-memory error for a graph-
-    building eval-mode forward (the Hessian probe's) of more than ``limit`` samples."""
-
-    def factory(info, width):
-        model = M.mlp(info, width)
-        forward = model.forward
-
-        def guarded(x):
-            if not model.training and torch.is_grad_enabled() and len(x) > limit:
-                raise torch.OutOfMemoryError(f"CUDA out of memory: {len(x)} samples (simulated)")
-            return forward(x)
-
-        model.forward = guarded
-        return model
-
-    return factory
-
-
-def test_out_of_memory_probe_backs_off_like_a_step(tiny_cfg, tmp_path, monkeypatch):
+def test_out_of_memory_probe_backs_off_like_a_step(tiny_cfg, tmp_path, oom_mlp):
     """The probe chunks by the micro-batch in force and halves it on an out-of-memory error
     (one process); lambda_max is then the eigenvalue of the same probe set."""
-    monkeypatch.setitem(M.MODELS, "mlp", _probe_oom_above(32))
+    oom_mlp(32, training=False)  # the probe's eval-mode forward
     over = ("batch.max_micro_batch=128", "batch.size=128", "hessian.block=full",
             "schedule.method=abs", "schedule.max_batch=256", "train.epochs=1")  # fmt: skip
     cfg = tiny_cfg(*over)
@@ -261,7 +242,7 @@ def test_out_of_memory_probe_backs_off_like_a_step(tiny_cfg, tmp_path, monkeypat
     ck = torch.load(tmp_path / "r" / "last.pt", weights_only=True)
     assert ck["micro_batch"] == 32  # 128 -> 64 -> 32
     (rec,) = read_metrics(tmp_path / "r")
-    monkeypatch.setitem(M.MODELS, "mlp", M.mlp)
+    oom_mlp(None)
     data = load_data(cfg.data)
     model = M.build_from_config(cfg.model, data.info)
     model.load_state_dict(ck["model"])
