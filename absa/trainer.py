@@ -177,6 +177,15 @@ class Runtime:
             cfg.train.channels_last,
         )
 
+    def back_off(self, err: Exception, distributed: bool, epoch: int, step: int) -> None:
+        """After ``err`` in a step (``step`` >= 0) or the Hessian probe (-1): halve the
+        micro-batch for the rest of the run and record it, or re-raise when ``err`` is no
+        out-of-memory error, under DDP (the other ranks are inside the collectives) or at 1."""
+        if not is_oom(err) or distributed or self.micro <= 1:
+            raise err
+        self.micro = max(1, self.micro // 2)
+        self.backoffs.append({"epoch": epoch, "step": step, "micro_batch": self.micro})
+
 
 AUTO_MICRO_CPU = 256  # batch.max_micro_batch: auto without an accelerator to probe
 
@@ -389,10 +398,7 @@ def train_epoch(
                     )
                 break
             except Exception as err:
-                if not is_oom(err) or env.distributed or rt.micro <= 1:
-                    raise
-                rt.micro = max(1, rt.micro // 2)
-                rt.backoffs.append({"epoch": epoch, "step": step, "micro_batch": rt.micro})
+                rt.back_off(err, env.distributed, epoch, step)
         rt.precision.unscale(optimizer)
         if noise is not None:
             noise.end_step(params, len(batch_pos))
@@ -912,10 +918,7 @@ def _probe(r: _Run, probe_idx: torch.Tensor, epoch: int) -> ProbeResult:
                     r.model, r.data, r.cfg, r.env, probe_idx, epoch, r.st.hessian_vector, r.rt.micro
                 )
         except Exception as err:
-            if not is_oom(err) or r.env.distributed or r.rt.micro <= 1:
-                raise
-            r.rt.micro = max(1, r.rt.micro // 2)
-            r.rt.backoffs.append({"epoch": epoch, "step": -1, "micro_batch": r.rt.micro})
+            r.rt.back_off(err, r.env.distributed, epoch, -1)
 
 
 def _step_hook(
