@@ -11,7 +11,7 @@ Units and shapes: images are float tensors in [0, 1] pixels, [N, C, H, W]; label
 attack eps in [0, 1] pixel units (L-inf); accuracies in percent; eigenvalues are those of
 the Hessian of the mean cross-entropy over the given samples. A model is an ``nn.Module``
 with ``features(x) -> [N, D]`` and a ``classifier`` head (the last-layer Hessian block) that
-normalizes its own inputs: every model of absa.models has that shape.
+normalizes its own inputs: every model of absa.run.models has that shape.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from absa import checkpoint as ckpt_io
-from absa import config as C
-from absa.data import Data, DatasetInfo, TensorSplit, load_data
 from absa.distributed import DistEnv, resolve_device
-from absa.models import build_from_config, code_imports
-from absa.probes import probe_batches, probe_indices
-from absa.runlog import read_metrics
-from absa.trainer import Summary, execute
+from absa.run import checkpoint as ckpt_io
+from absa.run import config as C
+from absa.run.data import Data, DatasetInfo, TensorSplit, load_data
+from absa.run.models import build_from_config, code_imports
+from absa.run.runlog import read_metrics
+from absa.train.loop import Summary, execute
+from absa.train.probes import probe_batches, probe_indices
 
 
 @dataclass
@@ -67,10 +67,10 @@ def train(
     """Train per ``cfg`` in one process (``run_dir`` default: train.out_dir/train.run_name).
 
     ``model``: your own ``nn.Module`` instead of ``cfg.model`` (shape: see the module
-    docstring; ``absa.models.wrap`` adapts torchvision/timm-style classifiers if present).
+    docstring; ``absa.run.models.wrap`` adapts torchvision/timm-style classifiers if present).
     ``data``: your own splits instead of ``cfg.data`` (see ``tensor_data``).
     """
-    from absa.trainer import check_run_dir, prepare_run_dir
+    from absa.train.loop import check_run_dir, prepare_run_dir
 
     if run_dir is None:
         folder = prepare_run_dir(cfg, "run", None)
@@ -92,7 +92,7 @@ def tensor_data(
 ) -> Data:
     """Your own tensors as absa data: x float in [0, 1] (or uint8 0..255), [N, C, H, W];
     y int64 class indices [N]. Normalization constants are measured on x_train."""
-    from absa.data import _channel_stats
+    from absa.run.data import _channel_stats
 
     train_split, test_split = TensorSplit(x_train, y_train), TensorSplit(x_test, y_test)
     classes = num_classes or int(max(y_train.max(), y_test.max()).item()) + 1
@@ -143,9 +143,9 @@ def top_eigenvalues(
     """Top-k eigenvalues (descending) of the Hessian of the mean cross-entropy over
     ``batches`` on a parameter block (``last``, ``full`` or name patterns), BatchNorm in
     eval mode; exact Hessian-vector products."""
-    from absa import hessian as H
-    from absa.analysis import operator_for
-    from absa.attacks import model_mode
+    from absa.math import hessian as H
+    from absa.math.attacks import model_mode
+    from absa.train.analysis import operator_for
 
     with model_mode(model, train=False):
         op, _ = operator_for(model, block, list(batches))
@@ -167,8 +167,8 @@ def evaluate(
     """Clean accuracy, plus FGSM and PGD-``pgd_steps`` accuracy at each L-inf ``eps`` in
     [0, 1] pixels, on the first ``limit`` samples of ``split`` (e.g. ``data.test``): rows
     ``{attack, eps, loss, acc (%), n}``, the same numbers as ``absa eval``."""
-    from absa.evaluation import evaluate as clean_eval
-    from absa.evaluation import robustness
+    from absa.train.evaluation import evaluate as clean_eval
+    from absa.train.evaluation import robustness
 
     env = DistEnv(device=next(model.parameters()).device)
     if eps:

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-# the executors of absa.sweep (EXECUTORS there; tests/test_cli.py checks they agree): not
+# the executors of absa.fleet.sweep (EXECUTORS there; tests/test_cli.py checks they agree): not
 # imported from it, so that `absa --help` does not import torch
 EXECUTORS = ("local", "slurm", "submitit-local")
 Executor = Literal["local", "slurm", "submitit-local"]
@@ -84,11 +84,11 @@ class CliError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from absa.checkpoint import CheckpointError
-    from absa.config import ConfigError
-    from absa.data import DataError
-    from absa.models import ModelError
-    from absa.trainer import RunFolderError
+    from absa.run.checkpoint import CheckpointError
+    from absa.run.config import ConfigError
+    from absa.run.data import DataError
+    from absa.run.models import ModelError
+    from absa.train.loop import RunFolderError
 
     # OSError: unwritable out_dir, a file where a folder should be, a full disk...
     return (
@@ -147,7 +147,7 @@ def _interrupted(err: KeyboardInterrupt, run_dir: Path | None) -> None:
 def _handled() -> Iterator[dict[str, Any]]:
     """Turn known failures into one line on stderr and a non-zero exit. The body may set
     ``["run_dir"]`` of the dict it gets: an interrupted run then names its resume command."""
-    from absa.trainer import TrainingDiverged
+    from absa.train.loop import TrainingDiverged
 
     where: dict[str, Any] = {}
     try:
@@ -162,7 +162,7 @@ def _handled() -> Iterator[dict[str, Any]]:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(USER_ERROR) from None
     except (MemoryError, RuntimeError) as err:
-        from absa.accel import is_oom
+        from absa.train.accel import is_oom
 
         cpu = "can't allocate memory" in str(err)  # torch's DefaultCPUAllocator
         if not (isinstance(err, MemoryError) or is_oom(err) or cpu):
@@ -243,8 +243,8 @@ def _positive(option: str, value: float | None) -> None:
 
 def _device_check(device: str) -> None:
     """Refuse a --device that train.device would refuse: its name, then its availability."""
-    from absa import config as C
     from absa.distributed import resolve_device
+    from absa.run import config as C
 
     try:
         C.validate({"train": {"device": device}}, "--device")
@@ -545,9 +545,9 @@ def _note(msg: str) -> None:
 def _check_before_launch(
     config: Path | None, overrides: list[str], resume: Path | None, nproc: int
 ) -> None:
-    from absa import config as C
     from absa.distributed import check_gpu_per_rank, visible_cuda
-    from absa.trainer import check_divisible, prepare_run_dir
+    from absa.run import config as C
+    from absa.train.loop import check_divisible, prepare_run_dir
 
     cfg = C.load(config, overrides)
     check_gpu_per_rank(cfg.train.device, nproc, visible_cuda())
@@ -557,7 +557,7 @@ def _check_before_launch(
 
 def _write_json(path: Path, obj: Any) -> None:
     """Atomically write ``obj`` as JSON, creating the parent folder."""
-    from absa.checkpoint import atomic_write_text
+    from absa.run.checkpoint import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
@@ -604,7 +604,7 @@ def train(
         overrides = [*(overrides or []), *_run_overrides(threads, device)]
     if print_config:
         with _handled():
-            from absa import config as C
+            from absa.run import config as C
 
             path = _config_for(config, overrides or [], resume, quiet=True)
             print(C.dump_yaml(C.load(path, overrides or [])), end="")
@@ -618,9 +618,9 @@ def train(
         _relaunch(nproc, config)
         return
     with _handled() as where, _sigterm_interrupts():
-        from absa import config as C
         from absa import distributed as D
-        from absa.trainer import prepare_run_dir, run
+        from absa.run import config as C
+        from absa.train.loop import prepare_run_dir, run
 
         cfg = C.load(config, overrides or [])
         if os.environ.get("RANK", "0") == "0":
@@ -647,7 +647,7 @@ def train(
 def ignored_notes(cfg: Any) -> list[str]:
     """A line naming the ``schedule.*`` keys the config sets to a non-default value that its
     method does not read (none when there are none)."""
-    from absa.schedules import ignored_note
+    from absa.math.policies import ignored_note
 
     fields = type(cfg.schedule).model_fields
     changed = [  # set to a non-default value (a resolved config sets every key to its value)
@@ -713,7 +713,7 @@ def eval_cmd(
 ) -> None:
     """Test loss and accuracy of a checkpoint, plus robust accuracy under FGSM and PGD."""
     with _handled():
-        from absa.evaluation import evaluate, robustness
+        from absa.train.evaluation import evaluate, robustness
 
         _at_least("--limit", limit, 1)
         for e in eps or []:
@@ -766,7 +766,7 @@ def _model_for(
 ) -> tuple[Any, Any, Any, Any, dict[str, Any] | None]:
     """(cfg, env, data, model, checkpoint dict) from a checkpoint or a config (fresh init).
     A checkpoint's ``module:function`` model is imported only with ``trust``."""
-    from absa.models import code_imports
+    from absa.run.models import code_imports
 
     mode = "allow" if trust or checkpoint is None else f"deny:{checkpoint}"
     with code_imports(mode):
@@ -776,11 +776,11 @@ def _model_for(
 def _model_for_unguarded(
     checkpoint: Path | None, config: Path | None, overrides: list[str]
 ) -> tuple[Any, Any, Any, Any, dict[str, Any] | None]:
-    from absa import checkpoint as ckpt_io
-    from absa import config as C
-    from absa.data import load_data
     from absa.distributed import DistEnv, resolve_device
-    from absa.models import build_from_config
+    from absa.run import checkpoint as ckpt_io
+    from absa.run import config as C
+    from absa.run.data import load_data
+    from absa.run.models import build_from_config
 
     ck = None
     if checkpoint is not None:
@@ -939,7 +939,7 @@ def hessian_cmd(
     Before each long phase the expected cost is printed (from one timed HVP).
     """
     with _handled():
-        from absa import analysis as A
+        from absa.train import analysis as A
 
         if checkpoint is None and config is None:
             raise CliError("give --checkpoint RUN_DIR|last.pt or --config CONFIG (fresh init)")
@@ -1082,7 +1082,7 @@ def _landscape_plots(
     """The PNGs of --plot with their times: the loss landscape along the top two
     eigenvectors (``points`` per axis; None: --landscape not given, none) and the density.
     ``request``: (block, samples, micro-batch, seed, max_iter, rtol) of the spectrum."""
-    from absa import plots
+    from absa.fleet import plots
 
     blk, n, batch, seed, max_iter, rtol = request
     out: dict[str, Any] = {}
@@ -1124,7 +1124,7 @@ def _landscape(
     said first (from one timed loss evaluation)."""
     import math
 
-    from absa import analysis as A
+    from absa.train import analysis as A
 
     blk, n, batch, seed, max_iter, rtol = request
     lam = spec.eigenvalues[0]
@@ -1194,7 +1194,7 @@ def sweep(
     requeue on preemption and resume from their checkpoint. Exit status 1 if a point failed.
     """
     with _handled():
-        from absa.sweep import run_sweep
+        from absa.fleet.sweep import run_sweep
 
         result = run_sweep(sweep_file, executor, max_parallel, dry_run, say=_say, wait=wait)
         if not dry_run:
@@ -1232,7 +1232,7 @@ def report(
     per-method batch/lr/lambda_max trajectories.
     """
     with _handled():
-        from absa.report import make_report
+        from absa.fleet.report import make_report
 
         res = make_report(sweep_dirs, out, console=console, warn=_warn)
         _say(f"wrote {res.md_path}, {res.csv_path}, " + ", ".join(str(p) for p in res.plots))

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 
 from absa import tv
-from absa.config import DataConfig
-from absa.data import FolderSplit, _load_image, epoch_permutation, load_data
+from absa.run.config import DataConfig
+from absa.run.data import FolderSplit, _load_image, epoch_permutation, load_data
 
 TARGET = 0.9
 

@@ -38,12 +38,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from absa import config as C
 from absa import distributed as D
-from absa import trainer as T
-from absa.data import load_data
-from absa.models import build_model
-from absa.probes import hessian_probe, probe_indices
+from absa.run import config as C
+from absa.run.data import load_data
+from absa.run.models import build_model
+from absa.train import loop as T
+from absa.train.probes import hessian_probe, probe_indices
 
 
 class TimedEnv(D.DistEnv):

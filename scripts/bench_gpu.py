@@ -44,7 +44,7 @@ def _flops_per_sample(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 def _bare(model, x, y, combo, steps, warmup) -> float:
     """A bare loop with the same switches: samples/s."""
-    from absa.accel import Precision, prepare_model, to_input
+    from absa.train.accel import Precision, prepare_model, to_input
 
     prec = Precision.create(combo["precision"], x.device)
     net = prepare_model(model, combo["channels_last"], combo["compile"], print)
@@ -65,10 +65,10 @@ def _bare(model, x, y, combo, steps, warmup) -> float:
 
 def _absa(model, x, y, combo, steps, warmup) -> float:
     """absa's trainer path (accumulate_gradients + the runtime's step): samples/s."""
-    from absa import config as C
-    from absa import trainer as T
-    from absa.accel import prepare_model
     from absa.distributed import DistEnv
+    from absa.run import config as C
+    from absa.train import loop as T
+    from absa.train.accel import prepare_model
 
     cfg = C.load(None, [f"train.precision={combo['precision']}",
                         f"train.channels_last={str(combo['channels_last']).lower()}",
@@ -99,8 +99,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("bench_gpu: no CUDA device on this machine; nothing to measure (exit 0)")
         return 0
-    from absa.data import DatasetInfo
-    from absa.models import build_model
+    from absa.run.data import DatasetInfo
+    from absa.run.models import build_model
 
     dev = torch.device("cuda")
     name = torch.cuda.get_device_name(dev)

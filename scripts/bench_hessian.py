@@ -53,20 +53,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from absa import config as C
-from absa import trainer as T
-from absa.attacks import model_mode
-from absa.data import Data, load_data
 from absa.distributed import DistEnv
-from absa.hessian import (
+from absa.math.attacks import model_mode
+from absa.math.hessian import (
     EigenResult,
     HessianOperator,
     last_layer_operator,
     select_params,
     top_eigen,
 )
-from absa.models import build_model, count_params
-from absa.probes import probe_indices
+from absa.run import config as C
+from absa.run.data import Data, load_data
+from absa.run.models import build_model, count_params
+from absa.train import loop as T
+from absa.train.probes import probe_indices
 
 EPOCH_50K = 50_000
 TARGET_LAST = 0.03  # last-layer eigenvalue / 50k-sample epoch

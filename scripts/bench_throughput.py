@@ -21,11 +21,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from absa import config as C
-from absa import trainer as T
-from absa.data import load_data
 from absa.distributed import DistEnv
-from absa.models import build_model
+from absa.run import config as C
+from absa.run.data import load_data
+from absa.run.models import build_model
+from absa.train import loop as T
 
 
 def _cfg(model: str, samples: int, batch: int, micro: int) -> C.Config:

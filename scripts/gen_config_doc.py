@@ -1,4 +1,4 @@
-"""Generate docs/config.md, the config reference, from the typed config (absa.config).
+"""Generate docs/config.md, the config reference, from the typed config (absa.run.config).
 
 Walks ``Config.model_fields`` (one section per field) and each section's ``model_fields``:
 key, type (with its bounds), default, and the description. A field's description is its
@@ -190,15 +190,15 @@ def _cell(text: str) -> str:
 
 def derived(section: str, key: str) -> str:
     """What the registries tell about a key (appended to its comment): the methods of
-    absa.schedules with their one-line summaries, the model names of absa.models."""
+    absa.math.policies with their one-line summaries, the model names of absa.run.models."""
     if (section, key) == ("schedule", "method"):
-        from absa.schedules import METHODS
+        from absa.math.policies import METHODS
 
         return "; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items())
     if (section, key) == ("model", "name"):
-        from absa.models import MODELS
+        from absa.run.models import MODELS
 
-        return "one of absa.models.MODELS: " + ", ".join(MODELS)
+        return "one of absa.run.models.MODELS: " + ", ".join(MODELS)
     return ""
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from absa import config as C
+from absa.run import config as C
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +38,7 @@ def oom_mlp(monkeypatch):
     forward of more than ``limit`` samples raises a (simulated) CUDA out-of-memory error, in
     train mode (a training step) or, with ``training=False``, in eval mode (the Hessian probe).
     ``oom_mlp(None)`` puts the real mlp back."""
-    from absa import models as M
+    from absa.run import models as M
 
     def install(limit: int | None, training: bool = True) -> None:
         if limit is None:

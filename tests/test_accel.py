@@ -5,12 +5,12 @@ sizing and out-of-memory backoff with a simulated OOM, on-device data degrading 
 import pytest
 import torch
 
-from absa import accel as A
-from absa import models as M
-from absa import trainer as T
-from absa.data import load_data
 from absa.distributed import DistEnv
-from absa.probes import hessian_probe, probe_indices
+from absa.run import models as M
+from absa.run.data import load_data
+from absa.train import accel as A
+from absa.train import loop as T
+from absa.train.probes import hessian_probe, probe_indices
 
 
 def _weights(run_dir):
@@ -41,7 +41,7 @@ def test_hessian_probe_is_fp32_even_inside_autocast(tiny_cfg):
 def test_probe_uses_the_configured_hvp(tiny_cfg, monkeypatch):
     """hessian.hvp reaches the training probe: forward-over-reverse runs and gives the
     reverse (double-backprop) eigenvalue up to rounding."""
-    from absa import hessian as H
+    from absa.math import hessian as H
 
     calls = []
     real = H.HessianOperator._hvp_forward

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from absa.attacks import METHODS, fast_fgsm, fgsm, make_adversarial, model_mode, pgd
+from absa.math.attacks import METHODS, fast_fgsm, fgsm, make_adversarial, model_mode, pgd
 
 ALL = sorted(METHODS)
 

@@ -7,7 +7,7 @@ import stat
 import pytest
 import torch
 
-from absa import checkpoint as ckpt_io
+from absa.run import checkpoint as ckpt_io
 
 
 class _Custom:  # a class torch's weights-only loader refuses
@@ -39,7 +39,7 @@ def test_atomic_write_mode_follows_umask(tmp_path, umask, mask, expect):
 
 
 def _payload(**changes):
-    """What absa.trainer saves each epoch, with ``changes`` (a value of ... drops the entry)."""
+    """What absa.train.loop saves each epoch, with ``changes`` (a value of ... drops the entry)."""
     payload = {
         "model": {"w": torch.arange(4.0), "n": torch.tensor(2)},
         "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},

@@ -147,7 +147,7 @@ def test_eval_bad_checkpoint(tmp_path):
 
 
 def test_default_config_loads():
-    from absa import config as C
+    from absa.run import config as C
 
     cfg = C.load("configs/default.yaml")
     assert cfg.data.name == "digits"
@@ -164,12 +164,12 @@ def trained_run(tmp_path_factory):
 def test_hessian_command_json_matches_dense_and_writes_plots(trained_run, tmp_path):
     import torch
 
-    from absa import checkpoint as ckpt_io
-    from absa import config as C
-    from absa.analysis import batches_of
-    from absa.data import load_data
-    from absa.hessian import last_layer_operator
-    from absa.models import build_model
+    from absa.math.hessian import last_layer_operator
+    from absa.run import checkpoint as ckpt_io
+    from absa.run import config as C
+    from absa.run.data import load_data
+    from absa.run.models import build_model
+    from absa.train.analysis import batches_of
 
     out, plots = tmp_path / "h.json", tmp_path / "plots"
     args = ["hessian", "--checkpoint", str(trained_run), "-k", "3", "--samples", "200"]
@@ -367,7 +367,7 @@ def test_device_option_overrides_the_checkpoint_device(trained_run, tmp_path):
 
 def _report_run(root, name, summary):
     """A run folder for ``absa report``: a default config.yaml and ``summary`` as JSON text."""
-    from absa import config as C
+    from absa.run import config as C
 
     folder = root / "runs" / name
     folder.mkdir(parents=True)
@@ -413,7 +413,7 @@ def test_version():
 def test_print_config_resolves_and_trains_nothing(tmp_path):
     import yaml
 
-    from absa import config as C
+    from absa.run import config as C
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("model:\n  name: mlp\n")
@@ -678,7 +678,8 @@ def test_help_details():
 
 
 def test_executor_is_a_choice_kept_in_step_with_sweep():
-    from absa import cli, sweep
+    from absa import cli
+    from absa.fleet import sweep
 
     assert cli.EXECUTORS == sweep.EXECUTORS
     assert cli.Executor.__args__ == sweep.EXECUTORS
@@ -743,8 +744,8 @@ def test_keys_a_method_ignores_get_one_note(tmp_path):
 
 
 def test_every_schedule_key_is_read_by_some_method():
-    from absa.config import ScheduleConfig
-    from absa.schedules import METHODS, READS, ignored_keys
+    from absa.math.policies import METHODS, READS, ignored_keys
+    from absa.run.config import ScheduleConfig
 
     assert set(READS) == set(METHODS)
     read = set().union(*READS.values())
@@ -822,7 +823,7 @@ def test_out_of_the_box_run_shows_the_method(tmp_path):
 def test_a_resolved_config_gets_no_ignored_keys_note():
     """A sweep's point.yaml sets every key (to its value): only non-default ones count."""
     from absa import cli
-    from absa import config as C
+    from absa.run import config as C
 
     resolved = C.from_dict(C.to_dict(C.load(None, ["schedule.method=bl"])), "point.yaml")
     assert cli.ignored_notes(resolved) == []
@@ -872,7 +873,7 @@ def test_disk_full_while_saving_is_one_line_and_keeps_the_last_checkpoint(
 
     import torch
 
-    from absa import checkpoint as ckpt_io
+    from absa.run import checkpoint as ckpt_io
 
     real_save, calls = torch.save, []
 

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from absa import config as C
+from absa.run import config as C
 
 
 def write(tmp_path, text, name="x.yaml"):
@@ -204,7 +204,7 @@ def test_unknown_model_suggests_closest(tmp_path):
 
 
 def test_every_registered_model_is_accepted():
-    from absa.models import MODELS
+    from absa.run.models import MODELS
 
     for name in MODELS:
         assert C.load(None, [f"model.name={name}"]).model.name == name
@@ -486,7 +486,7 @@ def test_max_lr_below_lr_is_fine_where_it_is_not_read():
 
 @pytest.mark.parametrize("method", ["abs", "absa", "gns", "inner_product", "hybrid"])
 def test_growing_policies_get_the_resolved_switches(method):
-    from absa.schedules import ignored_keys, make_policy
+    from absa.math.policies import ignored_keys, make_policy
 
     keys = ["growth_warmup=0.5", "max_lr=0.8", "stop_rule=stability", "stop_noise_ratio=2"]
     cfg = C.load(None, [f"schedule.method={method}", "schedule.max_batch=1024"] + [
@@ -501,7 +501,7 @@ def test_growing_policies_get_the_resolved_switches(method):
 
 @pytest.mark.parametrize("method", ["gg", "seesaw", "bl", "fb"])
 def test_fixed_schedules_do_not_read_the_growth_lr_switches(method):
-    from absa.schedules import ignored_keys
+    from absa.math.policies import ignored_keys
 
     keys = ["schedule.growth_warmup", "schedule.max_lr", "schedule.stop_rule"]
     assert ignored_keys(method, keys) == sorted(keys)

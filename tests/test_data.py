@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from absa import data as D
-from absa.config import DataConfig
-from absa.probes import probe_indices
+from absa.run import data as D
+from absa.run.config import DataConfig
+from absa.train.probes import probe_indices
 
 
 def _cifar_batch(path, n, seed, label_key):
@@ -653,7 +653,7 @@ def test_decompression_bomb_is_one_line(tmp_path, monkeypatch, limit):
 
 
 def test_derived_seeds_of_the_largest_seed_fit_a_generator():
-    from absa.config import MAX_EPOCHS, MAX_SEED
+    from absa.run.config import MAX_EPOCHS, MAX_SEED
 
     last = MAX_EPOCHS - 1
     assert len(D.epoch_permutation(3, MAX_SEED, last)) == 3
@@ -868,7 +868,7 @@ def test_training_streams_folder_data_the_same_for_any_workers_and_micro_batch(
     """The trainer reads imagefolder batches through FolderSplit.stream: with the seeded
     RandomResizedCrop + flip, 0 or 2 workers and micro-batches of 2 or 4 give the same
     weights (an MLP has no batch statistics)."""
-    from absa import trainer as T
+    from absa.train import loop as T
 
     streamed = []
     real = D.FolderSplit.stream

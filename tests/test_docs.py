@@ -44,7 +44,7 @@ def _rows(text):
 
 
 def test_every_config_key_is_documented(text):
-    from absa.config import Config
+    from absa.run.config import Config
 
     rows = _rows(text)
     want = {f"{s}.{k}" for s, f in Config.model_fields.items() for k in f.annotation.model_fields}
@@ -74,7 +74,7 @@ def test_types_defaults_and_comments(text):
     assert "grow anyway after this many epochs" in rows["schedule.duration"][2]
     assert "type: ignore" not in text and "``" not in text
     # the method list comes from the schedules registry, not a copy
-    from absa.schedules import METHODS
+    from absa.math.policies import METHODS
 
     for name in METHODS:
         assert (
@@ -125,7 +125,7 @@ def test_readme_sweep_example_expands(tmp_path):
     import re
     import shutil
 
-    from absa import sweep as S
+    from absa.fleet import sweep as S
 
     text = (ROOT / "README.md").read_text()
     m = re.search(r"<!-- sweep-example -->\n```yaml\n(.*?)```", text, re.S)

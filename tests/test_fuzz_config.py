@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from absa import config as C
+from absa.run import config as C
 
 
 def _leaf_keys(model: type[BaseModel] = C.Config, prefix: str = "") -> list[str]:

@@ -14,15 +14,15 @@ import pytest
 import torch
 from torch import nn
 
-from absa import checkpoint as ckpt_io
-from absa import data as D
 from absa import distributed as dist_mod
-from absa import models as M
-from absa import trainer as T
-from absa.data import load_data
 from absa.distributed import DistEnv
-from absa.probes import NoiseMeter, hessian_probe, probe_indices
-from absa.runlog import read_metrics
+from absa.run import checkpoint as ckpt_io
+from absa.run import data as D
+from absa.run import models as M
+from absa.run.data import load_data
+from absa.run.runlog import read_metrics
+from absa.train import loop as T
+from absa.train.probes import NoiseMeter, hessian_probe, probe_indices
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,8 +1,8 @@
-"""absa.hessian checked against an independent dense Hessian.
+"""absa.math.hessian checked against an independent dense Hessian.
 
 The reference Hessian is built here with ``torch.func.hessian`` of the mean cross-entropy as a
 function of the flattened block parameters (``torch.func.functional_call``), and its spectrum
-with ``torch.linalg.eigh``; nothing in the reference path goes through absa.hessian. Models
+with ``torch.linalg.eigh``; nothing in the reference path goes through absa.math.hessian. Models
 and data are float64 so HVPs can be compared to ~1e-10.
 """
 
@@ -18,10 +18,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from absa import hessian as H
-from absa.config import DataConfig
-from absa.data import load_data
-from absa.models import build_model
+from absa.math import hessian as H
+from absa.run.config import DataConfig
+from absa.run.data import load_data
+from absa.run.models import build_model
 
 F64 = torch.float64
 
@@ -76,7 +76,7 @@ def train(model: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float = 0.03) 
 
 
 class TanhHeadNet(nn.Module):
-    """Same convention as absa.models (``features`` + ``classifier``), non-Linear head."""
+    """Same convention as absa.run.models (``features`` + ``classifier``), non-Linear head."""
 
     def __init__(self, d_in: int, classes: int) -> None:
         super().__init__()

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from absa import config as C
-from absa import trainer as T
 from absa.distributed import DistEnv
+from absa.run import config as C
+from absa.train import loop as T
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from absa import config as C
-from absa import hessian as H
-from absa.data import DatasetInfo
-from absa.models import MODELS, ModelError, build_from_config, build_model
+from absa.math import hessian as H
+from absa.run import config as C
+from absa.run.data import DatasetInfo
+from absa.run.models import MODELS, ModelError, build_from_config, build_model
 
 CIFAR = DatasetInfo("c", 10, 3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), True)
 DIGITS = DatasetInfo("d", 10, 1, 8, (0.3,), (0.4,), False)
@@ -314,7 +314,7 @@ def test_weights_from_a_local_file(user_module, tmp_path):
 
 
 def test_timm_missing_is_one_line(monkeypatch):
-    import absa.models as M
+    import absa.run.models as M
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
@@ -330,7 +330,7 @@ def test_timm_missing_is_one_line(monkeypatch):
 
 @pytest.mark.skipif(not HAS_TIMM, reason="timm is not installed (pip install absa[timm])")
 def test_timm_model_builds_and_its_hessian_matches():
-    from absa.optim import excluded_from_decay
+    from absa.train.optim import excluded_from_decay
 
     model = model_from("model.name=timm:test_vit", "model.kwargs={img_size: 32}")
     assert isinstance(model.backbone.head, nn.Identity)  # found by get_classifier()

@@ -1,4 +1,4 @@
-"""absa.optim: sgd/adamw/lars/lamb against hand-computed updates, exclusion, state round trip."""
+"""absa.train.optim: sgd/adamw/lars/lamb against hand-computed updates, exclusion, state round trip."""
 
 import copy
 import importlib.util
@@ -9,8 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from absa import config as C
-from absa.optim import LAMB, LARS, OptimError, build_optimizer, excluded_from_decay, param_groups
+from absa.run import config as C
+from absa.train.optim import (
+    LAMB,
+    LARS,
+    OptimError,
+    build_optimizer,
+    excluded_from_decay,
+    param_groups,
+)
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
 W0 = [[0.5, -1.0, 2.0], [0.25, 0.0, -0.75]]
@@ -37,7 +44,7 @@ def linear() -> nn.Linear:
 
 def run(model: nn.Linear, opt: torch.optim.Optimizer, steps: int) -> list[list[float]]:
     for k in range(steps):
-        for group in opt.param_groups:  # as absa.trainer does every step
+        for group in opt.param_groups:  # as absa.train.loop does every step
             group["lr"] = LRS[k]
         model.weight.grad = torch.tensor(GRADS[k][0], dtype=torch.float64)
         model.bias.grad = torch.tensor(GRADS[k][1], dtype=torch.float64)
@@ -299,7 +306,7 @@ def test_state_round_trip_resumes_exactly(variant):
     buf = io.BytesIO()
     torch.save({"model": a.state_dict(), "optimizer": opt_a.state_dict()}, buf)
     buf.seek(0)
-    ck = torch.load(buf, weights_only=True)  # as absa.checkpoint loads
+    ck = torch.load(buf, weights_only=True)  # as absa.run.checkpoint loads
     b = small_net()
     b.load_state_dict(ck["model"])
     opt_b = build_optimizer(b, o)
@@ -364,7 +371,7 @@ class _LoopLARS(LARS):
 
     @torch.no_grad()
     def step(self, closure=None):
-        from absa.optim import _trust
+        from absa.train.optim import _trust
 
         for group in self.param_groups:
             lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
@@ -395,7 +402,7 @@ class _LoopLAMB(LAMB):
 
     @torch.no_grad()
     def step(self, closure=None):
-        from absa.optim import _trust
+        from absa.train.optim import _trust
 
         for group in self.param_groups:
             b1, b2 = group["betas"]

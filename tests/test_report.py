@@ -9,8 +9,8 @@ import pytest
 import yaml
 from rich.console import Console
 
-from absa import config as C
-from absa import report as R
+from absa.fleet import report as R
+from absa.run import config as C
 
 # (method, row batch) -> per seed: (final test acc, updates, final batch). The row is the
 # paper's: the fixed batch of BL, the maximum batch of ABSA (which starts at 16 here).
@@ -292,7 +292,7 @@ def test_ablations_get_their_own_labelled_columns(tmp_path):
 
 
 def test_growing_methods_come_from_the_registry():
-    from absa.schedules import METHODS
+    from absa.math.policies import METHODS
 
     assert set(R.ADAPTIVE) == {m for m, spec in METHODS.items() if spec.grows}
     assert {"seesaw", "gns", "inner_product", "hybrid"} <= set(R.ADAPTIVE)

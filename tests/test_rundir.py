@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from absa import checkpoint as ckpt_io
-from absa import rundir as R
-from absa import trainer as T
-from absa.runlog import read_metrics
+from absa.run import checkpoint as ckpt_io
+from absa.run import rundir as R
+from absa.run.runlog import read_metrics
+from absa.train import loop as T
 
 BUILTIN = str(Path(__file__).parent / "data" / "run.yaml")  # no keys: the built-in defaults
 
@@ -101,7 +101,7 @@ def test_a_locked_folder_is_refused_naming_the_pid(tiny_cfg, tmp_path):
 def test_lock_dies_with_its_process(tmp_path):
     """A kill -9 never leaves a stale lock: the kernel drops a flock with its process."""
     d = tmp_path / "run"
-    code = f"from absa.rundir import RunLock; RunLock({str(d)!r}).acquire(); print('ok', flush=True); import time; time.sleep(60)"
+    code = f"from absa.run.rundir import RunLock; RunLock({str(d)!r}).acquire(); print('ok', flush=True); import time; time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ok"
@@ -150,7 +150,7 @@ def test_env_history_keeps_every_start(tiny_cfg, tmp_path):
 
 
 def test_resume_cannot_shrink_a_run(tiny_cfg, tmp_path):
-    from absa.config import ConfigError
+    from absa.run.config import ConfigError
 
     d = tmp_path / "run"
     T.run(tiny_cfg("train.epochs=3"), run_dir=d)
@@ -175,7 +175,7 @@ def test_stale_temp_files_are_removed_on_start(tiny_cfg, tmp_path):
     "name", ["/", "../../x", "/tmp/abs", "a/b", ".", "..", "-x", "a" * 129, "sp ace"]
 )
 def test_run_name_cannot_leave_the_output_folder(name, tmp_path):
-    from absa.config import ConfigError, load
+    from absa.run.config import ConfigError, load
 
     with pytest.raises(ConfigError, match="train.run_name: must be one folder name") as e:
         load(
@@ -205,8 +205,8 @@ def test_default_run_name_is_safe_for_any_config_stem(tiny_cfg):
 def test_planted_symlinks_are_not_followed(tmp_path):
     """run.lock or metrics.jsonl planted as a symlink to another file: the lock refuses it
     and the metrics append fails, leaving the target untouched."""
-    from absa import rundir
-    from absa.runlog import METRICS, RunLog
+    from absa.run import rundir
+    from absa.run.runlog import METRICS, RunLog
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")

@@ -32,8 +32,8 @@ import torch
 import yaml
 from test_distributed import BASE  # tests/ is on sys.path (pytest's rootdir import)
 
-from absa import checkpoint as ckpt_io
-from absa import sweep as S
+from absa.fleet import sweep as S
+from absa.run import checkpoint as ckpt_io
 
 pytestmark = pytest.mark.slurm
 

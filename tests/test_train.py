@@ -5,12 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from absa import checkpoint as ckpt_io
-from absa import trainer as T
-from absa.data import load_data
 from absa.distributed import DistEnv
-from absa.models import build_model
-from absa.runlog import read_metrics
+from absa.run import checkpoint as ckpt_io
+from absa.run.data import load_data
+from absa.run.models import build_model
+from absa.run.runlog import read_metrics
+from absa.train import loop as T
 
 
 def _weights(run_dir):
@@ -200,7 +200,7 @@ def test_replay_of_a_run_reproduces_its_schedule_without_a_hessian(tiny_cfg, tmp
 
 
 def test_replay_needs_a_finished_run_with_enough_epochs(tiny_cfg, tmp_path):
-    from absa.config import ConfigError
+    from absa.run.config import ConfigError
 
     src = tmp_path / "src"
     T.run(tiny_cfg("train.epochs=2"), run_dir=src)
@@ -213,7 +213,7 @@ def test_replay_needs_a_finished_run_with_enough_epochs(tiny_cfg, tmp_path):
 
 
 def test_final_eval_writes_robust_accuracy_to_the_summary(tiny_cfg, tmp_path):
-    from absa.evaluation import robust_accuracy
+    from absa.train.evaluation import robust_accuracy
 
     s = T.run(
         tiny_cfg("train.epochs=1", "adversarial.final_eval=true", "adversarial.eval_eps=[0.05]",

@@ -55,8 +55,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from absa.checkpoint import atomic_write_text
-from absa.config import (
+from absa.math.policies import ignored_note
+from absa.run.checkpoint import atomic_write_text
+from absa.run.config import (
     Config,
     ConfigError,
     deep_copy,
@@ -70,8 +71,7 @@ from absa.config import (
     to_dict,
     validate,
 )
-from absa.rundir import holder
-from absa.schedules import ignored_note
+from absa.run.rundir import holder
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 SUMMARY = "summary.json"

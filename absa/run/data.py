@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from absa.config import DataConfig
+from absa.run.config import DataConfig
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -24,21 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from absa import checkpoint as ckpt_io
 from absa import distributed as D
-from absa.accel import (
-    Precision,
-    is_oom,
-    oom_guard,
-    prepare_model,
-    probe_micro_batch,
-    to_device_data,
-    to_input,
-)
-from absa.attacks import make_adversarial, model_mode
-from absa.checkpoint import atomic_write_text
-from absa.config import Config, ConfigError, from_dict, to_dict
-from absa.data import (
+from absa.math.attacks import make_adversarial, model_mode
+from absa.math.hessian import select_params
+from absa.math.policies import GROWING, Growth, Policy, make_policy
+from absa.run import checkpoint as ckpt_io
+from absa.run.checkpoint import atomic_write_text
+from absa.run.config import Config, ConfigError, from_dict, to_dict
+from absa.run.data import (
     Data,
     FolderSplit,
     apply_augment,
@@ -50,12 +43,22 @@ from absa.data import (
     resolve_augment,
     stream_batches,
 )
-from absa.evaluation import EvalResult, evaluate, robustness
-from absa.hessian import select_params
-from absa.loggers import MultiLogger, make_loggers
-from absa.models import build_from_config, code_imports
-from absa.optim import build_optimizer
-from absa.probes import (
+from absa.run.models import build_from_config, code_imports
+from absa.run.rundir import RunFolderError, RunLock, clean_temps, holder, state
+from absa.run.runlog import RunLog, environment, read_metrics
+from absa.train.accel import (
+    Precision,
+    is_oom,
+    oom_guard,
+    prepare_model,
+    probe_micro_batch,
+    to_device_data,
+    to_input,
+)
+from absa.train.evaluation import EvalResult, evaluate, robustness
+from absa.train.loggers import MultiLogger, make_loggers
+from absa.train.optim import build_optimizer
+from absa.train.probes import (
     NoiseMeter,
     ProbeResult,
     hessian_probe,
@@ -63,9 +66,6 @@ from absa.probes import (
     overhead_allows,
     probe_indices,
 )
-from absa.rundir import RunFolderError, RunLock, clean_temps, holder, state
-from absa.runlog import RunLog, environment, read_metrics
-from absa.schedules import GROWING, Growth, Policy, make_policy
 
 
 class TrainingDiverged(RuntimeError):
@@ -126,7 +126,7 @@ def replay_trajectory(run_dir: Path | None, epochs: int) -> dict[str, list[Any]]
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """``cfg.optim``'s optimizer (absa.optim; the default is the plain SGD of the paper)."""
+    """``cfg.optim``'s optimizer (absa.train.optim; the default is the plain SGD of the paper)."""
     return build_optimizer(model, cfg)
 
 
@@ -158,7 +158,7 @@ class EpochStats:
 
 @dataclass
 class Runtime:
-    """How this run executes (absa.accel), as opposed to what it computes: precision and its
+    """How this run executes (absa.train.accel), as opposed to what it computes: precision and its
     scaler, the micro-batch size in force (after ``auto`` sizing and OOM backoffs) and the
     memory format of inputs."""
 
@@ -215,7 +215,7 @@ def accumulate_gradients(
     micro-batch contributes (sum of its losses) * world / n_global, and DDP averages over
     ranks, so the result equals (1/n_global) sum_i grad l_i exactly. DDP syncs only on the
     last micro-batch. With ``noise``, each micro-batch's gradient is handed to the meter
-    (absa.probes: the last one only on a single process), and with ``split`` a lone
+    (absa.train.probes: the last one only on a single process), and with ``split`` a lone
     micro-batch also gives its first half's gradient by one extra backward; ``.grad`` is
     the same either way. ``rt`` gives the autocast precision (adversarial crafting included;
     clamping stays fp32) and the loss scaler of fp16, whose factor ``.grad`` then carries.
@@ -595,7 +595,7 @@ def prepare_run_dir(cfg: Config, stem: str, resume: Path | None) -> Path:
 
 def check_run_dir(run_dir: Path, resume: bool) -> Path:
     """A fresh start needs an empty folder, a resume one that holds a run; neither may be in
-    use by a live process (see absa.rundir). Returns ``run_dir``."""
+    use by a live process (see absa.run.rundir). Returns ``run_dir``."""
     run_dir = Path(run_dir)
     pid = holder(run_dir)
     if pid is not None:
@@ -615,7 +615,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> Path:
     return run_dir
 
 
-# gradient-noise fields of a metrics line (absa.probes.NoiseMeter.epoch_signals)
+# gradient-noise fields of a metrics line (absa.train.probes.NoiseMeter.epoch_signals)
 NOISE_FIELDS = ("noise_scale", "noise_snr", "noise_trace", "noise_g2", "ip_variance", "noise_steps")
 
 ProgressFactory = Callable[[int, int], Callable[[int, int, float], None] | None]
@@ -672,10 +672,10 @@ def execute(
     data: Data | None = None,
 ) -> Trained:
     """``run``, optionally with the caller's own ``model`` (an nn.Module following
-    absa.models' shape: ``classifier`` head and ``features``; inputs in [0, 1] pixels) and
-    ``data`` (absa.data.Data) instead of the ones ``cfg`` names.
+    absa.run.models' shape: ``classifier`` head and ``features``; inputs in [0, 1] pixels) and
+    ``data`` (absa.run.data.Data) instead of the ones ``cfg`` names.
 
-    Rank 0 holds the run folder's lock (absa.rundir) from before the first write to the end.
+    Rank 0 holds the run folder's lock (absa.run.rundir) from before the first write to the end.
     """
     env = env or D.setup(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_s)
     run_dir = Path(run_dir) if run_dir is not None else prepare_run_dir(cfg, "run", None)
@@ -998,7 +998,7 @@ def _epoch_record(
 
 
 def _veto_record(policy: Any, epoch: int) -> dict[str, Any] | None:
-    """The policy's veto at the end of ``epoch`` (absa.schedules.Veto as a dict), or None."""
+    """The policy's veto at the end of ``epoch`` (absa.math.policies.Veto as a dict), or None."""
     veto = getattr(policy, "last_veto", None)
     return asdict(veto) if veto is not None and veto.epoch == epoch else None
 

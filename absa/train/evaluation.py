@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from absa.attacks import make_adversarial, model_mode
-from absa.data import Split, local_positions
 from absa.distributed import DistEnv
+from absa.math.attacks import make_adversarial, model_mode
+from absa.run.data import Split, local_positions
 
 
 @dataclass(frozen=True)

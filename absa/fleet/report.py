@@ -11,7 +11,7 @@ names the file.
 ``batch.size`` and grow towards it), one column per method, each cell the final-epoch test
 accuracy as mean ± std over seeds (sample std, n-1; a single seed shows ``(n=1)`` instead)
 and the mean number of SGD updates, plus the final batch size for growing methods. The
-methods and which of them grow come from the registry (``absa.schedules.METHODS``).
+methods and which of them grow come from the registry (``absa.math.policies.METHODS``).
 Ablations get their own column: ``ABSA (duration only)`` (``schedule.eigenvalue_trigger:
 false``) and ``replay of ABSA`` (method ``replay``, named after the replayed run's method).
 When runs of the same method and batch size differ in some other config key (say
@@ -56,10 +56,10 @@ from matplotlib.ticker import (  # noqa: E402
     NullLocator,
 )
 
-from absa.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
-from absa.config import METHODS, Config, ConfigError, read_yaml, to_dict  # noqa: E402
-from absa.runlog import METRICS  # noqa: E402
-from absa.schedules import METHODS as REGISTRY  # noqa: E402
+from absa.math.policies import METHODS as REGISTRY  # noqa: E402
+from absa.run.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
+from absa.run.config import METHODS, Config, ConfigError, read_yaml, to_dict  # noqa: E402
+from absa.run.runlog import METRICS  # noqa: E402
 
 # methods whose batch changes during a run (row: schedule.max_batch); a replay plays back
 # a recorded, usually growing, trajectory

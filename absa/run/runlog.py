@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from absa.checkpoint import atomic_write_text
-from absa.config import Config, dump_yaml
+from absa.run.checkpoint import atomic_write_text
+from absa.run.config import Config, dump_yaml
 
 METRICS = "metrics.jsonl"
 CONFIG = "config.yaml"

@@ -25,8 +25,8 @@ from pydantic import (
 )
 from yaml.constructor import ConstructorError
 
-from absa.schedules import GROWING, READS
-from absa.schedules import METHODS as SCHEDULES
+from absa.math.policies import GROWING, READS
+from absa.math.policies import METHODS as SCHEDULES
 
 DATASETS = (
     "digits",
@@ -38,14 +38,14 @@ DATASETS = (
     "fashion_mnist",
     "imagefolder",
 )
-METHODS = tuple(SCHEDULES)  # the method registry lives in absa.schedules
+METHODS = tuple(SCHEDULES)  # the method registry lives in absa.math.policies
 READS_MAX_LR = tuple(m for m in METHODS if "max_lr" in READS[m])
 READS_STOP = tuple(m for m in METHODS if "stop_rule" in READS[m])
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]+)?")  # what distributed.resolve_device takes
 
 # Upper bounds of the integer fields: generous for any real run, small enough that every
 # value fits a C long where torch needs one and no typo becomes a huge allocation.
-# seeds: absa.data and absa.trainer derive generator seeds up to seed * 1_000_003 + 2**20,
+# seeds: absa.run.data and absa.train.loop derive generator seeds up to seed * 1_000_003 + 2**20,
 # far below the 2**63 that torch.Generator.manual_seed takes
 MAX_SEED = 2**32 - 1
 MAX_BATCH = 2**24  # samples in one (logical or micro) batch
@@ -134,7 +134,7 @@ class ModelConfig(Section):
     # extra keyword arguments of the model's factory, e.g. {pool: 4} for small_cnn
     kwargs: dict[str, Any] = Field(default_factory=dict)
     # torchvision:/timm:/module:function models: dotted path of the final nn.Linear inside the
-    # factory's module (fc, classifier.3, heads.head); null: found automatically (absa.models)
+    # factory's module (fc, classifier.3, heads.head); null: found automatically (absa.run.models)
     classifier: str | None = None
 
     @field_validator("classifier")
@@ -164,7 +164,7 @@ class OptimConfig(Section):
     weight_decay: float = Field(5e-4, ge=0, le=10)  # L2 coefficient; > 10 zeroes the weights
     nesterov: bool = False  # Nesterov momentum (sgd/lars, when momentum > 0)
     # sgd (torch SGD) | adamw (torch AdamW) | lars (You et al. 2017) | lamb (You et al. 2019);
-    # momentum/nesterov: sgd, lars; betas/eps: adamw, lamb (see absa.optim)
+    # momentum/nesterov: sgd, lars; betas/eps: adamw, lamb (see absa.train.optim)
     name: Literal["sgd", "adamw", "lars", "lamb"] = "sgd"
     # adamw/lamb: decay rates of the first and second moments
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
@@ -281,7 +281,7 @@ class HessianConfig(Section):
 
 
 class SignalsConfig(Section):
-    """Gradient statistics measured during training for every method (absa.probes)."""
+    """Gradient statistics measured during training for every method (absa.train.probes)."""
 
     noise: bool = True  # gradient noise scale B_simple, logged as noise_scale
     noise_ema: float = Field(0.95, ge=0, lt=1)  # per-step EMA decay of |G|^2 and tr(Sigma)
@@ -314,7 +314,7 @@ class DistributedConfig(Section):
 
 
 class LogConfig(Section):
-    """Experiment loggers besides metrics.jsonl (absa.loggers; rank 0 only, all off)."""
+    """Experiment loggers besides metrics.jsonl (absa.train.loggers; rank 0 only, all off)."""
 
     tensorboard: bool = False  # every metrics field per epoch + step scalars (pip: tensorboard)
     jsonl: bool = False  # step scalars to steps.jsonl in the run folder
@@ -658,7 +658,7 @@ def _clip(text: str, width: int = 80) -> str:
 def _check_model_name(name: str, kwargs: dict[str, Any], source: str) -> None:
     """``model.name`` must be in the model registry and take ``model.kwargs`` (imported here:
     models imports config)."""
-    from absa.models import ModelError, check_model_args
+    from absa.run.models import ModelError, check_model_args
 
     try:
         check_model_args(name, kwargs)

@@ -61,7 +61,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from absa.config import Config, OptimConfig
+    from absa.run.config import Config, OptimConfig
 
 OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
 TIMM_MISSING = "timm is not installed; pip install absa[timm] (with -c constraints.txt)"

@@ -44,17 +44,17 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from absa.attacks import model_mode
-from absa.data import Data, local_positions
 from absa.distributed import DistEnv
-from absa.hessian import (
+from absa.math.attacks import model_mode
+from absa.math.hessian import (
     HessianOperator,
     last_layer_operator,
     rayleigh_stderr,
     select_params,
     top_eigen,
 )
-from absa.schedules import IP_VARIANCE, LAMBDA, LAMBDA_STDERR, NOISE, NOISE_G2, NOISE_TRACE
+from absa.math.policies import IP_VARIANCE, LAMBDA, LAMBDA_STDERR, NOISE, NOISE_G2, NOISE_TRACE
+from absa.run.data import Data, local_positions
 
 Batch = tuple[Tensor, Tensor]
 

@@ -76,12 +76,12 @@ import torch
 from torch import nn
 
 from absa import tv
-from absa.config import did_you_mean
-from absa.data import DatasetInfo
-from absa.optim import TIMM_MISSING
+from absa.run.config import did_you_mean
+from absa.run.data import DatasetInfo
+from absa.train.optim import TIMM_MISSING
 
 if TYPE_CHECKING:
-    from absa.config import ModelConfig
+    from absa.run.config import ModelConfig
 
 _resnet = tv.load("torchvision.models.resnet")
 BasicBlock = _resnet.BasicBlock

@@ -21,8 +21,8 @@ import os
 import re
 from pathlib import Path
 
-from absa.checkpoint import LAST
-from absa.runlog import SUMMARY
+from absa.run.checkpoint import LAST
+from absa.run.runlog import SUMMARY
 
 LOCK = "run.lock"
 _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # atomic_write_bytes' mkstemp names
