@@ -6,7 +6,7 @@ and the schedule policies (``METHODS``, ``make_policy``, ``build_policy``). They
 imported on first use, so ``absa --help`` does not pay for torch.
 
 The package is layered (imports point down only): ``absa.math`` (pure) < ``absa.run``
-(config, data, models, run folder) < ``absa.train`` < ``absa.fleet`` (sweeps, reports) <
+(config, data, models, run folder) < ``absa.engine`` < ``absa.fleet`` (sweeps, reports) <
 ``absa.api`` < ``absa.cli``. The flat module names of 0.1 (``absa.trainer``,
 ``absa.schedules``, ...) still import: they are aliases of the modules that hold them now.
 """
@@ -48,13 +48,13 @@ MOVED = {
     "checkpoint": "absa.run.checkpoint",
     "rundir": "absa.run.rundir",
     "runlog": "absa.run.runlog",
-    "trainer": "absa.train.loop",
-    "probes": "absa.train.probes",
-    "accel": "absa.train.accel",
-    "optim": "absa.train.optim",
-    "loggers": "absa.train.loggers",
-    "evaluation": "absa.train.evaluation",
-    "analysis": "absa.train.analysis",
+    "trainer": "absa.engine.loop",
+    "probes": "absa.engine.probes",
+    "accel": "absa.engine.accel",
+    "optim": "absa.engine.optim",
+    "loggers": "absa.engine.loggers",
+    "evaluation": "absa.engine.evaluation",
+    "analysis": "absa.engine.analysis",
     "sweep": "absa.fleet.sweep",
     "report": "absa.fleet.report",
     "plots": "absa.fleet.plots",
@@ -62,7 +62,7 @@ MOVED = {
 
 
 class _Alias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """``import absa.trainer`` gives the module ``absa.train.loop`` itself (same object)."""
+    """``import absa.trainer`` gives the module ``absa.engine.loop`` itself (same object)."""
 
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> Any:
         head, _, leaf = fullname.rpartition(".")

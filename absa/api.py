@@ -25,13 +25,13 @@ import torch
 from torch import Tensor, nn
 
 from absa.distributed import DistEnv, resolve_device
+from absa.engine.loop import Summary, execute
+from absa.engine.probes import probe_batches, probe_indices
 from absa.run import checkpoint as ckpt_io
 from absa.run import config as C
 from absa.run.data import Data, DatasetInfo, TensorSplit, load_data
 from absa.run.models import build_from_config, code_imports
 from absa.run.runlog import read_metrics
-from absa.train.loop import Summary, execute
-from absa.train.probes import probe_batches, probe_indices
 
 
 @dataclass
@@ -70,7 +70,7 @@ def train(
     docstring; ``absa.run.models.wrap`` adapts torchvision/timm-style classifiers if present).
     ``data``: your own splits instead of ``cfg.data`` (see ``tensor_data``).
     """
-    from absa.train.loop import check_run_dir, prepare_run_dir
+    from absa.engine.loop import check_run_dir, prepare_run_dir
 
     if run_dir is None:
         folder = prepare_run_dir(cfg, "run", None)
@@ -143,9 +143,9 @@ def top_eigenvalues(
     """Top-k eigenvalues (descending) of the Hessian of the mean cross-entropy over
     ``batches`` on a parameter block (``last``, ``full`` or name patterns), BatchNorm in
     eval mode; exact Hessian-vector products."""
+    from absa.engine.analysis import operator_for
     from absa.math import hessian as H
     from absa.math.attacks import model_mode
-    from absa.train.analysis import operator_for
 
     with model_mode(model, train=False):
         op, _ = operator_for(model, block, list(batches))
@@ -167,8 +167,8 @@ def evaluate(
     """Clean accuracy, plus FGSM and PGD-``pgd_steps`` accuracy at each L-inf ``eps`` in
     [0, 1] pixels, on the first ``limit`` samples of ``split`` (e.g. ``data.test``): rows
     ``{attack, eps, loss, acc (%), n}``, the same numbers as ``absa eval``."""
-    from absa.train.evaluation import evaluate as clean_eval
-    from absa.train.evaluation import robustness
+    from absa.engine.evaluation import evaluate as clean_eval
+    from absa.engine.evaluation import robustness
 
     env = DistEnv(device=next(model.parameters()).device)
     if eps:

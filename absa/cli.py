@@ -84,11 +84,11 @@ class CliError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from absa.engine.loop import RunFolderError
     from absa.run.checkpoint import CheckpointError
     from absa.run.config import ConfigError
     from absa.run.data import DataError
     from absa.run.models import ModelError
-    from absa.train.loop import RunFolderError
 
     # OSError: unwritable out_dir, a file where a folder should be, a full disk...
     return (
@@ -147,7 +147,7 @@ def _interrupted(err: KeyboardInterrupt, run_dir: Path | None) -> None:
 def _handled() -> Iterator[dict[str, Any]]:
     """Turn known failures into one line on stderr and a non-zero exit. The body may set
     ``["run_dir"]`` of the dict it gets: an interrupted run then names its resume command."""
-    from absa.train.loop import TrainingDiverged
+    from absa.engine.loop import TrainingDiverged
 
     where: dict[str, Any] = {}
     try:
@@ -162,7 +162,7 @@ def _handled() -> Iterator[dict[str, Any]]:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(USER_ERROR) from None
     except (MemoryError, RuntimeError) as err:
-        from absa.train.accel import is_oom
+        from absa.engine.accel import is_oom
 
         cpu = "can't allocate memory" in str(err)  # torch's DefaultCPUAllocator
         if not (isinstance(err, MemoryError) or is_oom(err) or cpu):
@@ -546,8 +546,8 @@ def _check_before_launch(
     config: Path | None, overrides: list[str], resume: Path | None, nproc: int
 ) -> None:
     from absa.distributed import check_gpu_per_rank, visible_cuda
+    from absa.engine.loop import check_divisible, prepare_run_dir
     from absa.run import config as C
-    from absa.train.loop import check_divisible, prepare_run_dir
 
     cfg = C.load(config, overrides)
     check_gpu_per_rank(cfg.train.device, nproc, visible_cuda())
@@ -619,8 +619,8 @@ def train(
         return
     with _handled() as where, _sigterm_interrupts():
         from absa import distributed as D
+        from absa.engine.loop import prepare_run_dir, run
         from absa.run import config as C
-        from absa.train.loop import prepare_run_dir, run
 
         cfg = C.load(config, overrides or [])
         if os.environ.get("RANK", "0") == "0":
@@ -713,7 +713,7 @@ def eval_cmd(
 ) -> None:
     """Test loss and accuracy of a checkpoint, plus robust accuracy under FGSM and PGD."""
     with _handled():
-        from absa.train.evaluation import evaluate, robustness
+        from absa.engine.evaluation import evaluate, robustness
 
         _at_least("--limit", limit, 1)
         for e in eps or []:
@@ -939,7 +939,7 @@ def hessian_cmd(
     Before each long phase the expected cost is printed (from one timed HVP).
     """
     with _handled():
-        from absa.train import analysis as A
+        from absa.engine import analysis as A
 
         if checkpoint is None and config is None:
             raise CliError("give --checkpoint RUN_DIR|last.pt or --config CONFIG (fresh init)")
@@ -1124,7 +1124,7 @@ def _landscape(
     said first (from one timed loss evaluation)."""
     import math
 
-    from absa.train import analysis as A
+    from absa.engine import analysis as A
 
     blk, n, batch, seed, max_iter, rtol = request
     lam = spec.eigenvalues[0]

@@ -39,11 +39,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from absa import distributed as D
+from absa.engine import loop as T
+from absa.engine.probes import hessian_probe, probe_indices
 from absa.run import config as C
 from absa.run.data import load_data
 from absa.run.models import build_model
-from absa.train import loop as T
-from absa.train.probes import hessian_probe, probe_indices
 
 
 class TimedEnv(D.DistEnv):

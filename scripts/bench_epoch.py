@@ -1,4 +1,4 @@
-"""Whole training epochs: ``absa.train.loop.train_epoch`` vs a bare PyTorch loop doing the same
+"""Whole training epochs: ``absa.engine.loop.train_epoch`` vs a bare PyTorch loop doing the same
 math on the same data held on the device (same permutation, micro-batching, loss scaling,
 running loss and accuracy), for ResNet-18 at batch 128 and 512 and small_cnn at 128, in fp32,
 bf16 + channels_last and bf16 + channels_last + torch.compile. Then, per case, the share of
@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from absa.distributed import DistEnv
+from absa.engine import loop as T
+from absa.engine.accel import Precision, prepare_model, to_device_data, to_input
 from absa.run import config as C
 from absa.run.data import Data, DatasetInfo, TensorSplit, epoch_permutation, global_batches
 from absa.run.models import build_model
-from absa.train import loop as T
-from absa.train.accel import Precision, prepare_model, to_device_data, to_input
 
 COMBOS = {
     "fp32": ("fp32", False, False),

@@ -44,7 +44,7 @@ def _flops_per_sample(model: torch.nn.Module, x: torch.Tensor) -> float:
 
 def _bare(model, x, y, combo, steps, warmup) -> float:
     """A bare loop with the same switches: samples/s."""
-    from absa.train.accel import Precision, prepare_model, to_input
+    from absa.engine.accel import Precision, prepare_model, to_input
 
     prec = Precision.create(combo["precision"], x.device)
     net = prepare_model(model, combo["channels_last"], combo["compile"], print)
@@ -66,9 +66,9 @@ def _bare(model, x, y, combo, steps, warmup) -> float:
 def _absa(model, x, y, combo, steps, warmup) -> float:
     """absa's trainer path (accumulate_gradients + the runtime's step): samples/s."""
     from absa.distributed import DistEnv
+    from absa.engine import loop as T
+    from absa.engine.accel import prepare_model
     from absa.run import config as C
-    from absa.train import loop as T
-    from absa.train.accel import prepare_model
 
     cfg = C.load(None, [f"train.precision={combo['precision']}",
                         f"train.channels_last={str(combo['channels_last']).lower()}",

@@ -1,7 +1,7 @@
 """Per-step overhead of absa's training loop: a CPU proxy that CI can hold.
 
 A model and batch so small that a step is nearly all overhead (the ``mlp`` on the embedded
-digits, batch 16, one thread): the time per step of ``absa.train.loop.train_epoch`` over that of
+digits, batch 16, one thread): the time per step of ``absa.engine.loop.train_epoch`` over that of
 a bare PyTorch loop doing the same math on the same data (same model and initial weights,
 same epoch permutation, same crop augmentation, same optimizer, same micro-batching, the
 running loss and accuracy kept on the device as a careful loop would). Times are this
@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from absa.distributed import DistEnv
+from absa.engine import loop as T
 from absa.run import config as C
 from absa.run.data import (
     apply_augment,
@@ -38,7 +39,6 @@ from absa.run.data import (
     resolve_augment,
 )
 from absa.run.models import build_model
-from absa.train import loop as T
 
 
 def _cfg(batch: int, micro: int, noise: bool) -> C.Config:

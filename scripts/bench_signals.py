@@ -2,7 +2,7 @@
 
 On the embedded digits (1,347 training images, 16x16) with absa's small_cnn, 1 torch thread:
 
-A. Gradient noise scale (``signals.noise``): one training epoch (``absa.train.loop.train_epoch``)
+A. Gradient noise scale (``signals.noise``): one training epoch (``absa.engine.loop.train_epoch``)
    with the meter off vs on, --reps interleaved repetitions (order alternating, each on a
    fresh copy of the same model, the same epoch permutation for the pair), medians of wall
    and process CPU time. Three cases:
@@ -17,7 +17,7 @@ A. Gradient noise scale (``signals.noise``): one training epoch (``absa.train.lo
    difference.
 B/C. A real short run of configs/digits_abs.yaml (ABS, batch 32, noise meter on; the policy
    observes the default probe, so the batch grows as in training) for --epochs epochs. After
-   each epoch the Hessian probe (``absa.train.probes.hessian_probe``, k=1, each method warm-started
+   each epoch the Hessian probe (``absa.engine.probes.hessian_probe``, k=1, each method warm-started
    from its own vector of the previous epoch, hessian.max_iter / rtol of the config):
    - last block on the training probe set (hessian.probe_size, capped at the train split),
      power and Lanczos, against the exact top eigenvalue (dense eigvalsh of the last-layer
@@ -55,13 +55,8 @@ from dataclasses import dataclass, field
 import torch
 
 from absa.distributed import DistEnv
-from absa.math.attacks import model_mode
-from absa.math.hessian import HessianOperator, last_layer_operator, select_params, top_eigen
-from absa.run import config as C
-from absa.run.data import Data, load_data
-from absa.run.models import build_from_config, count_params
-from absa.train import loop as T
-from absa.train.probes import (
+from absa.engine import loop as T
+from absa.engine.probes import (
     NoiseMeter,
     ProbeResult,
     hessian_probe,
@@ -69,6 +64,11 @@ from absa.train.probes import (
     probe_batches,
     probe_indices,
 )
+from absa.math.attacks import model_mode
+from absa.math.hessian import HessianOperator, last_layer_operator, select_params, top_eigen
+from absa.run import config as C
+from absa.run.data import Data, load_data
+from absa.run.models import build_from_config, count_params
 
 TARGET_NOISE = 0.03  # issue 12: noise scale <= 3% of training time
 METHODS = ("power", "lanczos")
@@ -124,7 +124,7 @@ class TimedMeter(NoiseMeter):
 
 @contextmanager
 def timed_half_gradient() -> Iterator[dict[str, float]]:
-    """Time absa.train.loop's half-batch backward (looked up by name in accumulate_gradients)."""
+    """Time absa.engine.loop's half-batch backward (looked up by name in accumulate_gradients)."""
     spent = {"half_backward": 0.0}
     orig = T._half_gradient
 

@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from absa.distributed import DistEnv
+from absa.engine import loop as T
 from absa.run import config as C
 from absa.run.data import load_data
 from absa.run.models import build_model
-from absa.train import loop as T
 
 
 def _cfg(model: str, samples: int, batch: int, micro: int) -> C.Config:

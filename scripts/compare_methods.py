@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from absa.engine import loop as T
 from absa.run import config as C
 from absa.run.runlog import read_metrics
-from absa.train import loop as T
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = [  # label, config

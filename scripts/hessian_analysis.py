@@ -19,14 +19,14 @@ from pathlib import Path
 import torch
 
 from absa.distributed import DistEnv
+from absa.engine import analysis as A
+from absa.engine.evaluation import evaluate, robust_accuracy
 from absa.fleet.report import plot_spectra
 from absa.run import checkpoint as ckpt_io
 from absa.run import config as C
 from absa.run.checkpoint import atomic_write_text
 from absa.run.data import load_data
 from absa.run.models import build_model
-from absa.train import analysis as A
-from absa.train.evaluation import evaluate, robust_accuracy
 
 
 def label_of(cfg: C.Config) -> str:

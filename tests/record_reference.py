@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
+from absa.engine import loop as T
 from absa.run import checkpoint as ckpt_io
 from absa.run import config as C
-from absa.train import loop as T
 
 ROOT = Path(__file__).resolve().parent.parent
 PINNED_ENV = {"MKL_CBWR": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}

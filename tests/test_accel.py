@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from absa.distributed import DistEnv
+from absa.engine import accel as A
+from absa.engine import loop as T
+from absa.engine.probes import hessian_probe, probe_indices
 from absa.run import models as M
 from absa.run.data import load_data
-from absa.train import accel as A
-from absa.train import loop as T
-from absa.train.probes import hessian_probe, probe_indices
 
 
 def _weights(run_dir):

@@ -39,7 +39,7 @@ def test_atomic_write_mode_follows_umask(tmp_path, umask, mask, expect):
 
 
 def _payload(**changes):
-    """What absa.train.loop saves each epoch, with ``changes`` (a value of ... drops the entry)."""
+    """What absa.engine.loop saves each epoch, with ``changes`` (a value of ... drops the entry)."""
     payload = {
         "model": {"w": torch.arange(4.0), "n": torch.tensor(2)},
         "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},

@@ -164,12 +164,12 @@ def trained_run(tmp_path_factory):
 def test_hessian_command_json_matches_dense_and_writes_plots(trained_run, tmp_path):
     import torch
 
+    from absa.engine.analysis import batches_of
     from absa.math.hessian import last_layer_operator
     from absa.run import checkpoint as ckpt_io
     from absa.run import config as C
     from absa.run.data import load_data
     from absa.run.models import build_model
-    from absa.train.analysis import batches_of
 
     out, plots = tmp_path / "h.json", tmp_path / "plots"
     args = ["hessian", "--checkpoint", str(trained_run), "-k", "3", "--samples", "200"]

@@ -9,12 +9,12 @@ an out-of-memory backoff. scripts/gpu_check.sh runs this file on a GPU machine.
 import pytest
 import torch
 
+from absa.engine import loop as T
 from absa.math import hessian as H
 from absa.run import config as C
 from absa.run import models as M
 from absa.run.data import load_data
 from absa.run.runlog import read_metrics
-from absa.train import loop as T
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

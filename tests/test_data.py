@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from absa.engine.probes import probe_indices
 from absa.run import data as D
 from absa.run.config import DataConfig
-from absa.train.probes import probe_indices
 
 
 def _cifar_batch(path, n, seed, label_key):
@@ -868,7 +868,7 @@ def test_training_streams_folder_data_the_same_for_any_workers_and_micro_batch(
     """The trainer reads imagefolder batches through FolderSplit.stream: with the seeded
     RandomResizedCrop + flip, 0 or 2 workers and micro-batches of 2 or 4 give the same
     weights (an MLP has no batch statistics)."""
-    from absa.train import loop as T
+    from absa.engine import loop as T
 
     streamed = []
     real = D.FolderSplit.stream

@@ -2,7 +2,7 @@
 
 Two kinds of multi-process tests:
 
-* in-process: ``torch.multiprocessing`` spawns 2 workers that call ``absa.train.loop`` directly.
+* in-process: ``torch.multiprocessing`` spawns 2 workers that call ``absa.engine.loop`` directly.
   One module-scoped session runs every scenario (start-up is paid once) and saves what
   each rank saw; the tests compare it with single-process runs of the same config.
 * real launches: ``absa train --nproc 2`` (torchrun), torchrun on this file, and two plain
@@ -35,12 +35,12 @@ import torch
 import torch.multiprocessing as mp
 
 from absa import distributed as D
+from absa.engine import loop as T
+from absa.engine.probes import hessian_probe, probe_indices
 from absa.run import checkpoint as ckpt_io
 from absa.run import config as C
 from absa.run.data import load_data, local_positions
 from absa.run.models import build_model
-from absa.train import loop as T
-from absa.train.probes import hessian_probe, probe_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from absa.distributed import DistEnv
+from absa.engine import loop as T
 from absa.run.data import load_data, local_positions
 from absa.run.models import build_model
-from absa.train import loop as T
 
 # every way Python code turns a tensor into a host value (each one a device sync on a GPU)
 READS = ("item", "cpu", "tolist", "numpy", "__float__", "__int__", "__bool__", "__index__")
@@ -155,7 +155,7 @@ def test_a_cuda_epoch_runs_under_sync_debug_error(tiny_cfg):
     torch.manual_seed(0)
     data = load_data(cfg.data)
     dev = torch.device("cuda")
-    from absa.train.accel import to_device_data
+    from absa.engine.accel import to_device_data
 
     data.train, _ = to_device_data(data.train, dev, True)
     model = build_model(cfg.model.name, data.info, cfg.model.width).to(dev)

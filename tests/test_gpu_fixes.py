@@ -16,13 +16,13 @@ from torch import nn
 
 from absa import distributed as dist_mod
 from absa.distributed import DistEnv
+from absa.engine import loop as T
+from absa.engine.probes import NoiseMeter, hessian_probe, probe_indices
 from absa.run import checkpoint as ckpt_io
 from absa.run import data as D
 from absa.run import models as M
 from absa.run.data import load_data
 from absa.run.runlog import read_metrics
-from absa.train import loop as T
-from absa.train.probes import NoiseMeter, hessian_probe, probe_indices
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from absa.train import loggers as LG
+from absa.engine import loggers as LG
 
 RECORDS = [
     {
@@ -105,8 +105,8 @@ def test_training_logs_steps_and_epochs_and_resume_drops_what_came_after(tiny_cf
     updates, every metrics field per epoch in TensorBoard; a resumed run drops step lines
     past its checkpoint (as a kill between checkpoint and end would leave them)."""
     pytest.importorskip("tensorboard")
+    from absa.engine import loop as T
     from absa.run.runlog import read_metrics
-    from absa.train import loop as T
 
     on = ("log.jsonl=true", "log.tensorboard=true", "log.every_steps=3")
     run = tmp_path / "r"

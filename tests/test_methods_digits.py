@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from absa.distributed import DistEnv
+from absa.engine import loop as T
 from absa.run import config as C
-from absa.train import loop as T
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

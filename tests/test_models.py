@@ -330,7 +330,7 @@ def test_timm_missing_is_one_line(monkeypatch):
 
 @pytest.mark.skipif(not HAS_TIMM, reason="timm is not installed (pip install absa[timm])")
 def test_timm_model_builds_and_its_hessian_matches():
-    from absa.train.optim import excluded_from_decay
+    from absa.engine.optim import excluded_from_decay
 
     model = model_from("model.name=timm:test_vit", "model.kwargs={img_size: 32}")
     assert isinstance(model.backbone.head, nn.Identity)  # found by get_classifier()

@@ -1,4 +1,4 @@
-"""absa.train.optim: sgd/adamw/lars/lamb against hand-computed updates, exclusion, state round trip."""
+"""absa.engine.optim: sgd/adamw/lars/lamb against hand-computed updates, exclusion, state round trip."""
 
 import copy
 import importlib.util
@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from absa.run import config as C
-from absa.train.optim import (
+from absa.engine.optim import (
     LAMB,
     LARS,
     OptimError,
@@ -18,6 +17,7 @@ from absa.train.optim import (
     excluded_from_decay,
     param_groups,
 )
+from absa.run import config as C
 
 HAS_TIMM = importlib.util.find_spec("timm") is not None
 W0 = [[0.5, -1.0, 2.0], [0.25, 0.0, -0.75]]
@@ -44,7 +44,7 @@ def linear() -> nn.Linear:
 
 def run(model: nn.Linear, opt: torch.optim.Optimizer, steps: int) -> list[list[float]]:
     for k in range(steps):
-        for group in opt.param_groups:  # as absa.train.loop does every step
+        for group in opt.param_groups:  # as absa.engine.loop does every step
             group["lr"] = LRS[k]
         model.weight.grad = torch.tensor(GRADS[k][0], dtype=torch.float64)
         model.bias.grad = torch.tensor(GRADS[k][1], dtype=torch.float64)
@@ -371,7 +371,7 @@ class _LoopLARS(LARS):
 
     @torch.no_grad()
     def step(self, closure=None):
-        from absa.train.optim import _trust
+        from absa.engine.optim import _trust
 
         for group in self.param_groups:
             lr, m, wd = group["lr"], group["momentum"], group["weight_decay"]
@@ -402,7 +402,7 @@ class _LoopLAMB(LAMB):
 
     @torch.no_grad()
     def step(self, closure=None):
-        from absa.train.optim import _trust
+        from absa.engine.optim import _trust
 
         for group in self.param_groups:
             b1, b2 = group["betas"]

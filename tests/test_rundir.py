@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from absa.engine import loop as T
 from absa.run import checkpoint as ckpt_io
 from absa.run import rundir as R
 from absa.run.runlog import read_metrics
-from absa.train import loop as T
 
 BUILTIN = str(Path(__file__).parent / "data" / "run.yaml")  # no keys: the built-in defaults
 

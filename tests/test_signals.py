@@ -10,6 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from absa.engine import loop as T
+from absa.engine.probes import NoiseMeter
 from absa.math.hessian import LinearSoftmaxHessian, rayleigh_stderr, top_eigen
 from absa.math.policies import (
     GNS,
@@ -26,8 +28,6 @@ from absa.math.policies import (
 )
 from absa.run import config as C
 from absa.run.runlog import read_metrics
-from absa.train import loop as T
-from absa.train.probes import NoiseMeter
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -289,7 +289,7 @@ def test_new_methods_train_from_the_digits_absa_config(method, tmp_path):
 
 
 def test_split_steps_are_evenly_spaced_and_all_when_asked_for_more():
-    from absa.train.loop import _split_steps
+    from absa.engine.loop import _split_steps
 
     assert _split_steps(43, 0) == set()
     assert _split_steps(10, 4) == {0, 2, 5, 8}  # round(i * 10 / 4), i < 4 (half to even)

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 
 from absa.distributed import DistEnv
+from absa.engine import loop as T
 from absa.run import checkpoint as ckpt_io
 from absa.run.data import load_data
 from absa.run.models import build_model
 from absa.run.runlog import read_metrics
-from absa.train import loop as T
 
 
 def _weights(run_dir):
@@ -213,7 +213,7 @@ def test_replay_needs_a_finished_run_with_enough_epochs(tiny_cfg, tmp_path):
 
 
 def test_final_eval_writes_robust_accuracy_to_the_summary(tiny_cfg, tmp_path):
-    from absa.train.evaluation import robust_accuracy
+    from absa.engine.evaluation import robust_accuracy
 
     s = T.run(
         tiny_cfg("train.epochs=1", "adversarial.final_eval=true", "adversarial.eval_eps=[0.05]",

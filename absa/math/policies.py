@@ -3,14 +3,14 @@
 Pure and counter-driven: a policy is asked for the plan of an epoch (batch size B, lr eta,
 adversarial fraction r, and the signals it ``wants`` measured at the end of the epoch), for
 the lr at a point inside an epoch, and observes a mapping of the measured signals (names in
-``SIGNALS``; absa.train.probes measures them). It holds no tensors and does no I/O;
+``SIGNALS``; absa.engine.probes measures them). It holds no tensors and does no I/O;
 ``state_dict`` / ``load_state_dict`` use plain Python types.
 
 Step decay is shared by every method: eta(e) = eta_0 * rho ** #{d in decay_epochs : d <= e}.
 
 Adding a method: one policy class here (``plan``, ``lr_at``, ``observe``, state dict), one
 ``register`` call saying whether it grows the batch and how to build it from the config, and,
-if it needs a signal nobody measures yet, one function in absa.train.probes.
+if it needs a signal nobody measures yet, one function in absa.engine.probes.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ REFERENCES = ("peak", "first")
 # schedule.stop_rule: when a growing policy stops growing although a trigger fired
 STOP_RULES = ("none", "noise", "stability")
 
-# Signal names a policy may want (absa.train.probes measures them at the end of an epoch).
+# Signal names a policy may want (absa.engine.probes measures them at the end of an epoch).
 LAMBDA = "lambda_max"  # top Hessian eigenvalue on the probe set (hessian.block)
 LAMBDA_STDERR = "lambda_max_stderr"  # its standard error over probe chunks
 NOISE = "noise_scale"  # B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018), EMA-smoothed

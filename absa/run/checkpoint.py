@@ -215,7 +215,7 @@ def _is_dict(v: Any) -> bool:
     return isinstance(v, dict)
 
 
-# entry -> (check, what it should be); all are written by absa.train.loop for every epoch
+# entry -> (check, what it should be); all are written by absa.engine.loop for every epoch
 _ENTRIES: dict[str, tuple[Any, str]] = {
     "config": (_is_dict, "a dict (the run's config)"),
     "model": (_is_dict, "a state dict of tensors"),

@@ -45,7 +45,7 @@ _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]+)?")  # what distributed.resol
 
 # Upper bounds of the integer fields: generous for any real run, small enough that every
 # value fits a C long where torch needs one and no typo becomes a huge allocation.
-# seeds: absa.run.data and absa.train.loop derive generator seeds up to seed * 1_000_003 + 2**20,
+# seeds: absa.run.data and absa.engine.loop derive generator seeds up to seed * 1_000_003 + 2**20,
 # far below the 2**63 that torch.Generator.manual_seed takes
 MAX_SEED = 2**32 - 1
 MAX_BATCH = 2**24  # samples in one (logical or micro) batch
@@ -164,7 +164,7 @@ class OptimConfig(Section):
     weight_decay: float = Field(5e-4, ge=0, le=10)  # L2 coefficient; > 10 zeroes the weights
     nesterov: bool = False  # Nesterov momentum (sgd/lars, when momentum > 0)
     # sgd (torch SGD) | adamw (torch AdamW) | lars (You et al. 2017) | lamb (You et al. 2019);
-    # momentum/nesterov: sgd, lars; betas/eps: adamw, lamb (see absa.train.optim)
+    # momentum/nesterov: sgd, lars; betas/eps: adamw, lamb (see absa.engine.optim)
     name: Literal["sgd", "adamw", "lars", "lamb"] = "sgd"
     # adamw/lamb: decay rates of the first and second moments
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = Field(
@@ -281,7 +281,7 @@ class HessianConfig(Section):
 
 
 class SignalsConfig(Section):
-    """Gradient statistics measured during training for every method (absa.train.probes)."""
+    """Gradient statistics measured during training for every method (absa.engine.probes)."""
 
     noise: bool = True  # gradient noise scale B_simple, logged as noise_scale
     noise_ema: float = Field(0.95, ge=0, lt=1)  # per-step EMA decay of |G|^2 and tr(Sigma)
@@ -314,7 +314,7 @@ class DistributedConfig(Section):
 
 
 class LogConfig(Section):
-    """Experiment loggers besides metrics.jsonl (absa.train.loggers; rank 0 only, all off)."""
+    """Experiment loggers besides metrics.jsonl (absa.engine.loggers; rank 0 only, all off)."""
 
     tensorboard: bool = False  # every metrics field per epoch + step scalars (pip: tensorboard)
     jsonl: bool = False  # step scalars to steps.jsonl in the run folder

@@ -76,9 +76,9 @@ import torch
 from torch import nn
 
 from absa import tv
+from absa.engine.optim import TIMM_MISSING
 from absa.run.config import did_you_mean
 from absa.run.data import DatasetInfo
-from absa.train.optim import TIMM_MISSING
 
 if TYPE_CHECKING:
     from absa.run.config import ModelConfig

@@ -25,6 +25,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from absa import distributed as D
+from absa.engine.accel import (
+    Precision,
+    is_oom,
+    oom_guard,
+    prepare_model,
+    probe_micro_batch,
+    to_device_data,
+    to_input,
+)
+from absa.engine.evaluation import EvalResult, evaluate, robustness
+from absa.engine.loggers import MultiLogger, make_loggers
+from absa.engine.optim import build_optimizer
+from absa.engine.probes import (
+    NoiseMeter,
+    ProbeResult,
+    hessian_probe,
+    measure,
+    overhead_allows,
+    probe_indices,
+)
 from absa.math.attacks import make_adversarial, model_mode
 from absa.math.hessian import select_params
 from absa.math.policies import GROWING, Growth, Policy, make_policy
@@ -46,26 +66,6 @@ from absa.run.data import (
 from absa.run.models import build_from_config, code_imports
 from absa.run.rundir import RunFolderError, RunLock, clean_temps, holder, state
 from absa.run.runlog import RunLog, environment, read_metrics
-from absa.train.accel import (
-    Precision,
-    is_oom,
-    oom_guard,
-    prepare_model,
-    probe_micro_batch,
-    to_device_data,
-    to_input,
-)
-from absa.train.evaluation import EvalResult, evaluate, robustness
-from absa.train.loggers import MultiLogger, make_loggers
-from absa.train.optim import build_optimizer
-from absa.train.probes import (
-    NoiseMeter,
-    ProbeResult,
-    hessian_probe,
-    measure,
-    overhead_allows,
-    probe_indices,
-)
 
 
 class TrainingDiverged(RuntimeError):
@@ -126,7 +126,7 @@ def replay_trajectory(run_dir: Path | None, epochs: int) -> dict[str, list[Any]]
 
 
 def make_optimizer(model: nn.Module, cfg: Config) -> torch.optim.Optimizer:
-    """``cfg.optim``'s optimizer (absa.train.optim; the default is the plain SGD of the paper)."""
+    """``cfg.optim``'s optimizer (absa.engine.optim; the default is the plain SGD of the paper)."""
     return build_optimizer(model, cfg)
 
 
@@ -158,7 +158,7 @@ class EpochStats:
 
 @dataclass
 class Runtime:
-    """How this run executes (absa.train.accel), as opposed to what it computes: precision and its
+    """How this run executes (absa.engine.accel), as opposed to what it computes: precision and its
     scaler, the micro-batch size in force (after ``auto`` sizing and OOM backoffs) and the
     memory format of inputs."""
 
@@ -215,7 +215,7 @@ def accumulate_gradients(
     micro-batch contributes (sum of its losses) * world / n_global, and DDP averages over
     ranks, so the result equals (1/n_global) sum_i grad l_i exactly. DDP syncs only on the
     last micro-batch. With ``noise``, each micro-batch's gradient is handed to the meter
-    (absa.train.probes: the last one only on a single process), and with ``split`` a lone
+    (absa.engine.probes: the last one only on a single process), and with ``split`` a lone
     micro-batch also gives its first half's gradient by one extra backward; ``.grad`` is
     the same either way. ``rt`` gives the autocast precision (adversarial crafting included;
     clamping stays fp32) and the loss scaler of fp16, whose factor ``.grad`` then carries.
@@ -615,7 +615,7 @@ def check_run_dir(run_dir: Path, resume: bool) -> Path:
     return run_dir
 
 
-# gradient-noise fields of a metrics line (absa.train.probes.NoiseMeter.epoch_signals)
+# gradient-noise fields of a metrics line (absa.engine.probes.NoiseMeter.epoch_signals)
 NOISE_FIELDS = ("noise_scale", "noise_snr", "noise_trace", "noise_g2", "ip_variance", "noise_steps")
 
 ProgressFactory = Callable[[int, int], Callable[[int, int, float], None] | None]

@@ -5,7 +5,7 @@ GPU-only path degrades to a plain CPU run with a one-line note.
 
 - ``Precision``: autocast context (bf16 works on CPU too; fp16 uses a ``GradScaler`` whose
   state is checkpointed, so a resumed fp16 run continues exactly). Hessian probes run in fp32
-  outside autocast (absa.train.probes), since power/Lanczos on the double-backward of low-precision
+  outside autocast (absa.engine.probes), since power/Lanczos on the double-backward of low-precision
   activations is too noisy.
 - ``prepare_model``: channels_last and the compiled training module; the bare module is what
   checkpoints, the Hessian and the attacks use (``unwrap`` removes ``_orig_mod``).

@@ -17,10 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from absa.engine.probes import probe_batches, probe_indices
 from absa.math import hessian as H
 from absa.math import landscape as L
 from absa.math.attacks import model_mode
-from absa.train.probes import probe_batches, probe_indices
 
 Batches = list[tuple[Tensor, Tensor]]
 
@@ -62,7 +62,7 @@ class Spectrum:
 
 def batches_of(split: Any, n: int | None, batch: int, device: torch.device, seed: int) -> Batches:
     """A fixed random sample of n items of a split (all if None), cut into batches: the
-    probe-set sampler of training (absa.train.probes), so on the train split with the run's seed
+    probe-set sampler of training (absa.engine.probes), so on the train split with the run's seed
     these are the samples training's lambda_max was measured on."""
     total = len(split)
     idx = torch.arange(total) if n is None or n >= total else probe_indices(total, n, seed)
