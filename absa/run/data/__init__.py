@@ -67,6 +67,7 @@ from absa.run.data.readers import (
     read_mnist,
     read_svhn,
 )
+from absa.run.data.readers import _read_idx as _read_idx  # read by tests/test_gpu_fixes.py
 from absa.run.data.registry import (
     DATASETS,
     DataSection,
