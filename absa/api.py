@@ -30,7 +30,7 @@ from absa.engine.probes import probe_batches, probe_indices
 from absa.run import checkpoint as ckpt_io
 from absa.run import config as C
 from absa.run.data import Data, DatasetInfo, TensorSplit, load_data
-from absa.run.models import build_from_config, code_imports
+from absa.run.models import build_from_config, code_imports, model_mode
 from absa.run.runlog import read_metrics
 
 
@@ -92,7 +92,7 @@ def tensor_data(
 ) -> Data:
     """Your own tensors as absa data: x float in [0, 1] (or uint8 0..255), [N, C, H, W];
     y int64 class indices [N]. Normalization constants are measured on x_train."""
-    from absa.run.data import _channel_stats
+    from absa.run.data import channel_stats as _channel_stats
 
     train_split, test_split = TensorSplit(x_train, y_train), TensorSplit(x_test, y_test)
     classes = num_classes or int(max(y_train.max(), y_test.max()).item()) + 1
@@ -145,7 +145,6 @@ def top_eigenvalues(
     eval mode; exact Hessian-vector products."""
     from absa.engine.analysis import operator_for
     from absa.math import hessian as H
-    from absa.math.attacks import model_mode
 
     with model_mode(model, train=False):
         op, _ = operator_for(model, block, list(batches))

@@ -37,7 +37,8 @@ import torch
 
 from absa import tv
 from absa.run.config import DataConfig
-from absa.run.data import FolderSplit, _load_image, epoch_permutation, load_data
+from absa.run.data import FolderSplit, epoch_permutation, load_data
+from absa.run.data import load_image as _load_image
 
 TARGET = 0.9
 

@@ -56,7 +56,6 @@ from torch import nn
 from absa.distributed import DistEnv
 from absa.engine import loop as T
 from absa.engine.probes import probe_indices
-from absa.math.attacks import model_mode
 from absa.math.hessian import (
     EigenResult,
     HessianOperator,
@@ -66,7 +65,7 @@ from absa.math.hessian import (
 )
 from absa.run import config as C
 from absa.run.data import Data, load_data
-from absa.run.models import build_model, count_params
+from absa.run.models import build_model, count_params, model_mode
 
 EPOCH_50K = 50_000
 TARGET_LAST = 0.03  # last-layer eigenvalue / 50k-sample epoch

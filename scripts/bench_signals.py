@@ -64,11 +64,10 @@ from absa.engine.probes import (
     probe_batches,
     probe_indices,
 )
-from absa.math.attacks import model_mode
 from absa.math.hessian import HessianOperator, last_layer_operator, select_params, top_eigen
 from absa.run import config as C
 from absa.run.data import Data, load_data
-from absa.run.models import build_from_config, count_params
+from absa.run.models import build_from_config, count_params, model_mode
 
 TARGET_NOISE = 0.03  # issue 12: noise scale <= 3% of training time
 METHODS = ("power", "lanczos")

@@ -190,7 +190,8 @@ def _cell(text: str) -> str:
 
 def derived(section: str, key: str) -> str:
     """What the registries tell about a key (appended to its comment): the methods of
-    absa.math.policies with their one-line summaries, the model names of absa.run.models."""
+    absa.math.policies with their one-line summaries, the model names of absa.run.models,
+    the data set names of absa.run.data."""
     if (section, key) == ("schedule", "method"):
         from absa.math.policies import METHODS
 
@@ -199,6 +200,14 @@ def derived(section: str, key: str) -> str:
         from absa.run.models import MODELS
 
         return "one of absa.run.models.MODELS: " + ", ".join(MODELS)
+    if (section, key) == ("model", "width"):
+        from absa.run.models import FIXED_WIDTH
+
+        return "ignored by " + ", ".join(FIXED_WIDTH) + " (fixed widths)"
+    if (section, key) == ("data", "name"):
+        from absa.run.data import DATASETS
+
+        return "one of absa.run.data.DATASETS: " + ", ".join(DATASETS)
     return ""
 
 

@@ -2,6 +2,7 @@
 
 import gzip
 import pickle
+import random
 import struct
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import torch
 from absa.engine.probes import probe_indices
 from absa.run import data as D
 from absa.run.config import DataConfig
+from absa.run.data import readers as R
 
 
 def _cifar_batch(path, n, seed, label_key):
@@ -390,18 +392,18 @@ def test_fashion_mnist_missing_names_folders_and_fixes(tmp_path):
     assert str(tmp_path / "nowhere") in msg and "FashionMNIST/raw" in msg
     assert "apt-get install dataset-fashion-mnist" in msg
     # an explicit root is searched alone (not the system folder)
-    assert str(D.FASHION_DEBIAN) not in msg.split(";")[0]
+    assert str(R.FASHION_DEBIAN) not in msg.split(";")[0]
 
 
 def test_fashion_mnist_default_root_falls_back_to_debian_folder(tmp_path, monkeypatch):
     system = tmp_path / "usr-share-datasets-fashion-mnist"
     _fashion_files(system, gz=True, n_train=5)
-    monkeypatch.setattr(D, "FASHION_DEBIAN", system)
+    monkeypatch.setattr(R, "FASHION_DEBIAN", system)
     monkeypatch.chdir(tmp_path)  # no ./data here
     cfg = DataConfig(name="fashion_mnist")
-    assert cfg.root == D._DEFAULT_ROOT
+    assert cfg.root == R._DEFAULT_ROOT
     assert len(D.load_data(cfg).train) == 5
-    assert D.fashion_folders(D._DEFAULT_ROOT)[-1] == system
+    assert D.fashion_folders(R._DEFAULT_ROOT)[-1] == system
 
 
 # --- safe loading: no code runs from a data file -------------------------------------------
@@ -800,7 +802,7 @@ def test_folder_augmentation_is_seeded_per_sample(photos):
     flips = 0
     for i in range(11):
         img = Image.open(d.train.folder.samples[i][0]).convert("RGB")
-        rng = D.random.Random(D.sample_seed(9, 2, i))
+        rng = random.Random(D.sample_seed(9, 2, i))
         top, left, h, w = D.crop_box(rng, img.height, img.width)
         assert top >= 0 and left >= 0 and top + h <= img.height and left + w <= img.width
         want = tf.resized_crop(tf.pil_to_tensor(img), top, left, h, w, [12, 12], antialias=True)
@@ -821,7 +823,7 @@ def test_crop_box_matches_torchvision_distribution():
     torch.manual_seed(0)
     img = torch.zeros(3, 300, 400)
     theirs = [get_params(img, [0.08, 1.0], [3 / 4, 4 / 3]) for _ in range(4000)]
-    rng = D.random.Random(0)
+    rng = random.Random(0)
     ours = [D.crop_box(rng, 300, 400) for _ in range(4000)]
     for boxes in (ours, theirs):
         assert all(t >= 0 and lf >= 0 and t + h <= 300 and lf + w <= 400 for t, lf, h, w in boxes)
@@ -831,7 +833,7 @@ def test_crop_box_matches_torchvision_distribution():
         aspect = torch.tensor([w / h for _, _, h, w in boxes]).log()
         stats.append(torch.stack([frac.mean(), frac.std(), aspect.mean(), aspect.std()]))
     torch.testing.assert_close(stats[0], stats[1], rtol=0, atol=0.02)
-    assert D.crop_box(D.random.Random(0), 10, 200) == (0, 93, 10, 13)  # fallback: central
+    assert D.crop_box(random.Random(0), 10, 200) == (0, 93, 10, 13)  # fallback: central
 
 
 def test_folder_resize_size_then_center_crop(photos):

@@ -338,3 +338,16 @@ def test_timm_model_builds_and_its_hessian_matches():
     check_shape_and_hessian(model, RGB3)
     with pytest.raises(ModelError, match="did you mean timm:test_vit"):
         build_model("timm:test_vt", RGB3)
+
+
+def test_fixed_width_models_say_model_width_is_ignored():
+    from absa.run.models import FIXED_WIDTH, count_params, width_note
+
+    assert (
+        width_note("c1") == "model.width is ignored by model.name c1 (its layer widths are fixed)"
+    )
+    for name in MODELS:
+        widths = {count_params(build_model(name, DIGITS, w)) for w in (4, 8)}
+        assert (len(widths) == 1) == (name in FIXED_WIDTH), name  # the list tells the truth
+        assert bool(width_note(name)) == (name in FIXED_WIDTH)
+    assert width_note("torchvision:resnet18") == ""

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from absa.engine.probes import probe_batches, probe_indices
 from absa.math import hessian as H
 from absa.math import landscape as L
-from absa.math.attacks import model_mode
+from absa.run.models import model_mode
 
 Batches = list[tuple[Tensor, Tensor]]
 

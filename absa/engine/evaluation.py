@@ -9,8 +9,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from absa.distributed import DistEnv
-from absa.math.attacks import make_adversarial, model_mode
+from absa.math.attacks import make_adversarial
 from absa.run.data import Split, local_positions
+from absa.run.models import model_mode
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from absa.engine.probes import (
     overhead_allows,
     probe_indices,
 )
-from absa.math.attacks import make_adversarial, model_mode
+from absa.math.attacks import make_adversarial
 from absa.math.hessian import select_params
 from absa.math.policies import GROWING, Growth, Policy, make_policy
 from absa.run import checkpoint as ckpt_io
@@ -63,7 +63,7 @@ from absa.run.data import (
     resolve_augment,
     stream_batches,
 )
-from absa.run.models import build_from_config, code_imports
+from absa.run.models import build_from_config, code_imports, model_mode
 from absa.run.rundir import RunFolderError, RunLock, clean_temps, holder, state
 from absa.run.runlog import RunLog, environment, read_metrics
 

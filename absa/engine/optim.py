@@ -60,11 +60,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from absa.run.models import TIMM_MISSING
+
 if TYPE_CHECKING:
     from absa.run.config import Config, OptimConfig
 
 OPTIMIZERS = ("sgd", "adamw", "lars", "lamb")
-TIMM_MISSING = "timm is not installed; pip install absa[timm] (with -c constraints.txt)"
 
 
 class OptimError(ValueError):

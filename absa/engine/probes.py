@@ -45,7 +45,6 @@ import torch
 from torch import Tensor, nn
 
 from absa.distributed import DistEnv
-from absa.math.attacks import model_mode
 from absa.math.hessian import (
     HessianOperator,
     last_layer_operator,
@@ -55,6 +54,7 @@ from absa.math.hessian import (
 )
 from absa.math.policies import IP_VARIANCE, LAMBDA, LAMBDA_STDERR, NOISE, NOISE_G2, NOISE_TRACE
 from absa.run.data import Data, local_positions
+from absa.run.models import model_mode
 
 Batch = tuple[Tensor, Tensor]
 

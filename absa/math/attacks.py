@@ -5,9 +5,9 @@ every eps and step size here is in [0,1] pixel units and every result is clamped
 
 Pure functions: no printing, no I/O, no torch.distributed. Input gradients come from
 ``torch.autograd.grad``, so parameter ``.grad`` fields are never read or written. The attacks do
-not switch the model between train and eval mode; the caller decides (see ``model_mode``). The
-input tensor is never modified in place, and every result is a detached tensor with the dtype and
-device of ``x``.
+not switch the model between train and eval mode; the caller decides (``model_mode`` of
+absa.run.models). The input tensor is never modified in place, and every result is a detached
+tensor with the dtype and device of ``x``.
 
 Notation: L(x) = sum_i CE(model(x)_i, y_i) (summed, so the gradient of one sample does not depend
 on the batch size), g = grad_x L, and Pi(z) = clamp(clamp(z, x - eps, x + eps), 0, 1) projects
@@ -17,15 +17,14 @@ onto the intersection of the L-inf eps-ball around x with the pixel box [0,1]^d.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["METHODS", "fast_fgsm", "fgsm", "make_adversarial", "model_mode", "pgd"]
+__all__ = ["METHODS", "fast_fgsm", "fgsm", "make_adversarial", "pgd"]
 
 
 # --- helpers ------------------------------------------------------------------------------
@@ -164,23 +163,3 @@ def make_adversarial(
     if unexpected:
         raise TypeError(f"attack {method!r} got unexpected keyword(s): {', '.join(unexpected)}")
     return fn(model, x, y, eps, **passed)
-
-
-# --- mode control -------------------------------------------------------------------------
-
-
-@contextmanager
-def model_mode(model: nn.Module, train: bool) -> Iterator[nn.Module]:
-    """Run the block with ``model.train(train)``, then restore every submodule's own mode.
-
-    The ``.training`` flag of each module in ``model.modules()`` is recorded on entry and put
-    back on exit (also when the block raises), so mixed modes, e.g. a frozen BatchNorm in eval
-    mode inside a model in train mode, survive exactly.
-    """
-    saved = [(m, m.training) for m in model.modules()]
-    model.train(train)
-    try:
-        yield model
-    finally:
-        for m, flag in saved:
-            m.training = flag

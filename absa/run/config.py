@@ -7,7 +7,6 @@ dotted field, with the closest valid key suggested for typos.
 
 from __future__ import annotations
 
-import difflib
 import math
 import re
 from pathlib import Path
@@ -27,17 +26,10 @@ from yaml.constructor import ConstructorError
 
 from absa.math.policies import GROWING, READS
 from absa.math.policies import METHODS as SCHEDULES
+from absa.run.data import DATASETS, unknown_dataset
+from absa.run.models import ModelError, check_model_args
+from absa.util import did_you_mean
 
-DATASETS = (
-    "digits",
-    "synthetic",
-    "cifar10",
-    "cifar100",
-    "svhn",
-    "mnist",
-    "fashion_mnist",
-    "imagefolder",
-)
 METHODS = tuple(SCHEDULES)  # the method registry lives in absa.math.policies
 READS_MAX_LR = tuple(m for m in METHODS if "max_lr" in READS[m])
 READS_STOP = tuple(m for m in METHODS if "stop_rule" in READS[m])
@@ -82,6 +74,16 @@ def _run_name(value: str) -> str:
 RunNameField = Annotated[str, AfterValidator(_run_name)]
 
 
+def _dataset(value: str) -> str:
+    """A data set of the registry (absa.run.data.DATASETS)."""
+    if value not in DATASETS:
+        raise ValueError(unknown_dataset(value))
+    return value
+
+
+DatasetField = Annotated[str, AfterValidator(_dataset)]
+
+
 class Section(BaseModel):
     """Strict types: no bools as numbers, numbers as bools or quoted numbers (ints may fill
     float fields); path and tuple fields are lax only in their container (str, list). Every
@@ -99,7 +101,7 @@ class Section(BaseModel):
 
 class DataConfig(Section):
     # dataset; every one but digits and synthetic reads files under root
-    name: Literal[DATASETS] = "digits"  # type: ignore[valid-type]
+    name: DatasetField = "digits"
     root: PathField = Field(Path("data"), strict=False)  # folder holding the on-disk datasets
     download: bool = False  # opt-in torchvision download (needs internet)
     augment: Literal["auto", "none", "crop", "crop_flip"] = "auto"  # auto: no flip for digit sets
@@ -600,12 +602,6 @@ def deep_copy(tree: Any) -> Any:
     return tree
 
 
-def did_you_mean(word: str, valid: list[str], prefix: str = "") -> str:
-    """``; did you mean <prefix><closest>?`` for a misspelt key or name, or ""."""
-    close = difflib.get_close_matches(word, valid, n=1, cutoff=0.6)
-    return f"; did you mean {prefix}{close[0]}?" if close else ""
-
-
 # --- validation -----------------------------------------------------------------------------
 
 
@@ -656,10 +652,7 @@ def _clip(text: str, width: int = 80) -> str:
 
 
 def _check_model_name(name: str, kwargs: dict[str, Any], source: str) -> None:
-    """``model.name`` must be in the model registry and take ``model.kwargs`` (imported here:
-    models imports config)."""
-    from absa.run.models import ModelError, check_model_args
-
+    """``model.name`` must be in the model registry and take ``model.kwargs``."""
     try:
         check_model_args(name, kwargs)
     except ModelError as err:
