@@ -30,8 +30,8 @@ from absa.engine.probes import probe_batches, probe_indices
 from absa.run import checkpoint as ckpt_io
 from absa.run import config as C
 from absa.run.data import Data, DatasetInfo, TensorSplit, load_data
+from absa.run.folder import read_metrics
 from absa.run.models import build_from_config, code_imports, model_mode
-from absa.run.runlog import read_metrics
 
 
 @dataclass

@@ -557,7 +557,7 @@ def _check_before_launch(
 
 def _write_json(path: Path, obj: Any) -> None:
     """Atomically write ``obj`` as JSON, creating the parent folder."""
-    from absa.run.checkpoint import atomic_write_text
+    from absa.run.folder import atomic_write_text
 
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(obj, indent=2) + "\n")

@@ -21,7 +21,7 @@ import torch
 
 from absa.engine import loop as T
 from absa.run import config as C
-from absa.run.runlog import read_metrics
+from absa.run.folder import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 METHODS = [  # label, config

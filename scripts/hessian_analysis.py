@@ -24,8 +24,8 @@ from absa.engine.evaluation import evaluate, robust_accuracy
 from absa.fleet.report import plot_spectra
 from absa.run import checkpoint as ckpt_io
 from absa.run import config as C
-from absa.run.checkpoint import atomic_write_text
 from absa.run.data import load_data
+from absa.run.folder import atomic_write_text
 from absa.run.models import build_model
 
 

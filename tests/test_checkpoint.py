@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from absa.run import checkpoint as ckpt_io
+from absa.run import folder
 
 
 class _Custom:  # a class torch's weights-only loader refuses
@@ -26,6 +27,14 @@ def _mode(path):
     return stat.S_IMODE(path.stat().st_mode)
 
 
+def test_checkpoint_names_and_writes_are_the_run_folders():
+    """absa.run.folder owns the file names and the atomic writes; checkpoint re-exports them."""
+    assert (ckpt_io.LAST, ckpt_io.PREV) == (folder.LAST, folder.PREV) == ("last.pt", "prev.pt")
+    assert ckpt_io.atomic_write_text is folder.atomic_write_text
+    assert ckpt_io.atomic_write_bytes is folder.atomic_write_bytes
+    assert ckpt_io.DiskFullError is folder.DiskFullError
+
+
 @pytest.mark.parametrize("mask, expect", [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
 def test_atomic_write_mode_follows_umask(tmp_path, umask, mask, expect):
     umask(mask)
@@ -34,7 +43,7 @@ def test_atomic_write_mode_follows_umask(tmp_path, umask, mask, expect):
     assert _mode(tmp_path / "run" / "last.pt") == expect
     assert _mode(tmp_path / "run" / "summary.json") == expect
     assert os.umask(mask) == mask  # the write left the umask as it was
-    assert ckpt_io._umask() == mask
+    assert folder._umask() == mask
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []
 
 

@@ -14,7 +14,7 @@ from absa.math import hessian as H
 from absa.run import config as C
 from absa.run import models as M
 from absa.run.data import load_data
-from absa.run.runlog import read_metrics
+from absa.run.folder import read_metrics
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -22,7 +22,7 @@ from absa.run import checkpoint as ckpt_io
 from absa.run import data as D
 from absa.run import models as M
 from absa.run.data import load_data
-from absa.run.runlog import read_metrics
+from absa.run.folder import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -106,7 +106,7 @@ def test_training_logs_steps_and_epochs_and_resume_drops_what_came_after(tiny_cf
     past its checkpoint (as a kill between checkpoint and end would leave them)."""
     pytest.importorskip("tensorboard")
     from absa.engine import loop as T
-    from absa.run.runlog import read_metrics
+    from absa.run.folder import read_metrics
 
     on = ("log.jsonl=true", "log.tensorboard=true", "log.every_steps=3")
     run = tmp_path / "r"

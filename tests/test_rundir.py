@@ -3,6 +3,7 @@ checkpoint, finished runs never overwritten, the start history kept, stale temps
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -13,8 +14,8 @@ import torch
 
 from absa.engine import loop as T
 from absa.run import checkpoint as ckpt_io
-from absa.run import rundir as R
-from absa.run.runlog import read_metrics
+from absa.run import folder as R
+from absa.run.folder import read_metrics
 
 BUILTIN = str(Path(__file__).parent / "data" / "run.yaml")  # no keys: the built-in defaults
 
@@ -101,7 +102,7 @@ def test_a_locked_folder_is_refused_naming_the_pid(tiny_cfg, tmp_path):
 def test_lock_dies_with_its_process(tmp_path):
     """A kill -9 never leaves a stale lock: the kernel drops a flock with its process."""
     d = tmp_path / "run"
-    code = f"from absa.run.rundir import RunLock; RunLock({str(d)!r}).acquire(); print('ok', flush=True); import time; time.sleep(60)"
+    code = f"from absa.run.folder import RunLock; RunLock({str(d)!r}).acquire(); print('ok', flush=True); import time; time.sleep(60)"
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "ok"
@@ -205,8 +206,8 @@ def test_default_run_name_is_safe_for_any_config_stem(tiny_cfg):
 def test_planted_symlinks_are_not_followed(tmp_path):
     """run.lock or metrics.jsonl planted as a symlink to another file: the lock refuses it
     and the metrics append fails, leaving the target untouched."""
-    from absa.run import rundir
-    from absa.run.runlog import METRICS, RunLog
+    from absa.run import folder as rundir
+    from absa.run.folder import METRICS, RunLog
 
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
@@ -300,3 +301,75 @@ def test_sigterm_stops_like_ctrl_c_and_the_run_resumes(tmp_path):
     assert res.returncode == 0, res.stderr
     assert f"resumed {run} at epoch {done}" in res.stdout + res.stderr
     assert _epochs(run) == list(range(300))
+
+
+def _metrics_file(run, *lines):
+    run.mkdir(exist_ok=True)
+    (run / R.METRICS).write_text("".join(line + "\n" for line in lines))
+
+
+def test_read_metrics_lenient_and_strict(tmp_path):
+    """Both modes skip a torn (non-JSON) line; lenient drops what is not a JSON object, strict
+    refuses it, and a numeric field that is not a number, with the file and line named."""
+    assert read_metrics(tmp_path / "none") == read_metrics(tmp_path / "none", strict=True) == []
+    run = tmp_path / "run"
+    _metrics_file(run, '{"epoch": 0, "lr": null}', '{"epoch": 1, "lr": 0.1}', '{"epoch": 2, "l')
+    want = [{"epoch": 0, "lr": None}, {"epoch": 1, "lr": 0.1}]
+    assert read_metrics(run) == read_metrics(run, strict=True) == want
+    path = run / R.METRICS
+    for line, why in [
+        ("[1,2]", "line 2 is not a JSON object (got array)"),
+        ("5", "line 2 is not a JSON object (got number)"),
+        ("null", "line 2 is not a JSON object (got null)"),
+        ('{"epoch": "x"}', "line 2: 'epoch' is not a number (got string)"),
+        ('{"test_acc": true}', "line 2: 'test_acc' is not a number (got boolean)"),
+        ('{"seconds": {"a": 1}}', "line 2: 'seconds' is not a number (got dict)"),
+    ]:
+        _metrics_file(run, '{"epoch": 0}', line)
+        lenient = [{"epoch": 0}] if line[0] != "{" else [{"epoch": 0}, json.loads(line)]
+        assert read_metrics(run) == lenient
+        with pytest.raises(R.MetricsError) as err:
+            read_metrics(run, strict=True)
+        assert str(err.value) == f"{path}: {why}" and isinstance(err.value, ValueError)
+    _metrics_file(run, '{"epoch": 0, "note": "x", "growth": {"epoch": "any"}}')
+    assert read_metrics(run, strict=True) == [{"epoch": 0, "note": "x", "growth": {"epoch": "any"}}]
+
+
+def test_point_status_and_failure(tmp_path):
+    """The sweep's view of a run folder: pending, partial, failed, running, done."""
+    d = tmp_path / "p"
+    assert R.point_status(d) == "pending" and R.failure(d) is None
+    d.mkdir()
+    (d / R.LAST).write_bytes(b"")
+    assert R.point_status(d) == "partial" == R.state(d)
+    (d / R.MARKER).write_text(json.dumps({"error": "error: boom"}))
+    assert R.point_status(d) == "failed" and R.failure(d) == "error: boom"
+    with R.RunLock(d):
+        assert R.point_status(d) == "running"
+    (d / R.SUMMARY).write_text("{}")
+    assert R.point_status(d) == "done" == {"finished": "done"}[R.state(d)]
+    (d / R.MARKER).write_text("{")
+    assert R.failure(d) is None
+
+
+def test_old_flat_names_are_the_run_folder_module():
+    import absa.rundir
+    import absa.runlog
+
+    assert absa.rundir is absa.runlog is R
+
+
+def test_read_metrics_strict_names_a_file_it_cannot_read(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    _metrics_file(run, '{"epoch": 0}')
+
+    def denied(self, *a, **kw):
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "read_text", denied)
+    with pytest.raises(PermissionError):
+        read_metrics(run)
+    with pytest.raises(
+        R.MetricsError, match=f"^{re.escape(str(run / R.METRICS))}: cannot read: Permission denied$"
+    ):
+        read_metrics(run, strict=True)

@@ -27,7 +27,7 @@ from absa.math.policies import (
     build_policy,
 )
 from absa.run import config as C
-from absa.run.runlog import read_metrics
+from absa.run.folder import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

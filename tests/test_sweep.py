@@ -407,7 +407,7 @@ def test_replay_point_is_named_by_its_source_run():
 
 
 def test_running_point_is_skipped_not_restarted(tmp_path):
-    from absa.run.rundir import RunLock
+    from absa.run.folder import RunLock
 
     path = _tiny(tmp_path, {"train.seed": [0, 1]})
     points = S.expand(S.load_sweep(path))
@@ -438,7 +438,7 @@ def test_killed_sweep_takes_its_training_child_with_it(tmp_path):
     import sys
     import time
 
-    from absa.run.rundir import holder
+    from absa.run.folder import holder
 
     path = _tiny(tmp_path, {"train.epochs": [400]})
     folder = S.expand(S.load_sweep(path))[0].folder
@@ -471,7 +471,7 @@ def test_killed_sweep_takes_its_training_child_with_it(tmp_path):
 def test_a_point_taken_by_another_process_after_the_start_is_left_alone(tmp_path):
     """Status is read again just before a point starts: a point another sweep took while
     this one ran its first point is skipped (no false 'failed', its files untouched)."""
-    from absa.run.rundir import RunLock
+    from absa.run.folder import RunLock
 
     path = _tiny(tmp_path, {"train.seed": [0, 1]}, local={"max_parallel": 1})
     s1 = S.expand(S.load_sweep(path))[1]

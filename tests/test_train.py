@@ -9,8 +9,8 @@ from absa.distributed import DistEnv
 from absa.engine import loop as T
 from absa.run import checkpoint as ckpt_io
 from absa.run.data import load_data
+from absa.run.folder import read_metrics
 from absa.run.models import build_model
-from absa.run.runlog import read_metrics
 
 
 def _weights(run_dir):

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from absa.run.checkpoint import atomic_write_text
+from absa.run.folder import atomic_write_text
 
 STEPS = "steps.jsonl"  # JsonlLogger's file in the run folder
 TENSORBOARD = "tensorboard"  # TensorBoardLogger's folder in the run folder

@@ -49,7 +49,6 @@ from absa.math.attacks import make_adversarial
 from absa.math.hessian import select_params
 from absa.math.policies import GROWING, Growth, Policy, make_policy
 from absa.run import checkpoint as ckpt_io
-from absa.run.checkpoint import atomic_write_text
 from absa.run.config import Config, ConfigError, from_dict, to_dict
 from absa.run.data import (
     Data,
@@ -63,9 +62,18 @@ from absa.run.data import (
     resolve_augment,
     stream_batches,
 )
+from absa.run.folder import (
+    RunFolderError,
+    RunLock,
+    RunLog,
+    atomic_write_text,
+    clean_temps,
+    environment,
+    holder,
+    read_metrics,
+    state,
+)
 from absa.run.models import build_from_config, code_imports, model_mode
-from absa.run.rundir import RunFolderError, RunLock, clean_temps, holder, state
-from absa.run.runlog import RunLog, environment, read_metrics
 
 
 class TrainingDiverged(RuntimeError):

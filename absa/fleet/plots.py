@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from absa.math.hessian import Density, density_on_grid  # noqa: E402
 from absa.math.landscape import quadratic_model  # noqa: E402
-from absa.run.checkpoint import atomic_write_bytes  # noqa: E402
+from absa.run.folder import atomic_write_bytes  # noqa: E402
 
 SMOOTH = 6  # landscape_2d draws the surface on a grid this many times finer (interpolated)
 SMOOTHING = 0.01  # Gaussian width of the density plot, as a fraction of the spectrum's span

@@ -57,9 +57,8 @@ from matplotlib.ticker import (  # noqa: E402
 )
 
 from absa.math.policies import METHODS as REGISTRY  # noqa: E402
-from absa.run.checkpoint import atomic_write_bytes, atomic_write_text  # noqa: E402
 from absa.run.config import METHODS, Config, ConfigError, read_yaml, to_dict  # noqa: E402
-from absa.run.runlog import METRICS  # noqa: E402
+from absa.run.folder import METRICS, atomic_write_bytes, atomic_write_text  # noqa: E402
 
 # methods whose batch changes during a run (row: schedule.max_batch); a replay plays back
 # a recorded, usually growing, trajectory

@@ -56,7 +56,6 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from absa.math.policies import ignored_note
-from absa.run.checkpoint import atomic_write_text
 from absa.run.config import (
     Config,
     ConfigError,
@@ -71,7 +70,7 @@ from absa.run.config import (
     to_dict,
     validate,
 )
-from absa.run.rundir import holder
+from absa.run.folder import atomic_write_text, holder
 
 EXECUTORS = ("local", "slurm", "submitit-local")
 SUMMARY = "summary.json"

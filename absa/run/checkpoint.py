@@ -1,4 +1,4 @@
-"""Atomic checkpoints: write to a temp file in the same folder, fsync, then rename.
+"""Checkpoints: saved atomically (absa.run.folder.atomic_write_bytes), checked on load.
 
 A checkpoint is a plain dict loadable with ``torch.load(path, weights_only=True)``: tensors,
 state dicts, numbers, strings, lists and dicts only (the config is stored as its plain dict;
@@ -12,111 +12,44 @@ holding one of the wrong type, is refused with one line instead of failing later
 
 from __future__ import annotations
 
-import errno
 import os
 import re
-import tempfile
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from absa.run.folder import (
+    LAST,
+    PREV,
+    UNREADABLE,
+    DiskFullError,
+    atomic_write_bytes,
+    atomic_write_text,
+)
+
 FORMAT_VERSION = 1
-LAST = "last.pt"
-PREV = "prev.pt"  # the checkpoint before last.pt, kept by save(); resume falls back to it
+# atomic_write_* and DiskFullError live in absa.run.folder; importable from here too
+__all__ = [
+    "FORMAT_VERSION",
+    "LAST",
+    "PREV",
+    "CheckpointError",
+    "DiskFullError",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "load",
+    "load_for_resume",
+    "rng_state",
+    "save",
+    "set_rng_state",
+]
 
 
 class CheckpointError(RuntimeError):
     """A missing or unusable checkpoint, phrased as one line for the user."""
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where /proc allows (thread-safe)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # no /proc: read by setting, then restore at once
-    os.umask(mask)
-    return mask
-
-
-class DiskFullError(OSError):
-    """A write that ran out of space, as one line naming the folder; the old file is kept."""
-
-
-_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-
-def _full(err: BaseException) -> bool:
-    """True when ``err`` or an exception it was raised from is ENOSPC (or EDQUOT): torch's
-    writer reports a full disk as RuntimeError [enforce fail at inline_container.cc]."""
-    seen: BaseException | None = err
-    for _ in range(10):
-        if seen is None:
-            return False
-        if isinstance(seen, OSError) and seen.errno in _FULL:
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-def _write_failure(path: Path, err: BaseException) -> DiskFullError | None:
-    """The one-line error for a failed write of ``path`` that a full disk explains."""
-    torch_writer = isinstance(err, RuntimeError) and "inline_container" in str(err)
-    if not (_full(err) or torch_writer):
-        return None
-    why = "the disk is full" if _full(err) else "torch's writer failed (is the disk full?)"
-    return DiskFullError(
-        f"{path.parent}: {why} while writing {path.name}; the previous {path.name}, if any, is "
-        "kept: free some space, then run the command again"
-    )
-
-
-def atomic_write_bytes(path: Path, write: Any, before_replace: Any = None) -> None:
-    """Call ``write(fileobj)`` on a temp file next to ``path`` and rename it into place
-    (calling ``before_replace()`` just before); a full disk raises DiskFullError and leaves
-    the old file as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 would hide shared run folders
-        if before_replace is not None:
-            before_replace()
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        failure = _write_failure(path, err)
-        if failure is not None:
-            raise failure from None
-        raise
-    _fsync_dir(path.parent)  # the rename itself survives a power loss too
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a directory; the file itself is synced
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
 
 
 def rng_state() -> dict[str, Any]:
@@ -145,8 +78,6 @@ def _keep_previous(path: Path) -> None:
     try:
         os.link(path, link)
     except OSError:  # no hard links here: copy
-        import shutil
-
         shutil.copyfile(path, link)
     os.replace(link, path.parent / PREV)
 
@@ -323,17 +254,15 @@ def load_for_resume(
 def _replace_bad_last(last: Path, prev: Path) -> None:
     """Keep the unreadable last.pt as last.pt.unreadable and put PREV's contents in its
     place (last.pt exists throughout), so the next save rotates a good file into PREV."""
-    aside = last.parent / f".{LAST}.unreadable.{os.getpid()}.tmp"  # clean_temps' pattern
+    aside = last.parent / f".{UNREADABLE}.{os.getpid()}.tmp"  # clean_temps' pattern
     try:
         os.link(last, aside)
-        os.replace(aside, last.with_name(f"{LAST}.unreadable"))
+        os.replace(aside, last.with_name(UNREADABLE))
     except OSError:
         pass  # no hard links here: the unreadable file is not kept
     link = last.parent / f".{LAST}.{os.getpid()}_{os.urandom(4).hex()}.tmp"
     try:
         os.link(prev, link)
     except OSError:
-        import shutil
-
         shutil.copyfile(prev, link)
     os.replace(link, last)
