@@ -48,6 +48,7 @@ def command(task: PointTask, resume: bool, torchrun: bool) -> list[str]:
 
 
 def child_env(threads: int | None = None) -> dict[str, str]:
+    """The training child's environment: unbuffered, absa importable, a thread share."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"  # keeps the log's order: the error line comes last
     old = env.get("PYTHONPATH")
@@ -75,6 +76,7 @@ _ERROR_LINE = re.compile(r"^(error:|diverged:|\w+(Error|Exception|Interrupt)\b)"
 
 
 def error_line(text: str) -> str:
+    """The line of a process's output that says why it failed (else its last line)."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for ln in reversed(lines):
         if _ERROR_LINE.match(ln):
@@ -118,5 +120,6 @@ def threads_for(max_parallel: int) -> int | None:
 
 
 def task_for(point: Point, nproc: int, threads: int | None = None) -> PointTask:
+    """The :class:`PointTask` of a point, run from the current directory."""
     folder = point.folder
     return PointTask(point.name, str(folder), str(folder.parent), nproc, os.getcwd(), threads)

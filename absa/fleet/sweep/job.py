@@ -14,6 +14,8 @@ from absa.fleet.sweep.state import LAST, status, summary
 from absa.run.rundir import holder
 
 LOCK_WAIT_S = 60.0  # a requeued job's predecessor may still be shutting down
+# how long a Slurm task whose training process got SIGTERM waits to be killed (KillWait)
+_SLURM_KILL_WAIT_S = 300.0
 
 
 def _lock_released(folder: Path, wait_s: float) -> bool:
@@ -116,7 +118,3 @@ class PointJob:
 
         terminate(self._proc)
         return submitit.helpers.DelayedSubmission(PointJob(), task)
-
-
-# how long a Slurm task whose training process got SIGTERM waits to be killed (KillWait)
-_SLURM_KILL_WAIT_S = 300.0

@@ -15,6 +15,8 @@ Say = Callable[[str], None]
 
 @dataclass
 class SweepResult:
+    """The points of one ``run_sweep`` call by outcome; ``exit_code`` 1 if any failed."""
+
     name: str
     out_dir: Path
     statuses: dict[str, str]  # every point's status before this call
@@ -41,6 +43,7 @@ def _done_line(name: str, folder: Path, seconds: float) -> str:
 
 
 def record(p: Point, error: str, t0: float, say: Say, result: SweepResult) -> None:
+    """Book a point that ended (``error`` "" when it finished) and report it."""
     if error:
         result.failed.append(p.name)
         result.errors[p.name] = error

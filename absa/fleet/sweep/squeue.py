@@ -21,13 +21,13 @@ SLURM_ENDED = frozenset(
         "REVOKED",
     }
 )
-
-
 GONE = "GONE"  # no longer listed by squeue (finished more than MinJobAge ago)
 
 
 @dataclass(frozen=True)
 class SlurmState:
+    """One job's line of ``squeue``: state, nodes, pending reason, requeue count."""
+
     state: str
     nodes: str = ""
     reason: str = ""
