@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from absa.fleet import sweep as S
+from absa.fleet.sweep.slurm import make_executor
 from absa.run.config import ConfigError
 
 TINY = {
@@ -244,7 +245,7 @@ def test_slurm_executor_parameters(tmp_path, monkeypatch):
     import submitit.slurm.slurm as slurm
 
     monkeypatch.setattr(slurm.SlurmExecutor, "affinity", classmethod(lambda cls: 1))
-    ex = S._executor(S.load_sweep(path), "slurm", 8)
+    ex = make_executor(S.load_sweep(path), "slurm", 8)
     par = ex._executor.parameters
     assert (par["partition"], par["time"], par["ntasks_per_node"]) == ("gpu", 90, 2)
     assert (par["gpus_per_node"], par["cpus_per_task"], par["mem"]) == (2, 4, "32GB")
