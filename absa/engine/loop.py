@@ -47,7 +47,7 @@ from absa.engine.probes import (
 )
 from absa.math.attacks import make_adversarial, model_mode
 from absa.math.hessian import select_params
-from absa.math.policies import GROWING, Growth, Policy, make_policy
+from absa.math.policies import GROWING, Growth, Policy
 from absa.run import checkpoint as ckpt_io
 from absa.run.checkpoint import atomic_write_text
 from absa.run.config import Config, ConfigError, from_dict, to_dict
@@ -64,6 +64,7 @@ from absa.run.data import (
     stream_batches,
 )
 from absa.run.models import build_from_config, code_imports
+from absa.run.policy import make_policy
 from absa.run.rundir import RunFolderError, RunLock, clean_temps, holder, state
 from absa.run.runlog import RunLog, environment, read_metrics
 
