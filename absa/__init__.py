@@ -32,7 +32,7 @@ _API = {
     "train": "absa.api",
     "METHODS": "absa.math.policies",
     "build_policy": "absa.math.policies",
-    "make_policy": "absa.math.policies",
+    "make_policy": "absa.run.policy",
 }
 __all__ = ["__version__", *_API]
 

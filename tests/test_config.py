@@ -486,7 +486,8 @@ def test_max_lr_below_lr_is_fine_where_it_is_not_read():
 
 @pytest.mark.parametrize("method", ["abs", "absa", "gns", "inner_product", "hybrid"])
 def test_growing_policies_get_the_resolved_switches(method):
-    from absa.math.policies import ignored_keys, make_policy
+    from absa.math.policies import ignored_keys
+    from absa.run.policy import make_policy
 
     keys = ["growth_warmup=0.5", "max_lr=0.8", "stop_rule=stability", "stop_noise_ratio=2"]
     cfg = C.load(None, [f"schedule.method={method}", "schedule.max_batch=1024"] + [

@@ -47,7 +47,7 @@ from absa.engine.probes import (
 )
 from absa.math.attacks import make_adversarial
 from absa.math.hessian import select_params
-from absa.math.policies import GROWING, Growth, Policy, make_policy
+from absa.math.policies import GROWING, Growth, Policy
 from absa.run import checkpoint as ckpt_io
 from absa.run.config import Config, ConfigError, from_dict, to_dict
 from absa.run.data import (
@@ -74,6 +74,7 @@ from absa.run.folder import (
     state,
 )
 from absa.run.models import build_from_config, code_imports, model_mode
+from absa.run.policy import make_policy
 
 
 class TrainingDiverged(RuntimeError):

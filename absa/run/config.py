@@ -18,21 +18,22 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     field_validator,
     model_validator,
 )
 from yaml.constructor import ConstructorError
 
-from absa.math.policies import GROWING, READS
-from absa.math.policies import METHODS as SCHEDULES
+from absa.math.policies import METHODS as REGISTRY
+from absa.math.policies import spec_of
 from absa.run.data import DATASETS, unknown_dataset
 from absa.run.models import ModelError, check_model_args
 from absa.util import did_you_mean
 
-METHODS = tuple(SCHEDULES)  # the method registry lives in absa.math.policies
-READS_MAX_LR = tuple(m for m in METHODS if "max_lr" in READS[m])
-READS_STOP = tuple(m for m in METHODS if "stop_rule" in READS[m])
+# the built-in methods (the documented choices of schedule.method); the registry in
+# absa.math.policies, which validation asks, may hold more
+METHODS = tuple(REGISTRY)
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]+)?")  # what distributed.resolve_device takes
 
 # Upper bounds of the integer fields: generous for any real run, small enough that every
@@ -223,8 +224,18 @@ class TrainConfig(Section):
         return v
 
 
+def _registered(value: Any) -> str:
+    """A ``schedule.method`` is a name in the policy registry (absa.math.policies.METHODS),
+    which may have grown since this module defined ``METHODS``."""
+    if isinstance(value, str) and value in REGISTRY:
+        return value
+    names = [repr(m) for m in REGISTRY]
+    choices = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+    raise ValueError(f"Input should be {choices}")
+
+
 class ScheduleConfig(Section):
-    method: Literal[METHODS] = "bl"  # type: ignore[valid-type]
+    method: Annotated[Literal[METHODS], PlainValidator(_registered)] = "bl"  # type: ignore[valid-type]
     max_batch: int | None = Field(None, ge=1, le=MAX_BATCH)  # B_max for gg/abs/absa (samples)
     # fb: lr = optim.lr * batch.size / ref_batch (samples)
     ref_batch: int | None = Field(None, ge=1, le=MAX_BATCH)
@@ -348,25 +359,26 @@ class Config(Section):
             raise ValueError(
                 f"hessian.keep_graph: needs hessian.hvp reverse (got {self.hessian.hvp})"
             )
-        if s.method in GROWING:
+        spec = spec_of(s.method)
+        if spec.grows:
             if s.max_batch is None:
                 raise ValueError(f"schedule.max_batch: required for schedule.method {s.method}")
             if s.max_batch < b.size:
                 raise ValueError(
                     f"schedule.max_batch: {s.max_batch} is smaller than batch.size {b.size}"
                 )
-        if s.method in READS_MAX_LR and s.max_lr is not None and s.max_lr < self.optim.lr:
+        if "max_lr" in spec.reads and s.max_lr is not None and s.max_lr < self.optim.lr:
             raise ValueError(
                 f"schedule.max_lr: {s.max_lr:g} is below optim.lr {self.optim.lr:g} "
                 "(the ceiling binds after a growth, never on the starting lr)"
             )
-        if s.method in READS_STOP and s.stop_rule == "noise" and not self.signals.noise:
+        if "stop_rule" in spec.reads and s.stop_rule == "noise" and not self.signals.noise:
             raise ValueError(
                 "schedule.stop_rule: noise needs the noise scale (signals.noise: true)"
             )
-        if s.method == "replay" and s.replay_from is None:
+        if spec.replays and s.replay_from is None:
             raise ValueError(
-                "schedule.replay_from: required for schedule.method replay (a run folder)"
+                f"schedule.replay_from: required for schedule.method {s.method} (a run folder)"
             )
         for e in self.optim.decay_epochs:
             if e >= self.train.epochs:
@@ -375,10 +387,11 @@ class Config(Section):
 
     @property
     def adv_fraction(self) -> float:
-        """r at the start of training: explicit, else 0.2 for ABSA and 0 otherwise."""
+        """r at the start of training: explicit, else the method's default (0.2 for ABSA,
+        0 otherwise)."""
         if self.adversarial.fraction is not None:
             return self.adversarial.fraction
-        return 0.2 if self.schedule.method == "absa" else 0.0
+        return spec_of(self.schedule.method).default_adv_fraction
 
 
 # --- YAML -----------------------------------------------------------------------------------

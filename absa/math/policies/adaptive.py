@@ -1,240 +1,54 @@
-"""Batch-size / learning-rate / adversarial-fraction policies and their registry.
+"""Policies that grow the batch on a measured signal: ABS / ABSA (top Hessian eigenvalue,
+Yao et al.), GNS (gradient noise scale, McCandlish et al.), InnerProduct (augmented
+inner-product test, Bollapragada et al.) and Hybrid (curvature trigger, noise-scale veto).
 
-Pure and counter-driven: a policy is asked for the plan of an epoch (batch size B, lr eta,
-adversarial fraction r, and the signals it ``wants`` measured at the end of the epoch), for
-the lr at a point inside an epoch, and observes a mapping of the measured signals (names in
-``SIGNALS``; absa.engine.probes measures them). It holds no tensors and does no I/O;
-``state_dict`` / ``load_state_dict`` use plain Python types.
-
-Step decay is shared by every method: eta(e) = eta_0 * rho ** #{d in decay_epochs : d <= e}.
-
-Adding a method: one policy class here (``plan``, ``lr_at``, ``observe``, state dict), one
-``register`` call saying whether it grows the batch and how to build it from the config, and,
-if it needs a signal nobody measures yet, one function in absa.engine.probes.
+They share ABS's growth: B x growth_factor (capped at B_max), the lr rule at a growth
+(scaling, ceilings, warm-up), r halved, and the stop rule.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Self
 
-if TYPE_CHECKING:
-    from absa.run.config import Config
+from absa.math.policies.base import (
+    IP_VARIANCE,
+    LAMBDA,
+    LAMBDA_STDERR,
+    NOISE,
+    NOISE_G2,
+    NOISE_TRACE,
+    REFERENCES,
+    STOP_RULES,
+    EpochPlan,
+    Growth,
+    Registrable,
+    Settings,
+    Signals,
+    Veto,
+    lr_scale,
+    step_decay,
+)
+from absa.math.policies.registry import register
 
-LR_SCALINGS = ("linear", "sqrt", "none")
-REFERENCES = ("peak", "first")
-# schedule.stop_rule: when a growing policy stops growing although a trigger fired
-STOP_RULES = ("none", "noise", "stability")
-
-# Signal names a policy may want (absa.engine.probes measures them at the end of an epoch).
-LAMBDA = "lambda_max"  # top Hessian eigenvalue on the probe set (hessian.block)
-LAMBDA_STDERR = "lambda_max_stderr"  # its standard error over probe chunks
-NOISE = "noise_scale"  # B_simple = tr(Sigma) / |G|^2 (McCandlish et al. 2018), EMA-smoothed
-NOISE_TRACE = "noise_trace"  # tr(Sigma): per-sample gradient variance
-NOISE_G2 = "noise_g2"  # |G|^2: squared norm of the true gradient
-IP_VARIANCE = "ip_variance"  # variance of per-sample gradients along the mean gradient
-SIGNALS = (LAMBDA, LAMBDA_STDERR, NOISE, NOISE_TRACE, NOISE_G2, IP_VARIANCE)
-Signals = Mapping[str, float | None]
-
-
-@dataclass(frozen=True)
-class EpochPlan:
-    batch_size: int  # B: global (logical) batch
-    lr: float  # eta at the start of the epoch
-    adv_fraction: float  # r: share of each batch replaced by adversarial examples
-    wants: frozenset[str] = frozenset()  # signals to measure at the end of this epoch
-
-    @property
-    def probe(self) -> bool:
-        """Whether the Hessian probe runs at the end of this epoch."""
-        return LAMBDA in self.wants
-
-
-@dataclass(frozen=True)
-class Growth:
-    """A batch-size change decided at the end of ``epoch`` (effective from epoch + 1)."""
-
-    epoch: int
-    old_batch: int
-    new_batch: int
-    old_lr: float
-    new_lr: float
-    # "eigenvalue" (lambda dropped) | "eigenvalue_confident" (by more than 2 stderr) |
-    # "noise" (B below gns_ratio * B_simple, or the inner-product test failed) | "duration"
-    trigger: str
-    eigenvalue: float | None
-    reference: float | None
-    noise_scale: float | None = None  # B_simple when the policy used it
-    # the lr ceiling that bound: 2 (1 + beta) / lambda (lr_guard) or max_lr, else None
-    lr_cap: float | None = None
-
-
-@dataclass(frozen=True)
-class Veto:
-    """A growth that ``trigger`` asked for at the end of ``epoch`` and ``rule`` refused:
-    the batch stays at ``batch`` instead of ``new_batch`` (lr ``new_lr``).
-
-    ``rule``: "noise" (hybrid: B >= gns_ratio * B_simple already), "stop_noise"
-    (stop_rule noise: new_batch > stop_noise_ratio * B_simple) or "stop_stability"
-    (stop_rule stability: new_lr * lambda >= 2 (1 + beta)). ``limit``: the bound it hit
-    (a batch size for the noise rules, an lr for stability)."""
-
-    epoch: int
-    batch: int
-    new_batch: int
-    new_lr: float
-    trigger: str
-    rule: str
-    limit: float
-    eigenvalue: float | None = None
-    noise_scale: float | None = None
-
-
-class Policy(Protocol):
-    name: str
-
-    def plan(self, epoch: int) -> EpochPlan: ...
-
-    def lr_at(self, epoch: int, progress: float) -> float: ...
-
-    def observe(self, epoch: int, signals: Signals) -> Growth | None: ...
-
-    def state_dict(self) -> dict[str, Any]: ...
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-def step_decay(epoch: int, decay_epochs: list[int] | tuple[int, ...], rho: float) -> float:
-    """rho ** (number of decay epochs d <= epoch)."""
-    return rho ** sum(1 for d in decay_epochs if d <= epoch)
-
-
-def lr_scale(new_batch: int, old_batch: int, rule: str) -> float:
-    """Learning-rate multiplier when the batch goes from old to new: linear, sqrt or none."""
-    if rule == "linear":
-        return new_batch / old_batch
-    if rule == "sqrt":
-        return math.sqrt(new_batch / old_batch)
-    if rule == "none":
-        return 1.0
-    raise ValueError(f"lr_scaling: unknown rule {rule!r} (valid: {', '.join(LR_SCALINGS)})")
-
-
-class _Stateless:
-    """BL/FB/GG are functions of the epoch alone; their state only names the policy."""
-
-    name = "?"
-
-    def observe(self, epoch: int, signals: Signals) -> Growth | None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"kind": self.name}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("kind") != self.name:
-            raise ValueError(f"schedule state is for {state.get('kind')!r}, not {self.name!r}")
-
-
-@dataclass
-class BL(_Stateless):
-    """Fixed batch B, lr decayed by rho at the decay epochs."""
-
-    batch_size: int
-    lr: float
-    decay_epochs: list[int] = field(default_factory=list)
-    decay_factor: float = 0.2
-    adv_fraction: float = 0.0  # constant r (adversarial training at a fixed batch)
-    name = "bl"
-
-    def lr_at(self, epoch: int, progress: float) -> float:
-        return self.lr * step_decay(epoch, self.decay_epochs, self.decay_factor)
-
-    def plan(self, epoch: int) -> EpochPlan:
-        return EpochPlan(self.batch_size, self.lr_at(epoch, 0.0), self.adv_fraction)
-
-
-@dataclass
-class FB(_Stateless):
-    """Goyal et al. 2017: fixed large batch B_L, eta = eta_0 * B_L / B_0 after a linear warm-up.
-
-    During warm-up (epoch + progress < warmup_epochs) the lr ramps linearly per step from
-    eta_0 to the peak; afterwards the usual step decay applies to the peak.
-    """
-
-    batch_size: int
-    base_batch: int
-    lr: float
-    warmup_epochs: float = 5.0
-    decay_epochs: list[int] = field(default_factory=list)
-    decay_factor: float = 0.2
-    adv_fraction: float = 0.0  # constant r
-    name = "fb"
-
-    @property
-    def peak_lr(self) -> float:
-        return self.lr * self.batch_size / self.base_batch
-
-    def lr_at(self, epoch: int, progress: float) -> float:
-        t = epoch + progress
-        decay = step_decay(epoch, self.decay_epochs, self.decay_factor)
-        if self.warmup_epochs > 0 and t < self.warmup_epochs:
-            return (self.lr + (self.peak_lr - self.lr) * t / self.warmup_epochs) * decay
-        return self.peak_lr * decay
-
-    def plan(self, epoch: int) -> EpochPlan:
-        return EpochPlan(self.batch_size, self.lr_at(epoch, 0.0), self.adv_fraction)
-
-
-@dataclass
-class GG(_Stateless):
-    """Smith et al. 2018: at each decay epoch grow the batch by 1/rho instead of decaying lr.
-
-    The noise scale eta/B falls by rho at every decay epoch, as under step decay; once B would
-    pass B_max it is capped and the part the batch cannot absorb goes into the lr:
-    after k decays B = min(B_0 / rho**k, B_max) and eta = eta_0 * rho**k * B / B_0.
-    """
-
-    base_batch: int
-    max_batch: int
-    lr: float
-    decay_epochs: list[int] = field(default_factory=list)
-    decay_factor: float = 0.2
-    adv_fraction: float = 0.0  # constant r
-    name = "gg"
-
-    def _at(self, epoch: int) -> tuple[int, float]:
-        k = sum(1 for d in self.decay_epochs if d <= epoch)
-        ideal = self.base_batch / self.decay_factor**k
-        if ideal <= self.max_batch * (1 + 1e-9):
-            return round(ideal), self.lr
-        return self.max_batch, self.lr * self.max_batch / ideal
-
-    def lr_at(self, epoch: int, progress: float) -> float:
-        return self._at(epoch)[1]
-
-    def plan(self, epoch: int) -> EpochPlan:
-        b, lr = self._at(epoch)
-        return EpochPlan(b, lr, self.adv_fraction)
-
-
-@dataclass
-class Seesaw(GG):
-    """Meterez et al. 2025: where step decay would cut eta by rho, cut it by sqrt(rho) and
-    grow B by 1/rho instead. Both keep eta / sqrt(B) on the step-decay path; once B would
-    pass B_max it is capped and the rest goes into the lr:
-    after k decays B = min(B_0 / rho**k, B_max), eta = eta_0 * rho**k * sqrt(B / B_0).
-    """
-
-    name = "seesaw"
-
-    def _at(self, epoch: int) -> tuple[int, float]:
-        k = sum(1 for d in self.decay_epochs if d <= epoch)
-        ideal = self.base_batch / self.decay_factor**k
-        b = round(ideal) if ideal <= self.max_batch * (1 + 1e-9) else self.max_batch
-        return b, self.lr * self.decay_factor**k * math.sqrt(b / self.base_batch)
+# the keys of every policy here: growth, the lr rules at a growth (scaling, ceilings,
+# warm-up) and the stop rule (gg/seesaw grow on a fixed schedule and read max_batch only)
+GROWTH_KEYS = frozenset(
+    {
+        "max_batch",
+        "growth_factor",
+        "lr_scaling",
+        "lr_guard",
+        "max_lr",
+        "growth_warmup",
+        "stop_rule",
+        "stop_noise_ratio",
+    }
+)
+# the eigenvalue trigger's keys (abs, absa, hybrid)
+CURVATURE_KEYS = frozenset({"alpha", "reference", "duration", "eigenvalue_trigger", "confidence"})
 
 
 @dataclass
@@ -252,9 +66,11 @@ class _Segment:
         return out if self.warm_from is None else [*out, self.warm_from]
 
 
+@register("abs")
 @dataclass
-class ABS:
-    """Adaptive batch size from the top Hessian eigenvalue (Yao et al.); ABSA when r_0 > 0.
+class ABS(Registrable):
+    """Adaptive batch size from the top Hessian eigenvalue (Yao et al.); adversarial (as
+    ABSA) when r_0 > 0.
 
     At the end of each epoch lambda (top eigenvalue on the probe set) is compared with a
     reference lambda_ref: grow when lambda <= lambda_ref / alpha. ``reference="first"`` is the
@@ -295,7 +111,7 @@ class ABS:
     lr_scaling: str = "linear"
     reference: str = "peak"
     duration: int | None = 10
-    adv_fraction: float = 0.0
+    adv_fraction: float = 0.0  # r_0 (None, from build_policy: 0)
     eigenvalue_trigger: bool = True  # False: duration-only growth, no probing (ablation)
     confidence: bool = False
     lr_guard: bool = False
@@ -304,14 +120,35 @@ class ABS:
     max_lr: float | None = None  # fixed lr ceiling after a growth; None: none
     stop_rule: str = "none"  # none | noise | stability (see the class docstring)
     stop_noise_ratio: float = 1.0  # stop_rule noise: veto new B > ratio * B_simple
-    name: str = "abs"
     segments: list[_Segment] = field(default_factory=list)
     ref_value: float | None = None
     last_lambda: float | None = None  # lr_guard: most recent eigenvalue seen
     vetoes: list[int] = field(default_factory=list)  # epochs whose growth was vetoed
     last_veto: Veto | None = None  # the latest veto (not in the state: a log record)
+    summary = "grow when lambda_max drops (Yao)"
+    reads = GROWTH_KEYS | CURVATURE_KEYS
+    grows = True
+    curvature = True
+    uses_noise = False  # Growth.noise_scale is B_simple (else only under stop_rule noise)
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> Self:
+        return cls(
+            base_batch=s.batch_size,
+            total_epochs=s.epochs,
+            momentum=s.momentum,
+            **s.decayed(),
+            **cls._keywords(s.schedule),
+        )
+
+    @classmethod
+    def _keywords(cls, schedule: Mapping[str, Any]) -> dict[str, Any]:
+        """The keyword arguments for the schedule keys the class reads (the same names)."""
+        return {k: schedule[k] for k in sorted(cls.reads)}
 
     def __post_init__(self) -> None:
+        if self.adv_fraction is None:
+            self.adv_fraction = 0.0
         if self.reference not in REFERENCES:
             raise ValueError(f"reference: unknown rule {self.reference!r}")
         if self.stop_rule not in STOP_RULES:
@@ -479,8 +316,6 @@ class ABS:
             lr_cap=cap,
         )
 
-    uses_noise = False
-
     def state_dict(self) -> dict[str, Any]:
         state = {
             "kind": self.name,
@@ -503,6 +338,16 @@ class ABS:
         self.last_veto = None
 
 
+@register("absa")
+@dataclass
+class ABSA(ABS):
+    """ABS with adversarial training (Yao et al.): r_0 of each batch (0.2 unless
+    adversarial.fraction says otherwise) are adversarial examples, halved at each growth."""
+
+    summary = "ABS + adversarial examples (Yao)"
+    default_adv_fraction = 0.2
+
+
 def _load_segment(row: list[Any]) -> _Segment:
     """A segment from its state row: [start, batch, lr_mult, adv_fraction(, warm_from)]."""
     start, batch, mult, adv, *warm = row
@@ -518,6 +363,7 @@ _STOP_WANTS = {  # the signals each stop rule reads
 }
 
 
+@register("gns")
 @dataclass
 class GNS(ABS):
     """Grow from the gradient noise scale (McCandlish et al. 2018): at the end of an epoch,
@@ -530,7 +376,9 @@ class GNS(ABS):
 
     gns_ratio: float = 1.0
     duration: int | None = None
-    name: str = "gns"
+    summary = "grow below the gradient noise scale"
+    reads = GROWTH_KEYS | {"gns_ratio"}
+    curvature = False
     uses_noise = True
 
     def _trigger_wants(self) -> frozenset[str]:
@@ -545,6 +393,7 @@ class GNS(ABS):
         return "duration" if self._overdue(epoch, seg) else None
 
 
+@register("inner_product")
 @dataclass
 class InnerProduct(GNS):
     """The augmented inner-product test (Bollapragada et al. 2018; AdAdaGrad, Lau et al. 2024):
@@ -559,7 +408,14 @@ class InnerProduct(GNS):
 
     theta: float = 0.9
     nu: float = 5.84
-    name: str = "inner_product"
+    summary = "augmented inner-product test"
+    reads = GROWTH_KEYS | {"ip_theta", "ip_nu"}
+
+    @classmethod
+    def _keywords(cls, schedule: Mapping[str, Any]) -> dict[str, Any]:
+        """schedule.ip_theta and ip_nu are the tests' theta and nu."""
+        kw = {k: schedule[k] for k in sorted(GROWTH_KEYS)}
+        return {**kw, "theta": schedule["ip_theta"], "nu": schedule["ip_nu"]}
 
     def _trigger_wants(self) -> frozenset[str]:
         return frozenset({NOISE_G2, NOISE_TRACE, IP_VARIANCE})
@@ -575,6 +431,7 @@ class InnerProduct(GNS):
         return "duration" if self._overdue(epoch, seg) else None
 
 
+@register("hybrid")
 @dataclass
 class Hybrid(ABS):
     """ABS's curvature trigger, with a growth vetoed (rule "noise") while
@@ -583,7 +440,8 @@ class Hybrid(ABS):
     (``vetoes``: epochs)."""
 
     gns_ratio: float = 1.0
-    name: str = "hybrid"
+    summary = "curvature trigger, noise-scale veto"
+    reads = GROWTH_KEYS | CURVATURE_KEYS | {"gns_ratio"}
     uses_noise = True
 
     def _trigger_wants(self) -> frozenset[str]:
@@ -601,196 +459,3 @@ class Hybrid(ABS):
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "vetoes": list(self.vetoes)}
-
-
-@dataclass
-class Replay(_Stateless):
-    """Plays back a recorded trajectory: epoch e runs at ``batches[e]`` with lr ``lrs[e]``
-    and adversarial fraction ``adv_fractions[e]``, as logged by a finished run, with no
-    Hessian. Isolates the schedule's shape from the signal that chose it (ablation)."""
-
-    batches: list[int]
-    lrs: list[float]
-    adv_fractions: list[float]
-    name = "replay"
-
-    def __post_init__(self) -> None:
-        if not (len(self.batches) == len(self.lrs) == len(self.adv_fractions) > 0):
-            raise ValueError("replay: batches, lrs and adv_fractions need one entry per epoch")
-
-    def _epoch(self, epoch: int) -> int:
-        if not 0 <= epoch < len(self.batches):
-            raise ValueError(f"replay: epoch {epoch} is past the {len(self.batches)} recorded")
-        return epoch
-
-    def lr_at(self, epoch: int, progress: float) -> float:
-        return self.lrs[self._epoch(epoch)]
-
-    def plan(self, epoch: int) -> EpochPlan:
-        e = self._epoch(epoch)
-        return EpochPlan(self.batches[e], self.lrs[e], self.adv_fractions[e])
-
-
-def build_policy(method: str, **kw: Any) -> Policy:
-    """Policy by method name with the classes' keyword arguments (see ``METHODS``)."""
-    spec = METHODS.get(method)
-    if spec is None:
-        raise ValueError(f"unknown schedule method {method!r} (valid: {', '.join(METHODS)})")
-    if method in ("abs", "absa"):
-        if method == "abs":
-            kw["adv_fraction"] = 0.0 if kw.get("adv_fraction") is None else kw["adv_fraction"]
-        return ABS(name=method, **kw)
-    return spec.cls(**kw)
-
-
-# --- the registry: config -> policy -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class MethodSpec:
-    """What the rest of absa needs to know of a method."""
-
-    cls: type
-    grows: bool  # the batch changes during training (needs schedule.max_batch)
-    build: Callable[[Config, dict[str, Any] | None], Policy]
-    summary: str
-
-
-def _common(cfg: Config) -> dict[str, Any]:
-    o = cfg.optim
-    return {
-        "lr": o.lr,
-        "decay_epochs": list(o.decay_epochs),
-        "decay_factor": o.decay_factor,
-        "adv_fraction": cfg.adv_fraction,  # constant for BL/FB/GG; ABSA halves it per growth
-    }
-
-
-def _fixed(cfg: Config, _traj: Any) -> Policy:
-    return BL(batch_size=cfg.batch.size, **_common(cfg))
-
-
-def _fb(cfg: Config, _traj: Any) -> Policy:
-    s = cfg.schedule
-    ref = s.ref_batch or cfg.batch.size
-    return FB(
-        base_batch=ref,
-        batch_size=cfg.batch.size,
-        warmup_epochs=s.warmup_epochs,
-        **_common(cfg),
-    )
-
-
-def _ramp(cls: type) -> Callable[[Config, Any], Policy]:
-    def build(cfg: Config, _traj: Any) -> Policy:
-        return cls(base_batch=cfg.batch.size, max_batch=cfg.schedule.max_batch, **_common(cfg))
-
-    return build
-
-
-def _replay(cfg: Config, traj: dict[str, Any] | None) -> Policy:
-    if traj is None:
-        raise ValueError("replay: needs the recorded trajectory (schedule.replay_from)")
-    return Replay(**traj)
-
-
-def _adaptive(cfg: Config, _traj: Any) -> Policy:
-    """ABS, ABSA, gns, inner_product and hybrid from the ``schedule`` section."""
-    s = cfg.schedule
-    kw: dict[str, Any] = dict(
-        base_batch=cfg.batch.size,
-        max_batch=s.max_batch,
-        total_epochs=cfg.train.epochs,
-        growth_factor=s.growth_factor,
-        lr_scaling=s.lr_scaling,
-        lr_guard=s.lr_guard,
-        momentum=cfg.optim.momentum,
-        growth_warmup=s.growth_warmup,
-        max_lr=s.max_lr,
-        stop_rule=s.stop_rule,
-        stop_noise_ratio=s.stop_noise_ratio,
-        **_common(cfg),
-    )
-    curvature = dict(
-        alpha=s.alpha,
-        reference=s.reference,
-        duration=s.duration,
-        eigenvalue_trigger=s.eigenvalue_trigger,
-        confidence=s.confidence,
-    )
-    if s.method in ("abs", "absa"):
-        return build_policy(s.method, **kw, **curvature)
-    if s.method == "hybrid":
-        return Hybrid(gns_ratio=s.gns_ratio, **kw, **curvature)
-    if s.method == "gns":
-        return GNS(gns_ratio=s.gns_ratio, **kw)
-    return InnerProduct(theta=s.ip_theta, nu=s.ip_nu, **kw)
-
-
-METHODS: dict[str, MethodSpec] = {
-    "bl": MethodSpec(BL, False, _fixed, "fixed batch, step decay"),
-    "fb": MethodSpec(FB, False, _fb, "fixed large batch, linear lr scaling + warm-up (Goyal)"),
-    "gg": MethodSpec(GG, True, _ramp(GG), "grow B instead of decaying lr (Smith)"),
-    "seesaw": MethodSpec(Seesaw, True, _ramp(Seesaw), "lr x sqrt(rho), B / rho (Meterez)"),
-    "abs": MethodSpec(ABS, True, _adaptive, "grow when lambda_max drops (Yao)"),
-    "absa": MethodSpec(ABS, True, _adaptive, "ABS + adversarial examples (Yao)"),
-    "gns": MethodSpec(GNS, True, _adaptive, "grow below the gradient noise scale"),
-    "inner_product": MethodSpec(InnerProduct, True, _adaptive, "augmented inner-product test"),
-    "hybrid": MethodSpec(Hybrid, True, _adaptive, "curvature trigger, noise-scale veto"),
-    "replay": MethodSpec(Replay, False, _replay, "play back a finished run's trajectory"),
-}
-GROWING = tuple(m for m, spec in METHODS.items() if spec.grows)
-
-# the keys of every adaptive policy (abs, absa, gns, inner_product, hybrid): growth, the lr
-# rules at a growth (scaling, ceilings, warm-up) and the stop rule; gg/seesaw grow on a fixed
-# schedule without raising the lr, so they read max_batch only
-_GROW = (
-    "max_batch",
-    "growth_factor",
-    "lr_scaling",
-    "lr_guard",
-    "max_lr",
-    "growth_warmup",
-    "stop_rule",
-    "stop_noise_ratio",
-)
-_CURVATURE = ("alpha", "reference", "duration", "eigenvalue_trigger", "confidence")
-READS: dict[str, frozenset[str]] = {  # the schedule.* keys each method's policy reads
-    "bl": frozenset(),
-    "fb": frozenset({"ref_batch", "warmup_epochs"}),
-    "gg": frozenset({"max_batch"}),
-    "seesaw": frozenset({"max_batch"}),
-    "abs": frozenset(_GROW + _CURVATURE),
-    "absa": frozenset(_GROW + _CURVATURE),
-    "gns": frozenset((*_GROW, "gns_ratio")),
-    "inner_product": frozenset((*_GROW, "ip_theta", "ip_nu")),
-    "hybrid": frozenset((*_GROW, *_CURVATURE, "gns_ratio")),
-    "replay": frozenset({"replay_from"}),
-}
-
-
-def ignored_keys(method: str, keys: Iterable[str]) -> list[str]:
-    """The dotted ``schedule.*`` keys among ``keys`` that ``method`` does not read (a BL run
-    with ``schedule.max_batch`` set, say): worth a warning, not an error."""
-    reads = READS[method] | {"method"}
-    out = []
-    for key in keys:
-        section, _, name = key.partition(".")
-        if section == "schedule" and name and name not in reads:
-            out.append(key)
-    return sorted(set(out))
-
-
-def ignored_note(method: str, keys: Iterable[str]) -> str:
-    """``"schedule.a, schedule.b are ignored by schedule.method bl"`` for the keys of
-    ``keys`` that ``method`` does not read; "" when there are none."""
-    extra = ignored_keys(method, keys)
-    if not extra:
-        return ""
-    verb = "is" if len(extra) == 1 else "are"
-    return f"{', '.join(extra)} {verb} ignored by schedule.method {method}"
-
-
-def make_policy(cfg: Config, trajectory: dict[str, Any] | None = None) -> Policy:
-    """The policy the config's ``schedule.method`` names (``trajectory``: replay only)."""
-    return METHODS[cfg.schedule.method].build(cfg, trajectory)
