@@ -78,19 +78,6 @@ def _need(module: str, package: str, key: str) -> Any:
         ) from None
 
 
-class NullLogger:
-    """Logs nothing (the default)."""
-
-    def log_epoch(self, record: Mapping[str, Any]) -> None:
-        pass
-
-    def log_step(self, step: int, values: Mapping[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class JsonlLogger:
     """Step values as JSON lines in ``<run_dir>/steps.jsonl`` (epoch records already go
     to metrics.jsonl; with ``epochs=True`` they are copied here too, tagged)."""
@@ -240,7 +227,8 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class MultiLogger:
-    """Hands every call to each logger; ``close`` closes them all, even if one fails."""
+    """Hands every call to each logger; ``close`` closes them all, even if one fails.
+    ``MultiLogger([])`` logs nothing: the trainer's default (every backend off)."""
 
     def __init__(self, loggers: Iterable[Logger]) -> None:
         self.loggers = list(loggers)
