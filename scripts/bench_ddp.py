@@ -40,7 +40,7 @@ import torch.multiprocessing as mp
 
 from absa import distributed as D
 from absa.engine import loop as T
-from absa.engine.probes import hessian_probe, probe_indices
+from absa.engine.probes import ProbeSettings, hessian_probe, probe_indices
 from absa.run import config as C
 from absa.run.data import load_data
 from absa.run.models import build_model
@@ -111,6 +111,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
 
             ddp.register_comm_hook(None, timed_allreduce)
         idx = probe_indices(len(data.train), cfg.hessian.probe_size, cfg.train.seed)
+        settings, micro = ProbeSettings.from_config(cfg), cfg.batch.max_micro_batch
         rows, vec = [], None
         for epoch in range(cfg.train.epochs):
             env.seconds = {"train": 0.0, "hessian": 0.0}
@@ -121,7 +122,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace, out: str
             T.train_epoch(ddp, optimizer, data, cfg, env, policy, epoch)
             t_train = time.perf_counter() - t0
             env.phase = "hessian"
-            probe = hessian_probe(model, data, cfg, env, idx, epoch, vec)
+            probe = hessian_probe(model, data, settings, env, idx, epoch, vec, micro=micro)
             vec = probe.vector
             comm = grad_comm[0] + env.seconds["train"]
             rows.append(

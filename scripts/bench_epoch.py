@@ -66,7 +66,7 @@ def _cfg(model: str, batch: int, combo: tuple[str, bool, bool], noise: bool, adv
 def absa_epoch(net, model, data, cfg, dev) -> float:
     opt = T.make_optimizer(model, cfg)
     policy = T.policy_for(cfg)
-    noise = T._noise_meter(cfg, None)
+    noise = T.noise_meter(cfg, None)
     rt = T.Runtime.plain(cfg, dev)
     _sync(dev)
     t0 = time.perf_counter()

@@ -68,6 +68,7 @@ def _absa(model, x, y, combo, steps, warmup) -> float:
     from absa.distributed import DistEnv
     from absa.engine import loop as T
     from absa.engine.accel import prepare_model
+    from absa.engine.step import Attack
     from absa.run import config as C
 
     cfg = C.load(None, [f"train.precision={combo['precision']}",
@@ -75,6 +76,7 @@ def _absa(model, x, y, combo, steps, warmup) -> float:
                         f"batch.max_micro_batch={len(x)}", "signals.noise=false"])  # fmt: skip
     env = DistEnv(device=x.device)
     rt = T.Runtime.plain(cfg, x.device)
+    attack = Attack.from_config(cfg)
     net = prepare_model(model, combo["channels_last"], combo["compile"], print)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     mask = torch.zeros(len(x), dtype=torch.bool)
@@ -83,7 +85,7 @@ def _absa(model, x, y, combo, steps, warmup) -> float:
             torch.cuda.synchronize()
             t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        T.accumulate_gradients(net, iter([(x, y, mask)]), len(x), env, cfg, rt=rt)
+        T.accumulate_gradients(net, iter([(x, y, mask)]), len(x), env, attack, rt=rt)
         rt.precision.unscale(opt)
         rt.precision.step(opt)
     torch.cuda.synchronize()

@@ -59,7 +59,7 @@ def _cfg(batch: int, micro: int, noise: bool) -> C.Config:
 def absa_epoch(cfg: C.Config, data, model, epoch: int) -> tuple[float, int]:
     opt = T.make_optimizer(model, cfg)
     policy = T.policy_for(cfg)
-    noise = T._noise_meter(cfg, None)
+    noise = T.noise_meter(cfg, None)
     t0 = time.process_time()
     st = T.train_epoch(model, opt, data, cfg, DistEnv(), policy, epoch, noise=noise)
     return time.process_time() - t0, st.steps

@@ -56,9 +56,11 @@ import torch
 
 from absa.distributed import DistEnv
 from absa.engine import loop as T
+from absa.engine import step as S
 from absa.engine.probes import (
     NoiseMeter,
     ProbeResult,
+    ProbeSettings,
     hessian_probe,
     measure,
     probe_batches,
@@ -123,9 +125,9 @@ class TimedMeter(NoiseMeter):
 
 @contextmanager
 def timed_half_gradient() -> Iterator[dict[str, float]]:
-    """Time absa.engine.loop's half-batch backward (looked up by name in accumulate_gradients)."""
+    """Time absa.engine.step's half-batch backward (looked up there by name)."""
     spent = {"half_backward": 0.0}
-    orig = T._half_gradient
+    orig = S._half_gradient
 
     def wrapper(*a, **kw):
         c0 = time.process_time()
@@ -134,11 +136,11 @@ def timed_half_gradient() -> Iterator[dict[str, float]]:
         finally:
             spent["half_backward"] += time.process_time() - c0
 
-    T._half_gradient = wrapper
+    S._half_gradient = wrapper
     try:
         yield spent
     finally:
-        T._half_gradient = orig
+        S._half_gradient = orig
 
 
 @dataclass
@@ -163,7 +165,7 @@ def noise_epoch(
     model = copy.deepcopy(base)
     opt = T.make_optimizer(model, cfg)
     policy = T.policy_for(cfg)
-    meter = TimedMeter(ema=cfg.signals.noise_ema) if on else None  # as trainer._noise_meter
+    meter = TimedMeter(ema=cfg.signals.noise_ema) if on else None  # as session.noise_meter
     with timed_half_gradient() as half:
         clock = Clock()
         stats = T.train_epoch(model, opt, data, cfg, env, policy, epoch, noise=meter)
@@ -209,7 +211,7 @@ def bench_noise(args: argparse.Namespace, data: Data, env: DistEnv) -> list[Case
         Case(
             "splitall",
             f"batch {args.single_batch}, 1 micro-batch, split on every step",
-            # = the epoch's step count: trainer._split_steps(n, k) gives fewer than n steps
+            # = the epoch's step count: epoch._split_steps(n, k) gives fewer than n steps
             # when k > n (k = 44 -> 42 of 43, k = 10^6 -> 1), so ask for exactly n
             common + single + [f"signals.noise_split_steps={n_single}"],
         ),
@@ -333,7 +335,9 @@ def run_probe(
     model, data: Data, cfg: C.Config, env: DistEnv, idx: torch.Tensor, epoch: int, init
 ) -> tuple[ProbeResult, float, float]:
     clock = Clock()
-    res = hessian_probe(model, data, cfg, env, idx, epoch, init)
+    settings = ProbeSettings.from_config(cfg)
+    micro = cfg.batch.max_micro_batch
+    res = hessian_probe(model, data, settings, env, idx, epoch, init, micro=micro)
     wall, cpu = clock.read()
     return res, wall, cpu
 
@@ -401,7 +405,7 @@ def bench_run(args: argparse.Namespace, data: Data, env: DistEnv) -> tuple[RunLo
     model = build_from_config(cfg.model, data.info)
     opt = T.make_optimizer(model, cfg)
     policy = T.policy_for(cfg)
-    meter = T._noise_meter(cfg, None)
+    meter = T.noise_meter(cfg, None)
     idx = probe_indices(len(data.train), h.probe_size, cfg.train.seed)
     idx_small = probe_indices(len(data.train), args.full_probe, cfg.train.seed)
     n_last = sum(p.numel() for _, p in select_params(model, "last"))

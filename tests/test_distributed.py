@@ -35,8 +35,10 @@ import torch
 import torch.multiprocessing as mp
 
 from absa import distributed as D
+from absa.engine import epoch as E
 from absa.engine import loop as T
-from absa.engine.probes import hessian_probe, probe_indices
+from absa.engine.probes import ProbeSettings, hessian_probe, probe_indices
+from absa.engine.step import Attack
 from absa.run import checkpoint as ckpt_io
 from absa.run import config as C
 from absa.run.data import load_data, local_positions
@@ -104,7 +106,8 @@ def _eigen(env: D.DistEnv, out: Path, block: str) -> tuple[float, int]:
     model = build_model("mlp", data.info, 8).to(env.device)
     model.load_state_dict(ckpt_io.load(out / "2rank" / "bl")["model"])
     idx = probe_indices(len(data.train), cfg.hessian.probe_size, cfg.train.seed)
-    res = hessian_probe(model, data, cfg, env, idx, epoch=0)
+    settings = ProbeSettings.from_config(cfg)
+    res = hessian_probe(model, data, settings, env, idx, epoch=0, micro=cfg.batch.max_micro_batch)
     return res.eigenvalue, res.n_hvp
 
 
@@ -125,7 +128,7 @@ def _count_syncs(env: D.DistEnv, out: Path) -> dict:
     ddp.register_comm_hook(None, counting)
     local = local_positions(torch.arange(96), env.rank, env.world_size)
     micro = [(*data.train.get(c), torch.zeros(len(c), dtype=torch.bool)) for c in local.split(16)]
-    T.accumulate_gradients(ddp, iter(micro), 96, env, cfg)
+    T.accumulate_gradients(ddp, iter(micro), 96, env, Attack.from_config(cfg))
     return {"calls": len(calls), "grads": [p.grad.clone() for p in ddp.parameters()]}
 
 
@@ -571,7 +574,7 @@ def _inject_fault() -> None:
         return
     mode = os.environ.get("ABSA_TEST_FAIL_MODE", "raise")
     at = int(os.environ.get("ABSA_TEST_FAIL_STEP", "5"))
-    real = T.accumulate_gradients
+    real = E.accumulate_gradients
     calls = [0]
 
     def faulty(*args, **kwargs):
@@ -584,7 +587,7 @@ def _inject_fault() -> None:
             raise RuntimeError(f"injected failure on rank {rank}")
         return real(*args, **kwargs)
 
-    T.accumulate_gradients = faulty
+    E.accumulate_gradients = faulty
 
 
 if __name__ == "__main__":

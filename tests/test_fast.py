@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from absa.distributed import DistEnv
+from absa.engine import epoch as E
 from absa.engine import loop as T
 from absa.run.data import load_data, local_positions
 from absa.run.models import build_model
@@ -19,7 +20,7 @@ def _epoch(cfg, on_step):
     data = load_data(cfg.data)
     model = build_model(cfg.model.name, data.info, cfg.model.width)
     opt = T.make_optimizer(model, cfg)
-    noise = T._noise_meter(cfg, None)
+    noise = T.noise_meter(cfg, None)
     env = DistEnv()
     return T.train_epoch(model, opt, data, cfg, env, T.policy_for(cfg), 0, on_step, noise)
 
@@ -71,7 +72,7 @@ def test_a_steady_state_step_reads_nothing_from_the_device(tiny_cfg, monkeypatch
     where. The digits are a split held in memory (an imagefolder's DataLoader turns host index
     tensors into lists, which is not a device read and is not run here). The finiteness check
     is a bounded read, pushed past the epoch here (see the next test for its cadence)."""
-    monkeypatch.setattr(T, "FINITE_CHECK_EVERY", 10**6)
+    monkeypatch.setattr(E, "FINITE_CHECK_EVERY", 10**6)
     cfg = tiny_cfg("batch.size=16", *extra)
     n_steps = -(-len(load_data(cfg.data).train) // 16)
     counter = _Counter(monkeypatch, 1, n_steps - 1)
@@ -98,7 +99,7 @@ def test_reads_happen_only_at_finite_checks_and_logged_steps(tiny_cfg, monkeypat
 
     on_step.wants_stats = counter.wants_stats
     _epoch(cfg, on_step)
-    every = T.FINITE_CHECK_EVERY
+    every = E.FINITE_CHECK_EVERY
     # a read made after step s's on_step belongs to step s + 1
     steps = {s + 1 for s, _ in counter.calls}
     assert steps == {s for s in range(2, n_steps) if s % every == 0 or s % 10 == 0}
@@ -107,7 +108,7 @@ def test_reads_happen_only_at_finite_checks_and_logged_steps(tiny_cfg, monkeypat
 
 def test_divergence_is_named_at_its_step_and_stops_within_the_check_interval(tiny_cfg, monkeypatch):
     """A NaN at step 3 is reported as step 3, found at the first check after it."""
-    real = T.accumulate_gradients
+    real = E.accumulate_gradients
     calls = {"n": 0, "after": 0}
 
     def poisoned(*a, **kw):
@@ -119,10 +120,10 @@ def test_divergence_is_named_at_its_step_and_stops_within_the_check_interval(tin
             calls["after"] += 1
         return out
 
-    monkeypatch.setattr(T, "accumulate_gradients", poisoned)
+    monkeypatch.setattr(E, "accumulate_gradients", poisoned)
     with pytest.raises(T.TrainingDiverged, match=r"epoch 0, step 3 \(0-based\)"):
         _epoch(tiny_cfg("batch.size=16"), None)
-    assert calls["after"] == T.FINITE_CHECK_EVERY - 4  # the check at step 15 stopped it
+    assert calls["after"] == E.FINITE_CHECK_EVERY - 4  # the check at step 15 stopped it
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 4])
@@ -137,7 +138,7 @@ def test_adversarial_count_equals_the_mask_it_replaced(world):
             for rank in range(world):
                 local = local_positions(batch, rank, world)
                 mask = (local - batch[0]) < n_adv
-                k = T._adversarial_count(n, r, rank, world)
+                k = E._adversarial_count(n, r, rank, world)
                 assert k == int(mask.sum())
                 assert mask[:k].all() and not mask[k:].any()
 
@@ -162,8 +163,8 @@ def test_a_cuda_epoch_runs_under_sync_debug_error(tiny_cfg):
     opt = T.make_optimizer(model, cfg)
     env = DistEnv(device=dev)
     n_steps = -(-len(data.train) // 16)
-    saved = T.FINITE_CHECK_EVERY
-    T.FINITE_CHECK_EVERY = 10**6
+    saved = E.FINITE_CHECK_EVERY
+    E.FINITE_CHECK_EVERY = 10**6
 
     def on_step(step, n, info):
         torch.cuda.set_sync_debug_mode("error" if 1 <= step < n - 1 else "default")
@@ -171,11 +172,11 @@ def test_a_cuda_epoch_runs_under_sync_debug_error(tiny_cfg):
     on_step.wants_stats = lambda step, n: False
     try:
         stats = T.train_epoch(
-            model, opt, data, cfg, env, T.policy_for(cfg), 0, on_step, T._noise_meter(cfg, None)
+            model, opt, data, cfg, env, T.policy_for(cfg), 0, on_step, T.noise_meter(cfg, None)
         )
     finally:
         torch.cuda.set_sync_debug_mode("default")
-        T.FINITE_CHECK_EVERY = saved
+        E.FINITE_CHECK_EVERY = saved
     assert stats.steps == n_steps
 
 

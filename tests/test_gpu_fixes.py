@@ -17,7 +17,8 @@ from torch import nn
 from absa import distributed as dist_mod
 from absa.distributed import DistEnv
 from absa.engine import loop as T
-from absa.engine.probes import NoiseMeter, hessian_probe, probe_indices
+from absa.engine.probes import NoiseMeter, ProbeSettings, hessian_probe, probe_indices
+from absa.engine.step import Attack
 from absa.run import checkpoint as ckpt_io
 from absa.run import data as D
 from absa.run import models as M
@@ -145,12 +146,16 @@ def test_noise_split_differentiates_the_eager_graph_not_the_compiled_one(tiny_cf
         meter = NoiseMeter()
         params = [p for p in net.parameters()]
         meter.begin_step(params)
-        T.accumulate_gradients(model, [(x, y, mask)], 32, DistEnv(), cfg, meter, split=True)
+        T.accumulate_gradients(
+            model, [(x, y, mask)], 32, DistEnv(), Attack.from_config(cfg), meter, split=True
+        )
         assert len(meter._small) == 1  # the half-batch gradient was measured
         grads[name] = [p.grad.clone() for p in params]
     # a step that is not split runs on the compiled module (its backward keeps no graph)
     net.zero_grad(set_to_none=True)
-    T.accumulate_gradients(_FakeCompiled(net), [(x, y, mask)], 32, DistEnv(), cfg, None)
+    T.accumulate_gradients(
+        _FakeCompiled(net), [(x, y, mask)], 32, DistEnv(), Attack.from_config(cfg), None
+    )
     assert all(torch.equal(a, b) for a, b in zip(grads["eager"], grads["compiled"], strict=True))
 
 
@@ -247,7 +252,9 @@ def test_out_of_memory_probe_backs_off_like_a_step(tiny_cfg, tmp_path, oom_mlp):
     model = M.build_from_config(cfg.model, data.info)
     model.load_state_dict(ck["model"])
     idx = probe_indices(len(data.train), cfg.hessian.probe_size, cfg.train.seed)
-    again = hessian_probe(model, data, cfg, DistEnv(), idx, 0, None, micro=32)
+    again = hessian_probe(
+        model, data, ProbeSettings.from_config(cfg), DistEnv(), idx, 0, None, micro=32
+    )
     assert rec["lambda_max"] == again.eigenvalue
 
 

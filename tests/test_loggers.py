@@ -33,7 +33,7 @@ def test_make_loggers_off_by_default(tmp_path):
         lg.log_step(1, {"lr": 0.1})
         lg.close()
     assert list(tmp_path.iterdir()) == []
-    assert isinstance(LG.NullLogger(), LG.Logger) and isinstance(lg, LG.Logger)
+    assert isinstance(LG.MultiLogger([]), LG.Logger) and isinstance(lg, LG.Logger)
 
 
 def test_jsonl_logger_writes_steps(tmp_path):

@@ -8,7 +8,6 @@ import warnings
 from dataclasses import dataclass
 
 import pytest
-from absa.run.runlog import read_metrics
 
 import absa
 from absa import cli
@@ -26,6 +25,7 @@ from absa.math.policies import (
     varying,
 )
 from absa.run import config as C
+from absa.run.folder import read_metrics
 from absa.run.policy import make_policy
 
 

@@ -289,7 +289,7 @@ def test_new_methods_train_from_the_digits_absa_config(method, tmp_path):
 
 
 def test_split_steps_are_evenly_spaced_and_all_when_asked_for_more():
-    from absa.engine.loop import _split_steps
+    from absa.engine.epoch import _split_steps
 
     assert _split_steps(43, 0) == set()
     assert _split_steps(10, 4) == {0, 2, 5, 8}  # round(i * 10 / 4), i < 4 (half to even)

@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 
 from absa.distributed import DistEnv
+from absa.engine import epoch as E
 from absa.engine import loop as T
+from absa.engine.step import Attack
 from absa.run import checkpoint as ckpt_io
 from absa.run.data import load_data
 from absa.run.folder import read_metrics
@@ -41,7 +43,7 @@ def test_accumulated_gradient_equals_full_batch(tiny_cfg):
         (x[i : i + 7], y[i : i + 7], torch.zeros(len(y[i : i + 7]), dtype=torch.bool))
         for i in range(0, 64, 7)
     ]
-    stats = T.accumulate_gradients(model, iter(micro), 64, DistEnv(), cfg)
+    stats = T.accumulate_gradients(model, iter(micro), 64, DistEnv(), Attack.from_config(cfg))
     for g, p in zip(full, model.parameters(), strict=True):
         torch.testing.assert_close(p.grad, g, rtol=0, atol=1e-6)
     assert stats[2].item() == 64
@@ -98,7 +100,7 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tiny_cfg, tmp_path, m
     over = ("model.name=small_cnn", "data.image_size=12", "train.epochs=3", *extra)
     T.run(tiny_cfg(*over), run_dir=tmp_path / "full")
 
-    real = T.accumulate_gradients
+    real = E.accumulate_gradients
     calls = {"n": 0}
 
     def dying(*a, **kw):
@@ -107,11 +109,11 @@ def test_killed_mid_epoch_and_resumed_equals_uninterrupted(tiny_cfg, tmp_path, m
             raise _Killed
         return real(*a, **kw)
 
-    monkeypatch.setattr(T, "accumulate_gradients", dying)
+    monkeypatch.setattr(E, "accumulate_gradients", dying)
     with pytest.raises(_Killed):
         T.run(tiny_cfg(*over), run_dir=tmp_path / "killed")
     assert ckpt_io.load(tmp_path / "killed" / "last.pt")["epoch"] == 1
-    monkeypatch.setattr(T, "accumulate_gradients", real)
+    monkeypatch.setattr(E, "accumulate_gradients", real)
     summary = T.run(tiny_cfg(*over), run_dir=tmp_path / "killed", resume=True)
     _assert_same_weights(_weights(tmp_path / "full"), _weights(tmp_path / "killed"))
     full_ck = ckpt_io.load(tmp_path / "full" / "last.pt")
@@ -144,7 +146,7 @@ def test_existing_run_folder_is_not_overwritten(tiny_cfg, tmp_path):
 def test_nan_loss_stops_with_epoch_and_step_keeping_last_good_checkpoint(
     tiny_cfg, tmp_path, monkeypatch
 ):
-    real = T.accumulate_gradients
+    real = E.accumulate_gradients
     calls = {"n": 0}
 
     def poisoned(*a, **kw):
@@ -154,7 +156,7 @@ def test_nan_loss_stops_with_epoch_and_step_keeping_last_good_checkpoint(
             out[0] = float("nan")
         return out
 
-    monkeypatch.setattr(T, "accumulate_gradients", poisoned)
+    monkeypatch.setattr(E, "accumulate_gradients", poisoned)
     with pytest.raises(T.TrainingDiverged, match=r"epoch 1, step 2 \(0-based\)"):
         T.run(tiny_cfg("train.epochs=3"), run_dir=tmp_path / "r")
     ck = ckpt_io.load(tmp_path / "r" / "last.pt")

@@ -8,7 +8,10 @@ GPU-only path degrades to a plain CPU run with a one-line note.
   outside autocast (absa.engine.probes), since power/Lanczos on the double-backward of low-precision
   activations is too noisy.
 - ``prepare_model``: channels_last and the compiled training module; the bare module is what
-  checkpoints, the Hessian and the attacks use (``unwrap`` removes ``_orig_mod``).
+  checkpoints, the Hessian and the attacks use (``absa.distributed.unwrap`` removes
+  ``_orig_mod``).
+- ``Runtime``: the precision, micro-batch and memory format a run executes with, resolved
+  once; ``back_off`` halves the micro-batch after an out-of-memory error.
 - ``find_micro_batch``: the largest micro-batch whose forward+backward fits, by halving on
   out-of-memory; ``is_oom`` recognises the error for the trainer's per-step backoff.
 - ``to_device_data``: a tensor split moved (as uint8) to the accelerator when it fits.
@@ -18,11 +21,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from absa.run.config import Config
 
 _DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -78,10 +84,6 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
-def memory_format(channels_last: bool) -> torch.memory_format:
-    return torch.channels_last if channels_last else torch.contiguous_format
-
-
 def to_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """A 4-D input batch in the run's memory format."""
     if channels_last and x.dim() == 4:
@@ -101,11 +103,6 @@ def prepare_model(
         say("train.compile: this torch has no torch.compile; training uncompiled")
         return model
     return torch.compile(model)
-
-
-def unwrap_compiled(model: nn.Module) -> nn.Module:
-    """The module under torch.compile (state-dict keys without ``_orig_mod.``)."""
-    return getattr(model, "_orig_mod", model)
 
 
 # --- out of memory ---------------------------------------------------------------------------
@@ -175,6 +172,42 @@ def oom_guard(device: torch.device) -> Iterator[None]:
         if is_oom(err):
             release_memory(device)
         raise
+
+
+# --- the runtime ---------------------------------------------------------------------------
+
+AUTO_MICRO_CPU = 256  # batch.max_micro_batch: auto without an accelerator to probe
+
+
+@dataclass
+class Runtime:
+    """How a run executes, as opposed to what it computes: precision and its scaler, the
+    micro-batch size in force (after ``auto`` sizing and OOM backoffs) and the memory format
+    of inputs."""
+
+    precision: Precision
+    micro: int
+    channels_last: bool = False
+    backoffs: list[dict[str, int]] = field(default_factory=list)
+
+    @classmethod
+    def plain(cls, cfg: Config, device: torch.device) -> Runtime:
+        """The runtime of ``cfg`` without any probing (``auto`` micro-batch: 256)."""
+        micro = cfg.batch.max_micro_batch
+        return cls(
+            Precision.create(cfg.train.precision, torch.device(device)),
+            micro if isinstance(micro, int) else AUTO_MICRO_CPU,
+            cfg.train.channels_last,
+        )
+
+    def back_off(self, err: Exception, distributed: bool, epoch: int, step: int) -> None:
+        """After ``err`` in a step (``step`` >= 0) or the Hessian probe (-1): halve the
+        micro-batch for the rest of the run and record it, or re-raise when ``err`` is no
+        out-of-memory error, under DDP (the other ranks are inside the collectives) or at 1."""
+        if not is_oom(err) or distributed or self.micro <= 1:
+            raise err
+        self.micro = max(1, self.micro // 2)
+        self.backoffs.append({"epoch": epoch, "step": step, "micro_batch": self.micro})
 
 
 # --- data on the device ------------------------------------------------------------------------

@@ -26,10 +26,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from absa.run.folder import atomic_write_text
-
-STEPS = "steps.jsonl"  # JsonlLogger's file in the run folder
-TENSORBOARD = "tensorboard"  # TensorBoardLogger's folder in the run folder
+from absa.run.folder import STEPS, TENSORBOARD, atomic_write_text
 
 
 class LoggerError(ValueError):
@@ -76,19 +73,6 @@ def _need(module: str, package: str, key: str) -> Any:
             f"{key}: needs the {package} package, which is not installed "
             f"(pip install {package}); or set {key}=false"
         ) from None
-
-
-class NullLogger:
-    """Logs nothing (the default)."""
-
-    def log_epoch(self, record: Mapping[str, Any]) -> None:
-        pass
-
-    def log_step(self, step: int, values: Mapping[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 class JsonlLogger:
@@ -240,7 +224,8 @@ def _flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class MultiLogger:
-    """Hands every call to each logger; ``close`` closes them all, even if one fails."""
+    """Hands every call to each logger; ``close`` closes them all, even if one fails.
+    ``MultiLogger([])`` logs nothing: the trainer's default (every backend off)."""
 
     def __init__(self, loggers: Iterable[Logger]) -> None:
         self.loggers = list(loggers)

@@ -309,36 +309,50 @@ def build_optimizer(model: nn.Module, cfg: Config | OptimConfig) -> torch.optim.
         {**g, "always_adapt": full["adapt"]} for g, full in zip(plain, groups, strict=True)
     ]
     if o.name == "lars":
-        if o.impl == "timm":
-            return _timm_optim().Lars(
-                timm_groups,
-                lr=o.lr,
-                momentum=o.momentum,
-                nesterov=nesterov,
-                trust_coeff=o.trust_coefficient,
-                eps=o.eps,
-                trust_clip=False,
-            )
-        return LARS(
-            groups,
+        return _lars(o, groups, timm_groups, nesterov)
+    if o.name == "lamb":
+        return _lamb(o, groups, timm_groups)
+    raise OptimError(f"optim.name: unknown optimizer {o.name!r} (valid: {', '.join(OPTIMIZERS)})")
+
+
+def _lars(
+    o: OptimConfig, groups: list[dict[str, Any]], timm_groups: list[dict[str, Any]], nesterov: bool
+) -> torch.optim.Optimizer:
+    """LARS, absa's or timm's (``optim.impl``), with the same semantics."""
+    if o.impl == "timm":
+        return _timm_optim().Lars(
+            timm_groups,
             lr=o.lr,
             momentum=o.momentum,
             nesterov=nesterov,
-            trust_coefficient=o.trust_coefficient,
+            trust_coeff=o.trust_coefficient,
             eps=o.eps,
+            trust_clip=False,
         )
-    if o.name == "lamb":
-        if o.impl == "timm":
-            return _timm_optim().Lamb(
-                timm_groups,
-                lr=o.lr,
-                betas=tuple(o.betas),
-                eps=o.eps,
-                bias_correction=True,
-                grad_averaging=True,
-                max_grad_norm=None,
-                trust_clip=False,
-                decoupled_decay=False,
-            )
-        return LAMB(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)
-    raise OptimError(f"optim.name: unknown optimizer {o.name!r} (valid: {', '.join(OPTIMIZERS)})")
+    return LARS(
+        groups,
+        lr=o.lr,
+        momentum=o.momentum,
+        nesterov=nesterov,
+        trust_coefficient=o.trust_coefficient,
+        eps=o.eps,
+    )
+
+
+def _lamb(
+    o: OptimConfig, groups: list[dict[str, Any]], timm_groups: list[dict[str, Any]]
+) -> torch.optim.Optimizer:
+    """LAMB, absa's or timm's (``optim.impl``), with the same semantics."""
+    if o.impl == "timm":
+        return _timm_optim().Lamb(
+            timm_groups,
+            lr=o.lr,
+            betas=tuple(o.betas),
+            eps=o.eps,
+            bias_correction=True,
+            grad_averaging=True,
+            max_grad_norm=None,
+            trust_clip=False,
+            decoupled_decay=False,
+        )
+    return LAMB(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps)

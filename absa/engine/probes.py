@@ -3,7 +3,8 @@
 - ``probe_indices`` / ``probe_batches``: THE probe-set sampler (the fixed subset of the train
   split that the training probe and ``absa hessian``'s default sample both look at);
 - ``hessian_probe``: lambda_max of the Hessian block on the probe set and its standard error
-  over probe chunks (``lambda_max`` / ``lambda_max_stderr``);
+  over probe chunks (``lambda_max`` / ``lambda_max_stderr``), as ``ProbeSettings`` (the
+  resolved ``hessian`` section) say;
 - ``overhead_allows``: the cap on Hessian time as a share of training time;
 - ``NoiseMeter``: the gradient noise scale from the gradients that accumulation already
   computes (``noise_scale``, ``noise_trace``, ``noise_g2``, ``ip_variance``);
@@ -39,7 +40,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -47,6 +48,7 @@ from torch import Tensor, nn
 from absa.distributed import DistEnv
 from absa.math.hessian import (
     HessianOperator,
+    LinearSoftmaxHessian,
     last_layer_operator,
     rayleigh_stderr,
     select_params,
@@ -55,6 +57,9 @@ from absa.math.hessian import (
 from absa.math.policies import IP_VARIANCE, LAMBDA, LAMBDA_STDERR, NOISE, NOISE_G2, NOISE_TRACE
 from absa.run.data import Data, local_positions
 from absa.run.models import model_mode
+
+if TYPE_CHECKING:
+    from absa.run.config import Config
 
 Batch = tuple[Tensor, Tensor]
 
@@ -91,69 +96,104 @@ class ProbeResult:
     vector: Any
 
 
+@dataclass(frozen=True)
+class ProbeSettings:
+    """What the Hessian probe reads of a config (``hessian.*`` and ``train.seed``), resolved
+    once by the trainer; the chunk size (the run's micro-batch in force) is passed apart."""
+
+    block: str  # last | full | name patterns
+    method: str  # power | lanczos
+    hvp: str  # auto | reverse | forward
+    max_iter: int
+    rtol: float
+    warm_start: bool  # start from the previous epoch's eigenvector
+    stderr: bool  # lambda_max_stderr over probe chunks
+    keep_graph: bool
+    max_overhead: float | None  # cap on Hessian / training time
+    seed: int  # train.seed: the start vector's generator
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> ProbeSettings:
+        h = cfg.hessian
+        return cls(
+            block=h.block,
+            method=h.method,
+            hvp=h.hvp,
+            max_iter=h.max_iter,
+            rtol=h.rtol,
+            warm_start=h.warm_start,
+            stderr=h.stderr,
+            keep_graph=h.keep_graph,
+            max_overhead=h.max_overhead,
+            seed=cfg.train.seed,
+        )
+
+
 def hessian_probe(
     model: nn.Module,
     data: Data,
-    cfg: Any,
+    settings: ProbeSettings,
     env: DistEnv,
     probe_idx: Tensor,
     epoch: int,
     init: Any = None,
-    micro: int | None = None,
+    *,
+    micro: int,
 ) -> ProbeResult:
     """Collective: top eigenvalue (and its stderr) of the Hessian of the mean loss on the probe
     set. BatchNorm is in eval mode during the probe; the mode is restored. Each rank holds a
     shard of the probe; HVPs are all-reduced so every rank gets the same value. Always in
     fp32, outside any autocast: power/Lanczos on low-precision double-backward is too noisy.
     ``micro``: the probe chunk size, the run's resolved micro-batch (after ``auto`` sizing and
-    out-of-memory backoffs); None takes an integer ``batch.max_micro_batch``.
+    out-of-memory backoffs); ``init``: the previous eigenvector (used with ``warm_start``).
     """
-    h = cfg.hessian
+    s = settings
     t0 = time.perf_counter()
-    if micro is None:
-        micro = cfg.batch.max_micro_batch
-        if not isinstance(micro, int):
-            raise ValueError("hessian_probe: pass micro= (batch.max_micro_batch is auto)")
     batches = probe_batches(data.train, probe_idx, micro, env.device, env.rank, env.world_size)
-    gen = torch.Generator(device="cpu").manual_seed(cfg.train.seed * 1_009 + epoch)
+    gen = torch.Generator(device="cpu").manual_seed(s.seed * 1_009 + epoch)
     autocast_off = torch.autocast(device_type=torch.device(env.device).type, enabled=False)
     with model_mode(model, train=False), autocast_off:
-        if h.block == "last":
-            op = last_layer_operator(
-                model, batches, reduce=env.all_reduce_sum, device=env.device, hvp=h.hvp
-            )
-        else:
-            params = select_params(model, h.block)
-            op = HessianOperator(
-                model,
-                params,
-                batches,
-                reduce=env.all_reduce_sum,
-                device=env.device,
-                hvp=h.hvp,
-                keep_graph=h.keep_graph,
-            )
+        op = _operator(model, s, batches, env)
         res = top_eigen(
             op,
             k=1,
-            method=h.method,
-            max_iter=h.max_iter,
-            rtol=h.rtol,
+            method=s.method,
+            max_iter=s.max_iter,
+            rtol=s.rtol,
             generator=gen,
-            init=init if h.warm_start else None,
+            init=init if s.warm_start else None,
         )
         n_hvp = res.n_hvp
         stderr = None
-        if h.stderr:
+        if s.stderr:
             stderr, extra = rayleigh_stderr(op, res.vectors[0], reduce=env.all_reduce_sum)
             n_hvp += extra
     return ProbeResult(res.values[0], stderr, time.perf_counter() - t0, n_hvp, res.vectors[0])
 
 
-def overhead_allows(cfg: Any, totals: Mapping[str, float], env: DistEnv) -> bool:
-    """Collective. With hessian.max_overhead = c, skip this epoch's probe while the Hessian
-    time so far exceeds c times the training time so far (rank 0 decides, all follow)."""
-    cap = cfg.hessian.max_overhead
+def _operator(
+    model: nn.Module, s: ProbeSettings, batches: list[Batch], env: DistEnv
+) -> LinearSoftmaxHessian | HessianOperator:
+    """The Hessian operator of ``s.block`` on ``batches`` (HVPs all-reduced over ranks)."""
+    if s.block == "last":
+        return last_layer_operator(
+            model, batches, reduce=env.all_reduce_sum, device=env.device, hvp=s.hvp
+        )
+    return HessianOperator(
+        model,
+        select_params(model, s.block),
+        batches,
+        reduce=env.all_reduce_sum,
+        device=env.device,
+        hvp=s.hvp,
+        keep_graph=s.keep_graph,
+    )
+
+
+def overhead_allows(cap: float | None, totals: Mapping[str, float], env: DistEnv) -> bool:
+    """Collective. With a cap c (``hessian.max_overhead``), skip this epoch's probe while the
+    Hessian time so far exceeds c times the training time so far (rank 0 decides, all
+    follow)."""
     if cap is None or totals["train"] <= 0:
         return True
     allowed = totals["hessian"] <= cap * totals["train"]
