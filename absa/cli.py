@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from absa import api
+from absa import __version__, api
 from absa.progress import phase_output, progress_output
 
 # the executors of absa.fleet.sweep (EXECUTORS there; tests/test_cli.py checks they agree): not
@@ -58,8 +59,6 @@ def _reflowed(fn: F) -> F:
 
 def _version(value: bool) -> None:
     if value:
-        from absa import __version__
-
         print(f"absa {__version__}")
         raise typer.Exit()
 
@@ -109,7 +108,6 @@ class Terminated(KeyboardInterrupt):
 @contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """While training, SIGTERM raises Terminated instead of ending the process at once."""
-    import signal
 
     def handler(signum: int, frame: Any) -> None:
         raise Terminated()
@@ -125,8 +123,6 @@ def _interrupted(err: KeyboardInterrupt, run_dir: Path | None) -> None:
     """Ctrl-C or SIGTERM: one line (rank 0 only) with the resume command, then exit 130,
     or end by SIGTERM itself (status -15 to a parent, 143 in a shell: Slurm and absa sweep
     read that as the job being stopped)."""
-    import signal
-
     if os.environ.get("RANK", "0") == "0":
         how = " by SIGTERM" if isinstance(err, Terminated) else ""
         again = f": absa train --resume {run_dir} continues" if run_dir is not None else ""
