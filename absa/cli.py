@@ -1,5 +1,9 @@
 """The ``absa`` command line (typer); the only module that reads argv.
 
+A thin layer over absa.api: each command parses its options, calls the api and prints (or
+plots through the api) what it returns. absa.api imports torch only when a command calls
+it, so ``absa --help`` does not pay for torch.
+
 Errors the user can fix (config, data, checkpoint, run folder) print one line on stderr
 and exit with status 2; a diverged run exits with status 3 keeping its last good checkpoint.
 """
@@ -7,11 +11,10 @@ and exit with status 2; a diverged run exits with status 3 keeping its last good
 from __future__ import annotations
 
 import inspect
-import json
 import os
+import signal
 import sys
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -19,6 +22,9 @@ from typing import Annotated, Any, Literal, TypeVar
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from absa import __version__, api
+from absa.progress import phase_output, progress_output
 
 # the executors of absa.fleet.sweep (EXECUTORS there; tests/test_cli.py checks they agree): not
 # imported from it, so that `absa --help` does not import torch
@@ -53,8 +59,6 @@ def _reflowed(fn: F) -> F:
 
 def _version(value: bool) -> None:
     if value:
-        from absa import __version__
-
         print(f"absa {__version__}")
         raise typer.Exit()
 
@@ -84,19 +88,13 @@ class CliError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from absa.engine.loop import RunFolderError
-    from absa.run.checkpoint import CheckpointError
-    from absa.run.config import ConfigError
-    from absa.run.data import DataError
-    from absa.run.models import ModelError
-
     # OSError: unwritable out_dir, a file where a folder should be, a full disk...
     return (
-        ConfigError,
-        DataError,
-        CheckpointError,
-        ModelError,
-        RunFolderError,
+        api.ConfigError,
+        api.DataError,
+        api.CheckpointError,
+        api.ModelError,
+        api.RunFolderError,
         ValueError,
         OSError,
     )
@@ -110,7 +108,6 @@ class Terminated(KeyboardInterrupt):
 @contextmanager
 def _sigterm_interrupts() -> Iterator[None]:
     """While training, SIGTERM raises Terminated instead of ending the process at once."""
-    import signal
 
     def handler(signum: int, frame: Any) -> None:
         raise Terminated()
@@ -126,8 +123,6 @@ def _interrupted(err: KeyboardInterrupt, run_dir: Path | None) -> None:
     """Ctrl-C or SIGTERM: one line (rank 0 only) with the resume command, then exit 130,
     or end by SIGTERM itself (status -15 to a parent, 143 in a shell: Slurm and absa sweep
     read that as the job being stopped)."""
-    import signal
-
     if os.environ.get("RANK", "0") == "0":
         how = " by SIGTERM" if isinstance(err, Terminated) else ""
         again = f": absa train --resume {run_dir} continues" if run_dir is not None else ""
@@ -147,25 +142,22 @@ def _interrupted(err: KeyboardInterrupt, run_dir: Path | None) -> None:
 def _handled() -> Iterator[dict[str, Any]]:
     """Turn known failures into one line on stderr and a non-zero exit. The body may set
     ``["run_dir"]`` of the dict it gets: an interrupted run then names its resume command."""
-    from absa.engine.loop import TrainingDiverged
-
+    diverged = api.TrainingDiverged  # loads torch, as every command body does
     where: dict[str, Any] = {}
     try:
         yield where
     except CliError as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(err.code) from None
-    except TrainingDiverged as err:
+    except diverged as err:
         err_console.print(f"[bold red]diverged:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(DIVERGED) from None
     except _user_errors() as err:
         err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
         raise typer.Exit(USER_ERROR) from None
     except (MemoryError, RuntimeError) as err:
-        from absa.engine.accel import is_oom
-
         cpu = "can't allocate memory" in str(err)  # torch's DefaultCPUAllocator
-        if not (isinstance(err, MemoryError) or is_oom(err) or cpu):
+        if not (isinstance(err, MemoryError) or api.is_oom(err) or cpu):
             raise
         first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         err_console.print(
@@ -230,6 +222,9 @@ DeviceOpt = Annotated[
 ]
 
 
+JsonOpt = Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")]
+
+
 def _at_least(option: str, value: float | None, low: float) -> None:
     """``option: must be >= low`` unless ``value`` is None or at least ``low`` (NaN fails)."""
     if value is not None and not value >= low:
@@ -243,12 +238,8 @@ def _positive(option: str, value: float | None) -> None:
 
 def _device_check(device: str) -> None:
     """Refuse a --device that train.device would refuse: its name, then its availability."""
-    from absa.distributed import resolve_device
-    from absa.run import config as C
-
     try:
-        C.validate({"train": {"device": device}}, "--device")
-        resolve_device(device)
+        api.check_device(device)
     except ValueError as err:  # ConfigError is a ValueError too
         raise CliError(f"--device: {str(err).rsplit('train.device: ', 1)[-1]}") from None
 
@@ -263,226 +254,10 @@ def _run_overrides(threads: int | None, device: str | None) -> list[str]:
     return out
 
 
-# --- live progress of `absa train` ----------------------------------------------------------
-#
-# The trainer gets ``progress(epoch, epochs) -> on_step`` once per epoch (rank 0, terminal
-# only) and calls ``on_step(step, n_steps, info)`` with either
-#   * a float: the learning rate (the original 3-argument call), or
-#   * a mapping, every key optional:
-#       phase         "train" (default) | "hessian" | "eval" | "final_eval"; step/n_steps
-#                     count that phase's units (train steps, HVPs, eval batches; n_steps 0:
-#                     unknown, shown as a pulsing bar)
-#       lr, batch_size, adv_fraction     the step's settings
-#       loss, acc     running mean train loss and accuracy (%) of the epoch so far
-#       lambda_max    the last top Hessian eigenvalue (kept on screen until a new one comes)
-#       updates       SGD updates of the run so far
-# Values that are None are ignored. See _progress_factory.
-
-PHASES = {
-    "train": "train",
-    "hessian": "Hessian probe",
-    "eval": "eval",
-    "final_eval": "final eval",
-}
-_KEPT = ("lambda_max",)  # shown across epochs until replaced
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None or not seconds >= 0 or seconds == float("inf"):
-        return "-:--:--"
-    s = int(round(seconds))
-    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
-
-
-def _step_parts(info: Mapping[str, Any]) -> list[str]:
-    parts = []
-    if info.get("batch_size") is not None:
-        parts.append(f"B {int(info['batch_size'])}")
-    if info.get("lr") is not None:
-        parts.append(f"lr {info['lr']:.3g}")
-    if info.get("loss") is not None:
-        parts.append(f"loss {info['loss']:.4g}")
-    if info.get("acc") is not None:
-        parts.append(f"acc {info['acc']:.1f}%")
-    if info.get("adv_fraction"):
-        parts.append(f"adv {info['adv_fraction']:.2g}")
-    if info.get("lambda_max") is not None:
-        parts.append(f"λmax {info['lambda_max']:.4g}")
-    return parts
-
-
-def step_text(info: Mapping[str, Any]) -> str:
-    """The numbers of a progress line, e.g. ``B 256  lr 0.05  loss 0.412  acc 88.1%``."""
-    return "  ".join(_step_parts(info))
-
-
-# Which numbers a narrow line keeps first (B always; then these, in this order).
-_STATS_PRIORITY = ("lr", "λmax", "loss", "acc", "adv")
-
-
-def fit_stats(info: Mapping[str, Any], eta: str, run_eta: str, room: int | None) -> str:
-    """The stats column in ``room`` characters (None: no limit): the batch and both ETAs
-    always (shortened to ``eta 0:00:06 ep 0:01:18 run`` when needed), then lr, lambda_max,
-    loss, accuracy, adversarial fraction until one does not fit, in step_text's order."""
-    parts = _step_parts(info)
-    etas = f"eta {eta} epoch, {run_eta} run"
-    if room is None:
-        return "  ".join([*parts, etas])
-    keep = [p for p in parts if p.startswith("B ")]
-    if sum(len(p) + 2 for p in keep) + len(etas) > room:
-        etas = f"eta {eta} ep {run_eta} run"
-    for name in _STATS_PRIORITY:
-        more = keep + [p for p in parts if p.split(" ")[0] == name]
-        if sum(len(p) + 2 for p in more) + len(etas) > room:
-            break
-        keep = more
-    return "  ".join([*(p for p in parts if p in keep), etas])
-
-
-def _bar_width(columns: int) -> int:
-    """The live bar's width: 18 on a wide terminal, 8 below 120 columns."""
-    return 18 if columns >= 120 else 8
-
-
-def _progress_factory(
-    progress: Any, clock: Callable[[], float] = time.monotonic
-) -> Callable[[int, int], Callable[..., None]]:
-    """``progress(epoch, epochs) -> on_step(step, n_steps, lr_or_info)`` on a rich Progress.
-
-    One task per epoch: the phase, a bar of its steps, the step's numbers and two ETAs:
-    the epoch's (from this epoch's training steps so far) and the run's (from the run's
-    wall time per epoch so far, Hessian probes and evaluation included; from the first
-    epoch this process trained, so a resumed run estimates from its own epochs). On a
-    narrow console the stats keep the batch and the ETAs first (fit_stats)."""
-    run: dict[str, Any] = {"t0": None, "e0": 0, "kept": {}}
-    console = getattr(progress, "console", None)
-    columns = getattr(console, "width", None)
-
-    def factory(epoch: int, epochs: int) -> Callable[..., None]:
-        now = clock()
-        if run["t0"] is None:
-            run["t0"], run["e0"] = now, epoch
-        for task in list(progress.task_ids):
-            progress.remove_task(task)
-        label = f"epoch {epoch}/{epochs - 1}"  # 0-based, as in metrics.jsonl
-        task = progress.add_task(f"{label} {PHASES['train']}", total=None, stats="")
-        state: dict[str, Any] = {"phase": "train", "t": now, "frac": 0.0, "eta": None}
-
-        def update(step: int, steps: int, info: Mapping[str, Any] | float | None = None) -> None:
-            if not isinstance(info, Mapping):
-                info = {} if info is None else {"lr": float(info)}
-            phase = str(info.get("phase") or "train")
-            t = clock()
-            if phase != state["phase"]:
-                state.update(phase=phase, t=t)
-            values = {k: v for k, v in info.items() if v is not None and k != "phase"}
-            run["kept"].update({k: values[k] for k in _KEPT if k in values})
-            if phase == "train":
-                state.setdefault("shown", {}).update(values)
-                if steps > 0:
-                    state["frac"] = min(step / steps, 1.0)
-                    if step > 0:
-                        state["eta"] = (t - state["t"]) / step * (steps - step)
-            shown = {**state.get("shown", {}), **run["kept"]}
-            done = epoch - run["e0"] + state["frac"]
-            left = epochs - epoch - state["frac"]
-            run_eta = (t - run["t0"]) / done * left if done > 0 else None
-            eta = state["eta"] if phase == "train" else None
-            description = f"{label} {PHASES.get(phase, phase)}"
-            room = None
-            if columns is not None:  # description, bar, "step/steps", and the gaps
-                mofn = 2 * len(str(steps)) + 1 if steps > 0 else len(str(step)) + 2
-                room = columns - len(description) - _bar_width(columns) - mofn - 4
-            progress.update(
-                task,
-                completed=step,
-                total=steps if steps > 0 else None,
-                description=description,
-                stats=fit_stats(shown, _clock(eta), _clock(run_eta), room),
-            )
-
-        return update
-
-    return factory
-
-
-def _progress_columns(columns: int = 160) -> list[Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
-
-    return [
-        TextColumn("{task.description}"),
-        BarColumn(bar_width=_bar_width(columns)),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[stats]}"),
-    ]
-
-
-@contextmanager
-def _progress_output() -> Iterator[tuple[Callable[[str], None], Any]]:
-    """A live progress bar on a terminal; plain log lines otherwise."""
-    if not err_console.is_terminal:
-        yield (lambda msg: print(msg, flush=True)), None
-        return
-    from rich.progress import Progress
-
-    columns = _progress_columns(err_console.width)
-    with Progress(*columns, console=err_console, transient=True) as progress:
-        yield (
-            (lambda msg: progress.console.print(msg, highlight=False)),
-            _progress_factory(progress),
-        )
-
-
-@contextmanager
-def _phase_output() -> Iterator[tuple[Callable[[str], None], Any]]:
-    """``(say, progress(phase, done, total))`` for absa hessian: a bar per phase on a
-    terminal (with the time the phase has taken), plain lines and no bars otherwise."""
-    if not err_console.is_terminal:
-        yield print, None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    names = {
-        "eigen": "top-k eigenvalues (HVPs)",
-        "trace": "trace (HVPs)",
-        "density": "density (HVPs)",
-        "landscape": "loss landscape (loss evaluations)",
-    }
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(bar_width=24 if err_console.width >= 100 else 12),  # 80 columns fit
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=err_console,
-        transient=True,
-    ) as bars:
-        tasks: dict[str, Any] = {}
-
-        def tick(phase: str, done: int, total: int) -> None:
-            if phase not in tasks:
-                for t in bars.tasks:  # the previous phases ended (maybe converged early)
-                    bars.update(t.id, total=t.completed)
-                tasks[phase] = bars.add_task(names.get(phase, phase), total=total)
-            bars.update(tasks[phase], completed=done, total=max(total, done))
-
-        yield (lambda m: bars.console.print(m, highlight=False)), tick
-
-
 def _relaunch(nproc: int, config: Path | None = None) -> None:
     """``absa train --nproc N ...`` -> ``torchrun --standalone --nproc-per-node N -m absa train ...``.
 
     ``config``: the file the parent chose without -c (configs/default.yaml), passed on."""
-    from torch.distributed.run import main as torchrun_main
-
     args, skip = [], False
     for a in sys.argv[1:]:
         if skip:
@@ -499,16 +274,12 @@ def _relaunch(nproc: int, config: Path | None = None) -> None:
     )
     if config is not None and not given:
         args[1:1] = ["-c", str(config)]  # args[0] is the subcommand
-    from torch.distributed.elastic.multiprocessing import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-
     try:
-        torchrun_main(["--standalone", f"--nproc-per-node={nproc}", "-m", "absa", *args])
-    except ChildFailedError as err:  # the workers printed their errors; add the summary
-        print(err.format_msg(), file=sys.stderr, flush=True)
-        raise typer.Exit(1) from None
-    except SignalException as err:  # Ctrl-C: torchrun passed the signal to the workers
-        raise typer.Exit(128 + int(err.sigval)) from None
+        api.launch(nproc, args)
+    except api.LaunchFailed as err:
+        if err.summary is not None:  # the workers printed their errors; add the summary
+            print(err.summary, file=sys.stderr, flush=True)
+        raise typer.Exit(err.code) from None
 
 
 def default_config() -> Path | None:
@@ -527,7 +298,7 @@ def _config_for(
     if config is not None:
         return config
     if resume is not None:
-        return resume / "config.yaml"
+        return resume / api.CONFIG
     note = (lambda m: None) if quiet else _note
     path = default_config()
     plus = " + the overrides" if overrides else ""
@@ -540,27 +311,6 @@ def _config_for(
 
 def _note(msg: str) -> None:
     err_console.print(msg, highlight=False, soft_wrap=True, style="dim")
-
-
-def _check_before_launch(
-    config: Path | None, overrides: list[str], resume: Path | None, nproc: int
-) -> None:
-    from absa.distributed import check_gpu_per_rank, visible_cuda
-    from absa.engine.loop import check_divisible, prepare_run_dir
-    from absa.run import config as C
-
-    cfg = C.load(config, overrides)
-    check_gpu_per_rank(cfg.train.device, nproc, visible_cuda())
-    prepare_run_dir(cfg, config.stem if config is not None else "run", resume)
-    check_divisible(cfg, nproc)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    """Atomically write ``obj`` as JSON, creating the parent folder."""
-    from absa.run.folder import atomic_write_text
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 @app.command()
@@ -604,57 +354,39 @@ def train(
         overrides = [*(overrides or []), *_run_overrides(threads, device)]
     if print_config:
         with _handled():
-            from absa.run import config as C
-
-            path = _config_for(config, overrides or [], resume, quiet=True)
-            print(C.dump_yaml(C.load(path, overrides or [])), end="")
+            path = _config_for(config, overrides, resume, quiet=True)
+            print(api.config_yaml(api.load_config(path, overrides)), end="")
         return
     relaunch = nproc is not None and nproc > 1 and "RANK" not in os.environ
     # a torchrun worker gets the parent's argv: only the parent says which config it uses
-    config = _config_for(config, overrides or [], resume, quiet="RANK" in os.environ)
+    config = _config_for(config, overrides, resume, quiet="RANK" in os.environ)
     if relaunch:
         with _handled():  # errors every worker would hit: report them once, before launching
-            _check_before_launch(config, overrides or [], resume, nproc)
+            api.check_launch(config, overrides, resume, nproc)
         _relaunch(nproc, config)
         return
-    with _handled() as where, _sigterm_interrupts():
-        from absa import distributed as D
-        from absa.engine.loop import prepare_run_dir, run
-        from absa.run import config as C
+    _train_here(config, overrides, resume, json_out)
 
-        cfg = C.load(config, overrides or [])
+
+def _train_here(
+    config: Path | None, overrides: list[str], resume: Path | None, json_out: Path | None
+) -> None:
+    """Train in this process (one of several under torchrun or srun): the notes, the live
+    progress, then the summary table (rank 0)."""
+    with _handled() as where, _sigterm_interrupts():
+        cfg = api.load_config(config, overrides)
         if os.environ.get("RANK", "0") == "0":
-            for note in ignored_notes(cfg):
+            for note in api.ignored_notes(cfg):
                 err_console.print(f"note: {note}", highlight=False, soft_wrap=True)
         stem = config.stem if config is not None else "run"
-        run_dir = where["run_dir"] = prepare_run_dir(cfg, stem, resume)
-        env = D.setup(cfg.train.device, cfg.distributed.backend, cfg.distributed.timeout_s)
-        ok = False
-        try:
-            with _progress_output() as (log, progress):
-                summary = run(
-                    cfg, env, run_dir, resume=resume is not None, log=log, progress=progress
-                )
-            ok = True
-        finally:
-            D.teardown(env, ok)  # no barrier after an error: the peers may never reach it
-        if env.is_main:
-            _print_summary(summary)
+        run_dir = where["run_dir"] = api.run_folder(cfg, stem, resume)
+        with progress_output(err_console) as (log, progress):
+            res = api.train(cfg, run_dir, resume=resume is not None, log=log,
+                            progress=progress, distributed=True)  # fmt: skip
+        if res.rank == 0:
+            _print_summary(res.summary)
             if json_out is not None:
-                _write_json(json_out, summary.__dict__)
-
-
-def ignored_notes(cfg: Any) -> list[str]:
-    """A line naming the ``schedule.*`` keys the config sets to a non-default value that its
-    method does not read (none when there are none)."""
-    from absa.math.policies import ignored_note
-
-    fields = type(cfg.schedule).model_fields
-    changed = [  # set to a non-default value (a resolved config sets every key to its value)
-        k for k in cfg.schedule.model_fields_set if getattr(cfg.schedule, k) != fields[k].default
-    ]
-    note = ignored_note(cfg.schedule.method, [f"schedule.{k}" for k in changed])
-    return [note] if note else []
+                api.write_json(json_out, res.summary.__dict__)
 
 
 def trajectory_text(summary: Any) -> str:
@@ -709,136 +441,37 @@ def eval_cmd(
     threads: ThreadsOpt = None,
     device: DeviceOpt = None,
     trust_model_code: TrustOpt = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    json_out: JsonOpt = None,
 ) -> None:
     """Test loss and accuracy of a checkpoint, plus robust accuracy under FGSM and PGD."""
     with _handled():
-        from absa.engine.evaluation import evaluate, robustness
-
         _at_least("--limit", limit, 1)
         for e in eps or []:
             if not 0 <= e <= 1:
                 raise CliError(f"--eps: must be in [0, 1] (got {e:g})")
         extra = [f"data.root={data_dir}"] if data_dir is not None else []
         extra += _run_overrides(threads, device)
-        cfg, env, data, model, ck = _model_for(
-            checkpoint, None, [*(overrides or []), *extra], trust_model_code
-        )
-        if robust:
-            eps_list = list(eps) if eps else list(cfg.adversarial.eval_eps)
-            out = robustness(
-                model,
-                data.test,
-                env,
-                eps_list,
-                cfg.adversarial.pgd_steps,
-                cfg.train.eval_batch,
-                limit,
-            )
-        else:
-            clean = evaluate(model, data.test, env, cfg.train.eval_batch, limit)
-            out = [
-                {"attack": "clean", "eps": 0.0, "loss": clean.loss, "acc": clean.acc, "n": clean.n}
-            ]
-        title = f"absa eval: {checkpoint} (after epoch {ck['epoch'] - 1}, {ck['updates']} updates)"
-        table = Table(title=title, min_width=len(title))  # the title on one line
-        for col in ("attack", "eps", "loss", "accuracy %", "samples"):
-            table.add_column(col, justify="right" if col != "attack" else "left")
-        for r in out:
-            table.add_row(
-                str(r["attack"]),
-                f"{r['eps']:g}",
-                f"{r['loss']:.4f}",
-                f"{r['acc']:.2f}",
-                str(r["n"]),
-            )
-        console.print(table)
+        loaded = api.open_model(checkpoint, None, [*(overrides or []), *extra], trust_model_code)
+        out = api.evaluate_run(loaded, robust, eps or (), limit)
+        _print_eval(checkpoint, loaded.checkpoint or {}, out)
         if json_out is not None:
-            _write_json(json_out, {"checkpoint": str(checkpoint), "results": out})
+            api.write_json(json_out, {"checkpoint": str(checkpoint), "results": out})
 
 
-def _not_yet(name: str) -> None:
-    raise CliError(f"absa {name} is not available yet in this version", code=USER_ERROR)
-
-
-def _model_for(
-    checkpoint: Path | None, config: Path | None, overrides: list[str], trust: bool = False
-) -> tuple[Any, Any, Any, Any, dict[str, Any] | None]:
-    """(cfg, env, data, model, checkpoint dict) from a checkpoint or a config (fresh init).
-    A checkpoint's ``module:function`` model is imported only with ``trust``."""
-    from absa.run.models import code_imports
-
-    mode = "allow" if trust or checkpoint is None else f"deny:{checkpoint}"
-    with code_imports(mode):
-        return _model_for_unguarded(checkpoint, config, overrides)
-
-
-def _model_for_unguarded(
-    checkpoint: Path | None, config: Path | None, overrides: list[str]
-) -> tuple[Any, Any, Any, Any, dict[str, Any] | None]:
-    from absa.distributed import DistEnv, resolve_device
-    from absa.run import checkpoint as ckpt_io
-    from absa.run import config as C
-    from absa.run.data import load_data
-    from absa.run.models import build_from_config
-
-    ck = None
-    if checkpoint is not None:
-        ck = ckpt_io.load(checkpoint)
-        cfg = C.from_dict(ck["config"], str(checkpoint))  # blame the file for its own errors
-        if overrides:
-            tree = C.apply_overrides(ck["config"], overrides)
-            cfg = C.from_dict(tree, f"{checkpoint} + overrides")
-        if config is not None:
-            other = C.load(config, overrides)
-            if other.model != cfg.model:
-                raise CliError(
-                    f"{checkpoint}: checkpoint is from model {ck['config']['model']} but "
-                    f"{config} asks for {C.to_dict(other)['model']}"
-                )
-    else:
-        cfg = C.load(config, overrides)
-        torch_seed(cfg.train.seed)
-    if cfg.train.threads:
-        torch_threads(cfg.train.threads)
-    env = DistEnv(device=resolve_device(cfg.train.device))
-    data = load_data(cfg.data)
-    model = build_from_config(cfg.model, data.info).to(env.device)
-    if ck is not None:
-        try:
-            model.load_state_dict(ck["model"])
-        except RuntimeError as err:
-            lines = [ln.strip() for ln in str(err).strip().splitlines()]
-            detail = next((ln for ln in lines[1:] if ln), lines[0])  # first missing/mismatch
-            if len(detail) > 200:
-                detail = detail[:200] + "..."
-            raise CliError(
-                f"{checkpoint}: weights do not fit model {cfg.model.name} "
-                f"(width {cfg.model.width}): {detail}"
-            ) from None
-    return cfg, env, data, model, ck
-
-
-def torch_seed(seed: int) -> None:
-    import torch
-
-    torch.manual_seed(seed)
-
-
-def torch_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)
-
-
-def _source_context(cfg: Any, checkpoint: Path | None, config: Path | None) -> str:
-    """``run absa-b512-s0 (epoch 30), digits, small_cnn``: the figures' subtitle."""
-    if checkpoint is not None:
-        folder = checkpoint.parent if checkpoint.suffix == ".pt" else checkpoint
-        where = f"run {folder.name}"
-    else:
-        where = f"{config.name if config else 'defaults'} (fresh init)"
-    return f"{where}, {cfg.data.name}, {cfg.model.name} (width {cfg.model.width})"
+def _print_eval(checkpoint: Path, ck: dict[str, Any], out: list[dict[str, Any]]) -> None:
+    title = f"absa eval: {checkpoint} (after epoch {ck['epoch'] - 1}, {ck['updates']} updates)"
+    table = Table(title=title, min_width=len(title))  # the title on one line
+    for col in ("attack", "eps", "loss", "accuracy %", "samples"):
+        table.add_column(col, justify="right" if col != "attack" else "left")
+    for r in out:
+        table.add_row(
+            str(r["attack"]),
+            f"{r['eps']:g}",
+            f"{r['loss']:.4f}",
+            f"{r['acc']:.2f}",
+            str(r["n"]),
+        )
+    console.print(table)
 
 
 def _phase_size(option: str, on: bool | None, size: int | None, default: int, flag: str) -> int:
@@ -854,82 +487,94 @@ def _phase_size(option: str, on: bool | None, size: int | None, default: int, fl
     return 0
 
 
+HessianCheckpointOpt = Annotated[
+    Path | None, typer.Option(help="last.pt or a run folder (its config is used).")
+]
+SamplesOpt = Annotated[
+    int | None,
+    typer.Option(help="Use N random samples of the split (default hessian.probe_size)."),
+]
+BlockOpt = Annotated[
+    str | None,
+    typer.Option(help="last | full | name patterns, e.g. 'layer4.*' (default hessian.block)."),
+]
+TraceOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--trace/--no-trace",
+        help="Also estimate the trace (Hutchinson; up to --trace-samples HVPs). Off by default.",
+    ),
+]
+TraceSamplesOpt = Annotated[
+    int | None,
+    typer.Option(help="Hutchinson samples of --trace (default 100; N > 0 implies --trace)."),
+]
+DensityOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--density/--no-density",
+        help="Also estimate the eigenvalue density (SLQ; --density-runs x --density-iter "
+        "HVPs) and plot it with --plot. Off by default.",
+    ),
+]
+DensityIterOpt = Annotated[
+    int | None,
+    typer.Option(help="Lanczos steps per SLQ run (default 60; N > 0 implies --density)."),
+]
+PlotOpt = Annotated[
+    Path | None,
+    typer.Option(help="Folder for PNGs: the density (--density) and landscape (--landscape)."),
+]
+LandscapeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--landscape",
+        help="Also plot the 1D/2D loss landscape into --plot: 2 x --points + (--points/2)^2 "
+        "loss evaluations over --samples, often the slowest part. Off by default.",
+    ),
+]
+RadiusOpt = Annotated[
+    float | None,
+    typer.Option(help="Landscape half-width (default sqrt(2/lambda_max): +1 nat quadratic)."),
+]
+PointsOpt = Annotated[int, typer.Option(help="Points per landscape axis, >= 3 (1D; 2D uses half).")]
+SeedOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Seed of the sample and random starts (default train.seed: on the train split "
+        "the sample is then training's own Hessian probe set)."
+    ),
+]
+
+
 @app.command("hessian")
 @_reflowed
 def hessian_cmd(
-    checkpoint: Annotated[
-        Path | None, typer.Option(help="last.pt or a run folder (its config is used).")
-    ] = None,
+    checkpoint: HessianCheckpointOpt = None,
     config: ConfigOpt = None,
     overrides: CheckpointOverridesArg = None,
     split: Annotated[str, typer.Option(help="train or test split.")] = "train",
-    samples: Annotated[
-        int | None,
-        typer.Option(help="Use N random samples of the split (default hessian.probe_size)."),
-    ] = None,
-    block: Annotated[
-        str | None,
-        typer.Option(help="last | full | name patterns, e.g. 'layer4.*' (default hessian.block)."),
-    ] = None,
+    samples: SamplesOpt = None,
+    block: BlockOpt = None,
     k: Annotated[int, typer.Option("-k", "--top-k", help="Number of top eigenvalues.")] = 5,
     method: Annotated[str, typer.Option(help="lanczos or power.")] = "lanczos",
     max_iter: Annotated[int, typer.Option(help="Lanczos steps / power iterations.")] = 100,
     rtol: Annotated[float, typer.Option(help="Relative tolerance of the eigenvalues.")] = 1e-3,
-    trace: Annotated[
-        bool | None,
-        typer.Option(
-            "--trace/--no-trace",
-            help="Also estimate the trace (Hutchinson; up to --trace-samples HVPs). Off by default.",
-        ),
-    ] = None,
-    trace_samples: Annotated[
-        int | None,
-        typer.Option(help="Hutchinson samples of --trace (default 100; N > 0 implies --trace)."),
-    ] = None,
-    density: Annotated[
-        bool | None,
-        typer.Option(
-            "--density/--no-density",
-            help="Also estimate the eigenvalue density (SLQ; --density-runs x --density-iter "
-            "HVPs) and plot it with --plot. Off by default.",
-        ),
-    ] = None,
-    density_iter: Annotated[
-        int | None,
-        typer.Option(help="Lanczos steps per SLQ run (default 60; N > 0 implies --density)."),
-    ] = None,
+    trace: TraceOpt = None,
+    trace_samples: TraceSamplesOpt = None,
+    density: DensityOpt = None,
+    density_iter: DensityIterOpt = None,
     density_runs: Annotated[int, typer.Option(help="SLQ runs averaged.")] = 3,
-    plot: Annotated[
-        Path | None,
-        typer.Option(help="Folder for PNGs: the density (--density) and landscape (--landscape)."),
-    ] = None,
-    landscape: Annotated[
-        bool,
-        typer.Option(
-            "--landscape",
-            help="Also plot the 1D/2D loss landscape into --plot: 2 x --points + (--points/2)^2 "
-            "loss evaluations over --samples, often the slowest part. Off by default.",
-        ),
-    ] = False,
-    radius: Annotated[
-        float | None,
-        typer.Option(help="Landscape half-width (default sqrt(2/lambda_max): +1 nat quadratic)."),
-    ] = None,
-    points: Annotated[
-        int, typer.Option(help="Points per landscape axis, >= 3 (1D; 2D uses half).")
-    ] = 21,
+    plot: PlotOpt = None,
+    landscape: LandscapeOpt = False,
+    radius: RadiusOpt = None,
+    points: PointsOpt = 21,
     batch: Annotated[int, typer.Option(help="Micro-batch for HVPs and losses.")] = 256,
-    seed: Annotated[
-        int | None,
-        typer.Option(
-            help="Seed of the sample and random starts (default train.seed: on the train split "
-            "the sample is then training's own Hessian probe set)."
-        ),
-    ] = None,
+    seed: SeedOpt = None,
     threads: ThreadsOpt = None,
     device: DeviceOpt = None,
     trust_model_code: TrustOpt = False,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Write results as JSON.")] = None,
+    json_out: JsonOpt = None,
 ) -> None:
     """Hessian spectrum of a model: top-k eigenvalues (trace, density, landscape on request).
 
@@ -939,221 +584,98 @@ def hessian_cmd(
     Before each long phase the expected cost is printed (from one timed HVP).
     """
     with _handled():
-        from absa.engine import analysis as A
-
         if checkpoint is None and config is None:
             raise CliError("give --checkpoint RUN_DIR|last.pt or --config CONFIG (fresh init)")
-        if split not in ("train", "test"):
-            raise CliError(f"--split: expected train or test (got {split!r})")
-        if method not in ("lanczos", "power"):
-            raise CliError(f"--method: expected lanczos or power (got {method!r})")
-        for option, value, low in (
-            ("-k", k, 1),
-            ("--max-iter", max_iter, 1),
-            ("--batch", batch, 1),
-            ("--samples", samples, 1),
-            ("--trace-samples", trace_samples, 0),
-            ("--density-iter", density_iter, 0),
-            ("--density-runs", density_runs, 1),
-            ("--points", points, 3),
-        ):
-            _at_least(option, value, low)
-        _positive("--rtol", rtol)
-        _positive("--radius", radius)
-        if landscape and plot is None:
-            raise CliError("--landscape: give --plot DIR too (where its PNGs go)")
-        n_trace = _phase_size("--trace-samples", trace, trace_samples, 100, "trace")
-        n_density = _phase_size("--density-iter", density, density_iter, 60, "density")
+        req = _hessian_request(
+            split, samples, block, k, method, max_iter, rtol, trace, trace_samples, density,
+            density_iter, density_runs, batch, seed, points, radius, landscape, plot,
+        )  # fmt: skip
         extra = _run_overrides(threads, device)
-        cfg, env, data, model, ck = _model_for(
-            checkpoint, config, [*(overrides or []), *extra], trust_model_code
-        )
-        blk = block or cfg.hessian.block
-        n = samples if samples is not None else cfg.hessian.probe_size
-        chosen = data.train if split == "train" else data.test
-        seed = cfg.train.seed if seed is None else seed
-        batches = A.batches_of(chosen, n, batch, env.device, seed)
-        req = A.SpectrumRequest(
-            block=blk,
-            k=k,
-            method=method,
-            max_iter=max(max_iter, k),
-            rtol=rtol,
-            trace_samples=n_trace,
-            density_iter=n_density,
-            density_runs=density_runs,
-            seed=seed,
-            hvp=cfg.hessian.hvp,
-            keep_graph=cfg.hessian.keep_graph,
-        )
-        source = str(checkpoint) if checkpoint is not None else f"{config} (fresh init)"
-        context = _source_context(cfg, checkpoint, config)
-        result: dict[str, Any] = {}
-        with _phase_output() as (say, tick):
-            spec = A.spectrum(model, batches, req, say, tick)
+        loaded = api.open_model(checkpoint, config, [*(overrides or []), *extra], trust_model_code)
+        with phase_output(err_console) as (say, tick):
+            res = api.hessian_analysis(loaded, req, say, tick)
             if plot is not None:
-                result.update(
-                    _landscape_plots(
-                        model,
-                        data,
-                        batches,
-                        spec,
-                        (blk, n, batch, seed, max_iter, rtol),
-                        env,
-                        radius,
-                        points if landscape else None,
-                        plot,
-                        context,
-                        say,
-                        tick,
-                    )  # fmt: skip
-                )
-        table = Table(title=f"absa hessian: {source}", min_width=len(f"absa hessian: {source}"))
-        table.add_column("quantity")
-        table.add_column("value", justify="right")
-        table.add_row("block / parameters", f"{blk} / {spec.block_size}")
-        table.add_row(f"samples ({split})", str(spec.samples))
-        for i, lam in enumerate(spec.eigenvalues):
-            table.add_row(f"lambda_{i + 1}", f"{lam:.6g}")
-        table.add_row(
-            "eigen: HVPs / seconds / converged",
-            f"{spec.eigen_hvps} / {spec.eigen_seconds:.2f}s / {spec.converged}",
-        )
-        if spec.trace is not None:
-            table.add_row(
-                "trace (Hutchinson)",
-                f"{spec.trace:.6g} +- {spec.trace_std_err:.2g} "
-                f"({spec.trace_hvps} HVPs, {spec.trace_seconds:.2f}s)",
-            )
-        if spec.density is not None:
-            table.add_row(
-                "mean eigenvalue (SLQ)",
-                f"{spec.density['mean']:.4g} ({spec.density_hvps} HVPs, "
-                f"{spec.density_seconds:.2f}s)",
-            )
-        result = {
-            "source": source,
-            "split": split,
-            "block": blk,
-            "block_size": spec.block_size,
-            "samples": spec.samples,
-            "method": method,
-            "eigenvalues": spec.eigenvalues,
-            "converged": spec.converged,
-            "eigen_hvps": spec.eigen_hvps,
-            "eigen_seconds": spec.eigen_seconds,
-            "hvp_seconds": spec.hvp_seconds,
-            "trace": spec.trace,
-            "trace_std_err": spec.trace_std_err,
-            "trace_hvps": spec.trace_hvps,
-            "trace_seconds": spec.trace_seconds,
-            "density": spec.density,
-            "density_hvps": spec.density_hvps,
-            "density_seconds": spec.density_seconds,
-            "epoch": ck["epoch"] if ck else None,
-            **result,
-        }
-        if "landscape_seconds" in result:
-            table.add_row(
-                "landscape / plots",
-                f"{result['landscape_seconds']:.2f}s / {result['plots_seconds']:.2f}s",
-            )
-        if result.get("plots"):
-            table.add_row("plots", "\n".join(result["plots"]))
-        console.print(table)
+                _hessian_figures(res, plot, say)
+        console.print(_hessian_table(res))
         if json_out is not None:
-            _write_json(json_out, result)
+            api.write_json(json_out, res.to_dict())
 
 
-def _landscape_plots(
-    model: Any,
-    data: Any,
-    batches: Any,
-    spec: Any,
-    request: tuple[str, int, int, int, int, float],
-    env: Any,
-    radius: float | None,
-    points: int | None,
-    folder: Path,
-    context: str,
-    say: Callable[[str], None],
-    tick: Any,
-) -> dict[str, Any]:
-    """The PNGs of --plot with their times: the loss landscape along the top two
-    eigenvectors (``points`` per axis; None: --landscape not given, none) and the density.
-    ``request``: (block, samples, micro-batch, seed, max_iter, rtol) of the spectrum."""
-    from absa.fleet import plots
+def _hessian_request(
+    split: str, samples: int | None, block: str | None, k: int, method: str, max_iter: int,
+    rtol: float, trace: bool | None, trace_samples: int | None, density: bool | None,
+    density_iter: int | None, density_runs: int, batch: int, seed: int | None, points: int,
+    radius: float | None, landscape: bool, plot: Path | None,
+) -> api.HessianRequest:  # fmt: skip
+    """absa hessian's options, checked (one line naming the option), as an api.HessianRequest."""
+    if split not in ("train", "test"):
+        raise CliError(f"--split: expected train or test (got {split!r})")
+    if method not in ("lanczos", "power"):
+        raise CliError(f"--method: expected lanczos or power (got {method!r})")
+    for option, value, low in (
+        ("-k", k, 1),
+        ("--max-iter", max_iter, 1),
+        ("--batch", batch, 1),
+        ("--samples", samples, 1),
+        ("--trace-samples", trace_samples, 0),
+        ("--density-iter", density_iter, 0),
+        ("--density-runs", density_runs, 1),
+        ("--points", points, 3),
+    ):
+        _at_least(option, value, low)
+    _positive("--rtol", rtol)
+    _positive("--radius", radius)
+    if landscape and plot is None:
+        raise CliError("--landscape: give --plot DIR too (where its PNGs go)")
+    return api.HessianRequest(
+        split, samples, block, k, method, max_iter, rtol,
+        _phase_size("--trace-samples", trace, trace_samples, 100, "trace"),
+        _phase_size("--density-iter", density, density_iter, 60, "density"),
+        density_runs, batch, seed, points if landscape else None, radius,
+    )  # fmt: skip
 
-    blk, n, batch, seed, max_iter, rtol = request
-    out: dict[str, Any] = {}
-    files = []
-    t0 = time.perf_counter()
-    if points is not None:
-        land = _landscape(model, data, batches, spec, request, env, radius, points, say, tick)
-        out.update(landscape=land, landscape_seconds=time.perf_counter() - t0)
-        lam = spec.eigenvalues[0]
-        files.append(plots.landscape_1d(land, lam, blk, folder / "landscape_1d.png", context))
-        if "surface" in land:
-            files.append(plots.landscape_2d(land, blk, folder / "landscape_2d.png", context))
-    if spec.density is not None:
-        files.append(
-            plots.density(spec.density, spec.eigenvalues, blk, folder / "density.png", context)
-        )
-    out["plots_seconds"] = time.perf_counter() - t0 - out.get("landscape_seconds", 0.0)
+
+def _hessian_figures(res: api.HessianResult, folder: Path, say: Callable[[str], None]) -> None:
+    """The PNGs of --plot, and a line saying what they took."""
+    files = api.hessian_figures(res, folder)
     if not files:
         say("--plot: nothing to draw (add --landscape and/or --density)")
     else:
-        took = f"landscape {out['landscape_seconds']:.2f}s, " if points is not None else ""
-        say(f"{took}plots {out['plots_seconds']:.2f}s: {', '.join(str(f) for f in files)}")
-    return {**out, "plots": [str(f) for f in files]}
+        took = f"landscape {res.landscape_seconds:.2f}s, " if res.landscape is not None else ""
+        say(f"{took}plots {res.plots_seconds:.2f}s: {', '.join(str(f) for f in files)}")
 
 
-def _landscape(
-    model: Any,
-    data: Any,
-    batches: Any,
-    spec: Any,
-    request: tuple[str, int, int, int, int, float],
-    env: Any,
-    radius: float | None,
-    points: int,
-    say: Callable[[str], None],
-    tick: Any,
-) -> dict[str, Any]:
-    """Train/test loss along the top eigenvector and on the plane of the top two, its cost
-    said first (from one timed loss evaluation)."""
-    import math
-
-    from absa.engine import analysis as A
-
-    blk, n, batch, seed, max_iter, rtol = request
-    lam = spec.eigenvalues[0]
-    r = radius if radius is not None else (math.sqrt(2 / lam) if lam > 0 else 1.0)
-    splits = {
-        "train": A.batches_of(data.train, n, batch, env.device, seed),
-        "test": A.batches_of(data.test, n, batch, env.device, seed),
-    }
-    vecs = spec.vectors
-    if len(vecs) < 2 and spec.block_size >= 2:
-        say("second eigenvector for the 2D surface...")
-        two = A.SpectrumRequest(
-            block=blk, k=2, method="lanczos", max_iter=max(max_iter, 2), rtol=rtol, seed=seed
-        )
-        vecs = A.spectrum(model, batches, two).vectors
-    points_2d = max(points // 2, 3)
-    evals = A.landscape_evaluations(len(splits), points, points_2d, len(vecs) >= 2)
-    t_loss = math.inf
-    for _ in range(2):  # the fastest of two: the first also pays one-off costs
-        t0 = time.perf_counter()
-        A.mean_loss(model, splits["train"])
-        t_loss = min(t_loss, time.perf_counter() - t0)
-    say(
-        f"loss landscape: {points} points x {len(splits)} splits"
-        + (f" + {points_2d}x{points_2d} surface" if len(vecs) >= 2 else "")
-        + f" = {evals} loss evaluations, ~{A.seconds_text(evals * t_loss)} "
-        f"(one took {A.seconds_text(t_loss)}); radius {r:.3g}"
+def _hessian_table(res: api.HessianResult) -> Table:
+    spec, title = res.spectrum, f"absa hessian: {res.source}"
+    table = Table(title=title, min_width=len(title))
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    table.add_row("block / parameters", f"{res.block} / {spec.block_size}")
+    table.add_row(f"samples ({res.split})", str(spec.samples))
+    for i, lam in enumerate(spec.eigenvalues):
+        table.add_row(f"lambda_{i + 1}", f"{lam:.6g}")
+    table.add_row(
+        "eigen: HVPs / seconds / converged",
+        f"{spec.eigen_hvps} / {spec.eigen_seconds:.2f}s / {spec.converged}",
     )
-    return A.landscape(model, blk, vecs, splits, r, points, points_2d, tick)
+    if spec.trace is not None:
+        table.add_row(
+            "trace (Hutchinson)",
+            f"{spec.trace:.6g} +- {spec.trace_std_err:.2g} "
+            f"({spec.trace_hvps} HVPs, {spec.trace_seconds:.2f}s)",
+        )
+    if spec.density is not None:
+        table.add_row(
+            "mean eigenvalue (SLQ)",
+            f"{spec.density['mean']:.4g} ({spec.density_hvps} HVPs, {spec.density_seconds:.2f}s)",
+        )
+    if res.landscape_seconds is not None:
+        table.add_row(
+            "landscape / plots", f"{res.landscape_seconds:.2f}s / {res.plots_seconds:.2f}s"
+        )
+    if res.plots:
+        table.add_row("plots", "\n".join(res.plots))
+    return table
 
 
 @app.command()
@@ -1194,9 +716,7 @@ def sweep(
     requeue on preemption and resume from their checkpoint. Exit status 1 if a point failed.
     """
     with _handled():
-        from absa.fleet.sweep import run_sweep
-
-        result = run_sweep(sweep_file, executor, max_parallel, dry_run, say=_say, wait=wait)
+        result = api.run_sweep(sweep_file, executor, max_parallel, dry_run, say=_say, wait=wait)
         if not dry_run:
             _say(
                 f"done {len(result.done)}, skipped (finished before) {len(result.skipped)}, "
@@ -1232,9 +752,7 @@ def report(
     per-method batch/lr/lambda_max trajectories.
     """
     with _handled():
-        from absa.fleet.report import make_report
-
-        res = make_report(sweep_dirs, out, console=console, warn=_warn)
+        res = api.make_report(sweep_dirs, out, console=console, warn=_warn)
         _say(f"wrote {res.md_path}, {res.csv_path}, " + ", ".join(str(p) for p in res.plots))
 
 
@@ -1251,26 +769,8 @@ def main() -> None:
     try:
         app()
     except BaseException as err:
-        dist_mod = sys.modules.get("absa.distributed")
-        if dist_mod is None or not dist_mod.joined():
-            raise
-        # a distributed worker (its group already torn down): end it without the
-        # interpreter's shutdown, where gloo's threads can abort a finished process
-        if isinstance(err, SystemExit):
-            code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
-            if isinstance(err.code, str):
-                print(err.code, file=sys.stderr)
-        else:
-            import traceback
-
-            from torch.distributed.elastic.multiprocessing.errors import ErrorHandler
-
-            rank = dist_mod.process_env()[0]
-            print(f"rank {rank} failed:", file=sys.stderr)
-            traceback.print_exc()
-            ErrorHandler().record_exception(err)  # torchrun's failure summary shows it
-            code = 1
-        dist_mod.exit_process(code)
+        api.end_if_worker(err)  # a distributed worker ends here, without the shutdown
+        raise
 
 
 if __name__ == "__main__":

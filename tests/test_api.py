@@ -76,3 +76,16 @@ def test_user_module_and_tensors_train_and_match_a_dense_head_hessian(tmp_path):
     )
     rows = absa.evaluate(model, data.test, eps=[0.05], pgd_steps=2)
     assert [r["attack"] for r in rows] == ["clean", "fgsm", "pgd"] and rows[0]["n"] == 32
+
+
+def test_width_set_for_a_fixed_width_model_is_noted():
+    """absa train prints api.ignored_notes: model.width is named for a fixed-width model only."""
+    from absa import api
+    from absa.run import config as C
+    from absa.run.models import FIXED_WIDTH
+
+    fixed = sorted(FIXED_WIDTH)[0]
+    notes = api.ignored_notes(C.load(None, [f"model.name={fixed}", "model.width=32"]))
+    assert notes == [f"model.width is ignored by model.name {fixed} (its layer widths are fixed)"]
+    assert api.ignored_notes(C.load(None, ["model.name=mlp", "model.width=32"])) == []
+    assert api.ignored_notes(C.load(None, [f"model.name={fixed}"])) == []

@@ -523,7 +523,7 @@ def test_nproc_passes_the_implicit_config_to_the_workers(monkeypatch, tmp_path):
 
 
 class _FakeProgress:
-    """What _progress_factory uses of rich's Progress, recording the last update."""
+    """What progress_factory uses of rich's Progress, recording the last update."""
 
     def __init__(self):
         self.task_ids, self.last, self.made = [], {}, 0
@@ -542,11 +542,11 @@ class _FakeProgress:
 
 
 def test_progress_accepts_the_lr_call_and_the_info_dict():
-    from absa import cli
+    from absa import progress as live
 
     now = [0.0]
     prog = _FakeProgress()
-    factory = cli._progress_factory(prog, clock=lambda: now[0])
+    factory = live.progress_factory(prog, clock=lambda: now[0])
     on_step = factory(0, 10)
     now[0] = 2.0
     on_step(5, 20, 0.05)  # the original call: lr only
@@ -578,12 +578,12 @@ def test_progress_on_a_real_rich_progress():
     from rich.console import Console
     from rich.progress import Progress
 
-    from absa import cli
+    from absa import progress as live
 
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=160)
-    with Progress(*cli._progress_columns(), console=console) as progress:
-        on_step = cli._progress_factory(progress)(3, 30)
+    with Progress(*live.progress_columns(), console=console) as progress:
+        on_step = live.progress_factory(progress)(3, 30)
         on_step(5, 22, {"lr": 0.05, "batch_size": 256, "loss": 0.41, "acc": 88.1})
         on_step(6, 22, 0.05)
         progress.refresh()
@@ -598,13 +598,13 @@ def _rendered_lines(width, steps):
     from rich.console import Console
     from rich.progress import Progress
 
-    from absa import cli
+    from absa import progress as live
 
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=width)
     clock = iter(range(0, 10**6, 7)).__next__  # 7 s per call: hours-long ETAs
-    with Progress(*cli._progress_columns(width), console=console) as progress:
-        on_step = cli._progress_factory(progress, clock=clock)(12, 30)
+    with Progress(*live.progress_columns(width), console=console) as progress:
+        on_step = live.progress_factory(progress, clock=clock)(12, 30)
         for step, info in steps:
             on_step(step, 1022, info)
         progress.refresh()
@@ -822,13 +822,13 @@ def test_out_of_the_box_run_shows_the_method(tmp_path):
 
 def test_a_resolved_config_gets_no_ignored_keys_note():
     """A sweep's point.yaml sets every key (to its value): only non-default ones count."""
-    from absa import cli
+    from absa import api
     from absa.run import config as C
 
     resolved = C.from_dict(C.to_dict(C.load(None, ["schedule.method=bl"])), "point.yaml")
-    assert cli.ignored_notes(resolved) == []
+    assert api.ignored_notes(resolved) == []
     odd = C.from_dict(C.to_dict(C.load(None, ["schedule.max_batch=512"])), "point.yaml")
-    assert cli.ignored_notes(odd) == ["schedule.max_batch is ignored by schedule.method bl"]
+    assert api.ignored_notes(odd) == ["schedule.max_batch is ignored by schedule.method bl"]
 
 
 def test_batch_larger_than_the_training_split_is_refused(tmp_path):

@@ -195,32 +195,49 @@ def spectrum(
         if t_hvp is not None and eig.n_hvp:  # a better per-HVP time for the next phases
             t_hvp = out.eigen_seconds / eig.n_hvp
         if req.trace_samples > 0:
-            tell(cost_line("trace (Hutchinson, stops at 1% std err)", req.trace_samples, t_hvp))
-            t0 = time.perf_counter()
-            tr = H.trace_hutchinson(
-                _metered(op, "trace", req.trace_samples, progress),
-                req.trace_samples,
-                gen,
-                rtol=1e-2,
-            )
-            out.trace, out.trace_std_err, out.trace_hvps = tr.trace, tr.std_err, tr.n_hvp
-            out.trace_seconds = time.perf_counter() - t0
+            _trace(op, req, gen, out, t_hvp, tell, progress)
         if req.density_iter > 0 and req.density_runs > 0:
-            steps = min(req.density_iter, op.dim)
-            total = req.density_runs * steps
-            tell(
-                cost_line(
-                    f"density (SLQ, {req.density_runs} x {steps} Lanczos steps)", total, t_hvp
-                )
-            )
-            t0 = time.perf_counter()
-            den = H.density_slq(
-                _metered(op, "density", total, progress), steps, req.density_runs, gen
-            )
-            out.density = {"nodes": den.nodes, "weights": den.weights, "mean": den.mean()}
-            out.density_hvps = den.n_hvp
-            out.density_seconds = time.perf_counter() - t0
+            _density(op, req, gen, out, t_hvp, tell, progress)
         return out
+
+
+def _trace(
+    op: Any,
+    req: SpectrumRequest,
+    gen: torch.Generator,
+    out: Spectrum,
+    t_hvp: float | None,
+    tell: Callable[[str], None],
+    progress: Progress | None,
+) -> None:
+    """Hutchinson's trace estimate into ``out`` (stops at 1% std err)."""
+    tell(cost_line("trace (Hutchinson, stops at 1% std err)", req.trace_samples, t_hvp))
+    t0 = time.perf_counter()
+    tr = H.trace_hutchinson(
+        _metered(op, "trace", req.trace_samples, progress), req.trace_samples, gen, rtol=1e-2
+    )
+    out.trace, out.trace_std_err, out.trace_hvps = tr.trace, tr.std_err, tr.n_hvp
+    out.trace_seconds = time.perf_counter() - t0
+
+
+def _density(
+    op: Any,
+    req: SpectrumRequest,
+    gen: torch.Generator,
+    out: Spectrum,
+    t_hvp: float | None,
+    tell: Callable[[str], None],
+    progress: Progress | None,
+) -> None:
+    """The SLQ eigenvalue density into ``out``: density_runs x min(density_iter, dim) HVPs."""
+    steps = min(req.density_iter, op.dim)
+    total = req.density_runs * steps
+    tell(cost_line(f"density (SLQ, {req.density_runs} x {steps} Lanczos steps)", total, t_hvp))
+    t0 = time.perf_counter()
+    den = H.density_slq(_metered(op, "density", total, progress), steps, req.density_runs, gen)
+    out.density = {"nodes": den.nodes, "weights": den.weights, "mean": den.mean()}
+    out.density_hvps = den.n_hvp
+    out.density_seconds = time.perf_counter() - t0
 
 
 @torch.no_grad()
@@ -284,3 +301,63 @@ def landscape(
             )
             out["surface"] = {"split": first, "alphas": grid, "betas": grid, "loss": surf.tolist()}
         return out
+
+
+@dataclass
+class LandscapeRequest:
+    points: int = 21  # per 1D axis (>= 3); the 2D surface has max(points // 2, 3) per axis
+    radius: float | None = None  # half-width; None: sqrt(2 / lambda_max), +1 nat quadratic
+    max_iter: int = 100  # Lanczos steps of a second eigenvector (when the spectrum kept one)
+    rtol: float = 1e-3
+    seed: int = 0
+
+
+def landscape_radius(lam: float, radius: float | None) -> float:
+    """``radius``, else sqrt(2 / lambda_max): where 0.5 lambda a^2 reaches 1 nat (1 if
+    lambda_max <= 0)."""
+    return radius if radius is not None else (math.sqrt(2 / lam) if lam > 0 else 1.0)
+
+
+def fastest_loss(model: nn.Module, batches: Batches, repeats: int = 2) -> float:
+    """Seconds of one ``mean_loss``: the fastest of ``repeats`` (the first also pays
+    one-off costs)."""
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        mean_loss(model, batches)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def landscape_near(
+    model: nn.Module,
+    spec: Spectrum,
+    batches: Batches,
+    splits: dict[str, Batches],
+    req: LandscapeRequest,
+    say: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """``landscape`` along the top eigenvector(s) of ``spec`` (measured on ``batches``; a
+    second one is computed for the 2D surface when ``spec`` has one only), its cost said
+    first (from one timed loss evaluation on the first split)."""
+    tell = say or (lambda _m: None)
+    r = landscape_radius(spec.eigenvalues[0], req.radius)
+    vecs = spec.vectors
+    if len(vecs) < 2 and spec.block_size >= 2:
+        tell("second eigenvector for the 2D surface...")
+        two = SpectrumRequest(
+            block=spec.block, k=2, method="lanczos", max_iter=max(req.max_iter, 2),
+            rtol=req.rtol, seed=req.seed,
+        )  # fmt: skip
+        vecs = spectrum(model, batches, two).vectors
+    points_2d = max(req.points // 2, 3)
+    evals = landscape_evaluations(len(splits), req.points, points_2d, len(vecs) >= 2)
+    t_loss = fastest_loss(model, next(iter(splits.values())))
+    tell(
+        f"loss landscape: {req.points} points x {len(splits)} splits"
+        + (f" + {points_2d}x{points_2d} surface" if len(vecs) >= 2 else "")
+        + f" = {evals} loss evaluations, ~{seconds_text(evals * t_loss)} "
+        f"(one took {seconds_text(t_loss)}); radius {r:.3g}"
+    )
+    return landscape(model, spec.block, vecs, splits, r, req.points, points_2d, progress)
