@@ -21,7 +21,7 @@ import torch
 from absa.distributed import DistEnv
 from absa.engine import analysis as A
 from absa.engine.evaluation import evaluate, robust_accuracy
-from absa.fleet.report import plot_spectra
+from absa.fleet.plots import plot_spectra
 from absa.run import checkpoint as ckpt_io
 from absa.run import config as C
 from absa.run.data import load_data

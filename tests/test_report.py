@@ -10,6 +10,7 @@ import yaml
 from rich.console import Console
 
 from absa.fleet import report as R
+from absa.fleet.report import draw, terminal
 from absa.run import config as C
 
 # (method, row batch) -> per seed: (final test acc, updates, final batch). The row is the
@@ -292,10 +293,13 @@ def test_ablations_get_their_own_labelled_columns(tmp_path):
 
 
 def test_growing_methods_come_from_the_registry():
+    """The report's row rule (max_batch row) asks the policy registry, not a list of names."""
     from absa.math.policies import METHODS
 
-    assert set(R.ADAPTIVE) == {m for m, spec in METHODS.items() if spec.grows}
-    assert {"seesaw", "gns", "inner_product", "hybrid"} <= set(R.ADAPTIVE)
+    varies = {m for m in METHODS if R.batch_varies(m)}
+    assert varies == {m for m, cls in METHODS.items() if cls.grows or cls.replays}
+    assert {"seesaw", "gns", "inner_product", "hybrid", "replay"} <= varies
+    assert "bl" not in varies and "fb" not in varies
 
 
 def test_key_missing_from_an_older_config_counts_as_its_default(tmp_path):
@@ -436,13 +440,13 @@ def test_rich_output_has_a_caption_paragraph_and_cost_table(sweep_dir):
 
 def test_figure_titles_name_sweep_dataset_and_model(sweep_dir, monkeypatch):
     titles = []
-    real = R._save
+    real = draw.save
 
     def spy(fig, path):
         titles.append(fig._suptitle.get_text() if fig._suptitle else fig.axes[0].get_title())
         return real(fig, path)
 
-    monkeypatch.setattr(R, "_save", spy)
+    monkeypatch.setattr(draw, "save", spy)
     res = R.make_report(sweep_dir)
     assert len(titles) == len(res.plots) == 5
     for t in titles:
@@ -462,7 +466,7 @@ def _figures(monkeypatch):
         path.write_bytes(b"")
         return path
 
-    monkeypatch.setattr(R, "_save", spy)
+    monkeypatch.setattr(draw, "save", spy)
     return figs
 
 
@@ -484,7 +488,7 @@ def test_log2_batch_axis_has_plain_labels(lo, hi, want):
     fig, ax = plt.subplots()
     ax.plot([0, 1], [lo, hi])
     ax.set_yscale("log", base=2)
-    R._log2_axis(ax.yaxis, [lo, hi])
+    draw.log2_axis(ax.yaxis, [lo, hi])
     fig.canvas.draw()
     got = _labels(ax.yaxis)
     plt.close(fig)
@@ -578,7 +582,7 @@ def test_fit_tables_splits_columns_and_repeats_the_keys():
 def test_a_table_title_stays_on_one_line():
     title = "cost: docs/reproduce_fmnist/sweep/runs (a long sweep path)"
     buf = io.StringIO()
-    Console(file=buf, width=80).print(R._table(title, ["batch", "acc"], [["32", "9.0"]]))
+    Console(file=buf, width=80).print(terminal._table(title, ["batch", "acc"], [["32", "9.0"]]))
     assert title in buf.getvalue().splitlines()[0], buf.getvalue()
 
 
@@ -630,10 +634,10 @@ def test_one_report_over_several_sweeps(tmp_path):
 
 def test_up_to_twenty_methods_get_distinct_colours():
     cols = [f"m{i}" for i in range(14)]
-    styles = R._styles(cols)
+    styles = draw.styles(cols)
     assert len({tuple(map(float, __import__("matplotlib").colors.to_rgba(s["color"])))
                 for s in styles.values()}) == 14  # fmt: skip
-    assert R._styles(cols[:10])["m3"]["color"] == "C3"  # up to 10: the default cycle
+    assert draw.styles(cols[:10])["m3"]["color"] == "C3"  # up to 10: the default cycle
 
 
 def test_report_takes_one_run_folder_or_a_folder_of_runs(tmp_path):
@@ -658,6 +662,8 @@ def test_report_takes_one_run_folder_or_a_folder_of_runs(tmp_path):
 def test_overlapping_pictures_stay_readable(tmp_path, monkeypatch):
     """updates_vs_batch dodges methods with equal counts (FB on BL); accuracy_vs_updates
     draws one mean line per method with a min-max band over seeds, not a line per seed."""
+    import matplotlib.pyplot as plt
+
     runs = tmp_path / "s" / "runs"
     fb = ["schedule.method=fb", "schedule.ref_batch=32"]
     for seed, acc in ((0, 80.0), (1, 84.0)):
@@ -667,7 +673,7 @@ def test_overlapping_pictures_stay_readable(tmp_path, monkeypatch):
     recs = R.collect(tmp_path / "s")
     rows = R.table(recs)
     figs = []
-    monkeypatch.setattr(R, "_save", lambda fig, path: figs.append(fig) or path)
+    monkeypatch.setattr(draw, "save", lambda fig, path: figs.append(fig) or path)
     R.plot_updates(rows, tmp_path / "u.png")
     lines = figs[0].axes[0].lines
     assert [ln.get_ydata()[0] for ln in lines] == [30, 30]
@@ -680,4 +686,4 @@ def test_overlapping_pictures_stay_readable(tmp_path, monkeypatch):
     bands = [c.get_paths()[0].vertices[:, 1] for c in ax.collections]
     assert len(bands) == 2 and all((b.min(), b.max()) == (70.0, 84.0) for b in bands)
     for fig in figs:
-        R.plt.close(fig)
+        plt.close(fig)

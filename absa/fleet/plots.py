@@ -1,6 +1,7 @@
 """PNG figures of ``absa hessian`` (matplotlib, Agg backend): loss landscapes along the top
-Hessian eigenvectors and the eigenvalue density. ``context`` (e.g. ``"run absa-b512-s0,
-digits, small_cnn"``) goes into every title."""
+Hessian eigenvectors and the eigenvalue density (``context``, e.g. ``"run absa-b512-s0,
+digits, small_cnn"``, goes into their titles), and the top eigenvalues of several models
+side by side (``plot_spectra``)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ SMOOTH = 6  # landscape_2d draws the surface on a grid this many times finer (in
 SMOOTHING = 0.01  # Gaussian width of the density plot, as a fraction of the spectrum's span
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save(fig: Any, path: Path) -> Path:
+    """Write ``fig`` to ``path`` as a PNG (atomically) and close it."""
     atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=120))
     plt.close(fig)
     return path
@@ -63,7 +65,7 @@ def landscape_1d(
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def landscape_2d(land: dict[str, Any], block: str, path: Path, context: str = "") -> Path:
@@ -113,7 +115,7 @@ def landscape_2d(land: dict[str, Any], block: str, path: Path, context: str = ""
         fontsize=10,
     )
     fig.subplots_adjust(left=0.0, right=0.93, bottom=0.11, top=0.86)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def density(
@@ -162,4 +164,52 @@ def density(
     ax2.legend(fontsize=7, ncol=4, loc="lower left")
     ax.set_title(_title(f"Hessian eigenvalue density ({block} block)", context), fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
+
+
+def plot_spectra(
+    results: dict[str, list[float]], path: str | Path, title: str = "Top Hessian eigenvalues"
+) -> Path:
+    """Top-k Hessian eigenvalues of several models side by side (grouped bars, log y axis).
+
+    ``results`` maps a label (e.g. ``"B=4096, adversarial"``) to its eigenvalues.
+    Non-positive eigenvalues switch the y axis to symlog.
+    """
+    path = Path(path)
+    labels = list(results)
+    k = max((len(v) for v in results.values()), default=0)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.9 * k), 4.5))
+    width = 0.8 / max(len(labels), 1)
+    hatches = ("", "//", "..", "xx", "\\\\", "++", "oo", "--")
+    values = [float(v) for vs in results.values() for v in vs]
+    for i, label in enumerate(labels):
+        eig = sorted((float(v) for v in results[label]), reverse=True)
+        xs = [j + 1 + (i - (len(labels) - 1) / 2) * width for j in range(len(eig))]
+        ax.bar(
+            xs,
+            eig,
+            width=width,
+            label=label,
+            color=f"C{i % 10}",
+            hatch=hatches[i % len(hatches)],
+            edgecolor="black",
+            lw=0.5,
+        )
+    scale = "log scale"
+    if values and min(values) > 0:
+        ax.set_yscale("log")
+    elif values:
+        scale = "symlog scale"
+        nonzero = [abs(v) for v in values if v != 0]
+        ax.set_yscale("symlog", linthresh=min(nonzero) if nonzero else 1.0)
+        ax.axhline(0, color="black", lw=0.8)
+    ax.set_xticks(range(1, k + 1))
+    ax.set_xticklabels([f"λ{j}" for j in range(1, k + 1)])
+    ax.set_xlabel("eigenvalue rank")
+    ax.set_ylabel(f"Hessian eigenvalue ({scale})")
+    ax.set_title(title)
+    ax.grid(alpha=0.3, axis="y", which="both")
+    if labels:
+        ax.legend(fontsize=9)
+    fig.tight_layout()
+    return save(fig, path)
