@@ -117,6 +117,7 @@ class RunRecord:
     label: str = ""  # the column's method name: "ABSA", "ABSA (duration only)", "replay of ABSA"
     eval_seconds: float = 0.0
     robust: list[dict[str, Any]] = field(default_factory=list)  # summary.json's "robust"
+    growths: list[dict[str, Any]] = field(default_factory=list)  # summary.json's "growths"
 
     def __post_init__(self) -> None:
         self.label = self.label or method_name(self.method)
@@ -344,6 +345,7 @@ def _read_run(folder: Path) -> RunRecord:
             label=label,
             eval_seconds=float(summary.get("eval_seconds") or 0.0),
             robust=robust,
+            growths=[g for g in summary.get("growths") or [] if isinstance(g, dict)],
         )
 
 
@@ -427,6 +429,30 @@ def samples_processed(r: RunRecord) -> float | None:
 def hessian_share(r: RunRecord) -> float | None:
     """Hessian probe time / training time (None without training time)."""
     return r.hessian_seconds / r.train_seconds if r.train_seconds > 0 else None
+
+
+# what made a batch grow, as counted in the report (summary.json's Growth.trigger, folded)
+TRIGGERS = ("eigenvalue", "noise", "duration", "schedule")
+
+
+def growth_triggers(r: RunRecord) -> dict[str, int]:
+    """Growths of one run by trigger, plus ``vetoed``: growths a trigger asked for and a rule
+    refused (metrics.jsonl 'veto').
+
+    Adaptive policies record each growth with its trigger in summary.json ("eigenvalue" and
+    "eigenvalue_confident" count as eigenvalue); a batch increase between epochs that no
+    recorded growth explains (GG, Seesaw: a fixed schedule) counts as "schedule".
+    """
+    counts = dict.fromkeys(TRIGGERS, 0)
+    for g in r.growths:
+        trigger = str(g.get("trigger", ""))
+        trigger = "eigenvalue" if trigger.startswith("eigenvalue") else trigger
+        counts[trigger] = counts.get(trigger, 0) + 1
+    batches = [m["batch_size"] for m in r.metrics if isinstance(m.get("batch_size"), int)]
+    increases = sum(b > a for a, b in zip(batches, batches[1:], strict=False))
+    counts["schedule"] += max(0, increases - len(r.growths))
+    counts["vetoed"] = sum(1 for m in r.metrics if m.get("veto"))
+    return counts
 
 
 def wall_seconds(r: RunRecord) -> float:
@@ -564,6 +590,16 @@ def target_accuracy(rows: list[dict[str, Any]]) -> tuple[float | None, str]:
     )
 
 
+def _trigger_means(rs: list[RunRecord]) -> dict[str, float]:
+    """Mean growths per run by trigger (``growths_<trigger>_mean``), in all and vetoed."""
+    tallies = [growth_triggers(r) for r in rs]
+    keys = [*TRIGGERS, *sorted({k for t in tallies for k in t} - {*TRIGGERS, "vetoed"})]
+    out = {f"growths_{k}_mean": statistics.fmean(t.get(k, 0) for t in tallies) for k in keys}
+    out["growths_mean"] = sum(out.values())
+    out["vetoed_mean"] = statistics.fmean(t["vetoed"] for t in tallies)
+    return out
+
+
 def table(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
     """One row per (row batch, method label[, variant]) group, sorted by batch then method."""
     records = list(records)
@@ -612,6 +648,7 @@ def table(records: Iterable[RunRecord]) -> list[dict[str, Any]]:
                 "hessian_share_mean": _mean(hessian_share(r) for r in rs),
                 "hvps_mean": _mean(_sum_metric(r, "hessian_hvps") for r in rs),
                 "samples_processed_mean": _mean(samples_processed(r) for r in rs),
+                **_trigger_means(rs),
                 "robust": {k: statistics.fmean(v) for k, v in robust.items()},
                 "robust_n": {k: len(v) for k, v in robust.items()},
                 "runs": [r.name for r in rs],
@@ -799,6 +836,32 @@ ROBUST_CAPTION = (
 )
 
 
+TRIGGERS_CAPTION = (
+    "Mean growths per run by what triggered them: eigenvalue (lambda_max fell below the "
+    "reference, confidence-gated or not), noise (the batch was below gns_ratio x B_simple, or "
+    "the inner-product test failed), duration (no growth for schedule.duration epochs), "
+    "schedule (a fixed ramp: GG, Seesaw). Vetoed: growths a trigger asked for and a rule "
+    "refused (hybrid's noise veto, schedule.stop_rule), counted once per epoch."
+)
+
+
+def triggers_markdown(rows: list[dict[str, Any]]) -> str:
+    """Growths by trigger for the rows that grew or were vetoed; empty when none did."""
+    rows = [r for r in rows if r.get("growths_mean") or r.get("vetoed_mean")]
+    if not rows:
+        return ""
+    header = ["batch", "method", "n", "growths", *TRIGGERS, "vetoed"]
+    body = [
+        [str(r["batch"]), r["column"], str(r["n_seeds"]), _num(r["growths_mean"])]
+        + [_num(r.get(f"growths_{k}_mean", 0.0)) for k in TRIGGERS]
+        + [_num(r["vetoed_mean"])]
+        for r in rows
+    ]
+    align = ["---:", ":---", *("---:" for _ in header[2:])]
+    table_md = "\n".join(_markdown_table(header, align, body))
+    return "\n## Growth triggers\n\n" + table_md + "\n\n" + TRIGGERS_CAPTION + "\n"
+
+
 def cost_markdown(rows: list[dict[str, Any]]) -> str:
     """The cost table, and the robust accuracy table when runs computed one, as Markdown."""
     if not rows:
@@ -843,6 +906,9 @@ CSV_FIELDS = (
     "target_reached",
     "updates_to_target_mean",
     "seconds_to_target_mean",
+    "growths_mean",
+    *(f"growths_{k}_mean" for k in TRIGGERS),
+    "vetoed_mean",
     "runs",
 )
 
@@ -1639,6 +1705,7 @@ def make_report(
         + to_markdown(rows)
         + "\n## Cost\n\n"
         + cost_markdown(rows)
+        + triggers_markdown(rows)
         + "\n"
         + " ".join(notes)
         + "\n\n"
