@@ -529,3 +529,25 @@ def test_shortened_config_error_gives_the_exact_override():
     with pytest.raises(C.ConfigError) as e:  # a decay past the end: keep the ones that fit
         C.load(None, ["optim.decay_epochs=[3,40]", "train.epochs=30"])
     assert _suggested(str(e.value)) == ["optim.decay_epochs=[3]", "optim.decay_epochs=[]"]
+
+
+SHIPPED = sorted(
+    p for p in (Path(__file__).parent.parent / "configs").rglob("*.yaml") if "sweeps" not in p.parts
+)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(p.parents[1])))
+def test_every_shipped_config_loads(path):
+    C.load(path, [])
+
+
+def test_fmnist_gns_config_is_the_measured_large_batch_point():
+    """configs/fmnist/gns.yaml (README: the rule to use) resolves to the settings of the
+    issue-27 sweep's gns/linear runs whose result the README quotes."""
+    root = Path(__file__).parent.parent
+    shipped = C.to_dict(C.load(root / "configs/fmnist/gns.yaml", []))
+    point = root / "docs/reproduce_fmnist/large_batch/sweep/runs/gns-bmax16384-linear-s0"
+    measured = C.to_dict(C.load(point / "config.yaml", []))
+    for section in ("data", "model", "optim", "batch", "schedule", "hessian", "signals"):
+        assert shipped[section] == measured[section], section
+    assert shipped["train"]["epochs"] == measured["train"]["epochs"]

@@ -10,7 +10,7 @@ import yaml
 from rich.console import Console
 
 from absa.fleet import report as R
-from absa.fleet.report import draw, terminal
+from absa.fleet.report import draw, read, terminal
 from absa.run import config as C
 
 # (method, row batch) -> per seed: (final test acc, updates, final batch). The row is the
@@ -687,3 +687,42 @@ def test_overlapping_pictures_stay_readable(tmp_path, monkeypatch):
     assert len(bands) == 2 and all((b.min(), b.max()) == (70.0, 84.0) for b in bands)
     for fig in figs:
         plt.close(fig)
+
+
+def test_growth_triggers_are_counted_per_run_and_averaged(tmp_path):
+    """Hand-written growths: seed 0 grows by eigenvalue, eigenvalue_confident and duration,
+    seed 1 by duration twice with one veto; a fixed 3-epoch ramp (GG-like batch increases
+    without recorded growths) counts as schedule."""
+    runs = tmp_path / "s" / "runs"
+    _write_run(runs, "bl32", ["batch.size=32"], 90.0, 30, 32)
+    absa = ["batch.size=16", "schedule.method=absa", "schedule.max_batch=256"]
+    a0 = _write_run(runs, "absa-s0", absa, 91.0, 12, 256)
+    a1 = _write_run(runs, "absa-s1", [*absa, "train.seed=1"], 89.0, 12, 256)
+    grown = [{"trigger": t} for t in ("eigenvalue", "eigenvalue_confident", "duration")]
+    _with_summary(a0, growths=grown)
+    _with_summary(a1, growths=[{"trigger": "duration"}, {"trigger": "duration"}])
+
+    def veto_once(rec):
+        if rec["epoch"] == 1:
+            rec["veto"] = {"rule": "noise", "trigger": "duration"}
+
+    _with_metrics(a1, veto_once)
+    ramp = ["batch.size=16", "schedule.method=gg", "schedule.max_batch=64"]
+    g = _write_run(runs, "gg", ramp, 90.0, 20, 64)
+    sizes = iter((16, 32, 64))
+    _with_metrics(g, lambda rec: rec.update(batch_size=next(sizes)))
+
+    assert R.growth_triggers(read._read_run(a0)) == {
+        "eigenvalue": 2, "noise": 0, "duration": 1, "schedule": 0, "vetoed": 0,
+    }  # fmt: skip
+    rows = {r["method"]: r for r in R.table(R.collect(tmp_path / "s"))}
+    ab, gg, bl = rows["absa"], rows["gg"], rows["bl"]
+    assert ab["growths_eigenvalue_mean"] == 1.0 and ab["growths_duration_mean"] == 1.5
+    assert ab["growths_mean"] == 2.5 and ab["vetoed_mean"] == 0.5
+    assert gg["growths_schedule_mean"] == 2 and gg["growths_mean"] == 2
+    assert bl["growths_mean"] == 0
+    md = R.triggers_markdown(list(rows.values()))
+    assert "| 256 | ABSA | 2 | 2.5 | 1 | 0 | 1.5 | 0 | 0.5 |" in md and "| 32 | BL |" not in md
+    back = {r["method"]: r for r in csv.DictReader(io.StringIO(R.to_csv(list(rows.values()))))}
+    assert float(back["absa"]["growths_duration_mean"]) == 1.5
+    assert float(back["gg"]["growths_schedule_mean"]) == 2

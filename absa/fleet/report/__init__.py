@@ -35,8 +35,10 @@ from absa.fleet.report.stats import (
     ATTACK_COST,
     TARGET_MARGIN,
     TARGET_METHOD,
+    TRIGGERS,
     attack_cost,
     column_label,
+    growth_triggers,
     hessian_share,
     robust_columns,
     samples_processed,
@@ -59,6 +61,7 @@ from absa.fleet.report.tables import (
     robust_header,
     to_csv,
     to_markdown,
+    triggers_markdown,
 )
 from absa.fleet.report.terminal import (
     TRANSPOSED_NOTE,
@@ -122,6 +125,9 @@ __all__ = [
     "to_markdown",
     "updates_to_reach",
     "wall_seconds",
+    "TRIGGERS",
+    "growth_triggers",
+    "triggers_markdown",
 ]
 
 
@@ -191,6 +197,7 @@ def _markdown(
         + to_markdown(rows)
         + "\n## Cost\n\n"
         + cost_markdown(rows)
+        + triggers_markdown(rows)
         + "\n"
         + " ".join(notes)
         + "\n\n"

@@ -67,6 +67,7 @@ class RunRecord:
     label: str = ""  # the column's method name: "ABSA", "ABSA (duration only)", "replay of ABSA"
     eval_seconds: float = 0.0
     robust: list[dict[str, Any]] = field(default_factory=list)  # summary.json's "robust"
+    growths: list[dict[str, Any]] = field(default_factory=list)  # summary.json's "growths"
 
     def __post_init__(self) -> None:
         self.label = self.label or method_name(self.method)
@@ -258,6 +259,7 @@ def _read_run(folder: Path) -> RunRecord:
             label=label,
             eval_seconds=float(summary.get("eval_seconds") or 0.0),
             robust=robust,
+            growths=[g for g in summary.get("growths") or [] if isinstance(g, dict)],
         )
 
 

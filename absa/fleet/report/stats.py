@@ -84,6 +84,30 @@ def hessian_share(r: RunRecord) -> float | None:
     return r.hessian_seconds / r.train_seconds if r.train_seconds > 0 else None
 
 
+# what made a batch grow, as counted in the report (summary.json's Growth.trigger, folded)
+TRIGGERS = ("eigenvalue", "noise", "duration", "schedule")
+
+
+def growth_triggers(r: RunRecord) -> dict[str, int]:
+    """Growths of one run by trigger, plus ``vetoed``: growths a trigger asked for and a rule
+    refused (metrics.jsonl 'veto').
+
+    Adaptive policies record each growth with its trigger in summary.json ("eigenvalue" and
+    "eigenvalue_confident" count as eigenvalue); a batch increase between epochs that no
+    recorded growth explains (GG, Seesaw: a fixed schedule) counts as "schedule".
+    """
+    counts = dict.fromkeys(TRIGGERS, 0)
+    for g in r.growths:
+        trigger = str(g.get("trigger", ""))
+        trigger = "eigenvalue" if trigger.startswith("eigenvalue") else trigger
+        counts[trigger] = counts.get(trigger, 0) + 1
+    batches = [m["batch_size"] for m in r.metrics if isinstance(m.get("batch_size"), int)]
+    increases = sum(b > a for a, b in zip(batches, batches[1:], strict=False))
+    counts["schedule"] += max(0, increases - len(r.growths))
+    counts["vetoed"] = sum(1 for m in r.metrics if m.get("veto"))
+    return counts
+
+
 def wall_seconds(r: RunRecord) -> float:
     return r.train_seconds + r.hessian_seconds + r.eval_seconds
 
@@ -242,6 +266,16 @@ def _groups(records: list[RunRecord]) -> list[tuple[tuple[int, str, str], list[R
     return sorted(groups.items(), key=order)
 
 
+def _trigger_means(rs: list[RunRecord]) -> dict[str, float]:
+    """Mean growths per run by trigger (``growths_<trigger>_mean``), in all and vetoed."""
+    tallies = [growth_triggers(r) for r in rs]
+    keys = [*TRIGGERS, *sorted({k for t in tallies for k in t} - {*TRIGGERS, "vetoed"})]
+    out = {f"growths_{k}_mean": statistics.fmean(t.get(k, 0) for t in tallies) for k in keys}
+    out["growths_mean"] = sum(out.values())
+    out["vetoed_mean"] = statistics.fmean(t["vetoed"] for t in tallies)
+    return out
+
+
 def _group_row(batch: int, label: str, variant: str, rs: list[RunRecord]) -> dict[str, Any]:
     """A row's statistics over its runs ``rs`` (sorted by seed); ``_records`` keeps them."""
     accs = [r.test_acc for r in rs]
@@ -275,6 +309,7 @@ def _group_row(batch: int, label: str, variant: str, rs: list[RunRecord]) -> dic
         "hessian_share_mean": _mean(hessian_share(r) for r in rs),
         "hvps_mean": _mean(_sum_metric(r, "hessian_hvps") for r in rs),
         "samples_processed_mean": _mean(samples_processed(r) for r in rs),
+        **_trigger_means(rs),
         "robust": {k: statistics.fmean(v) for k, v in robust.items()},
         "robust_n": {k: len(v) for k, v in robust.items()},
         "runs": [r.name for r in rs],

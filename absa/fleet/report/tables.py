@@ -14,7 +14,7 @@ import io
 from typing import Any
 
 from absa.fleet.report.read import batch_varies
-from absa.fleet.report.stats import columns, robust_columns, target_accuracy
+from absa.fleet.report.stats import TRIGGERS, columns, robust_columns, target_accuracy
 
 
 def _num(x: float) -> str:
@@ -177,6 +177,32 @@ ROBUST_CAPTION = (
 )
 
 
+TRIGGERS_CAPTION = (
+    "Mean growths per run by what triggered them: eigenvalue (lambda_max fell below the "
+    "reference, confidence-gated or not), noise (the batch was below gns_ratio x B_simple, or "
+    "the inner-product test failed), duration (no growth for schedule.duration epochs), "
+    "schedule (a fixed ramp: GG, Seesaw). Vetoed: growths a trigger asked for and a rule "
+    "refused (hybrid's noise veto, schedule.stop_rule), counted once per epoch."
+)
+
+
+def triggers_markdown(rows: list[dict[str, Any]]) -> str:
+    """Growths by trigger for the rows that grew or were vetoed; empty when none did."""
+    rows = [r for r in rows if r.get("growths_mean") or r.get("vetoed_mean")]
+    if not rows:
+        return ""
+    header = ["batch", "method", "n", "growths", *TRIGGERS, "vetoed"]
+    body = [
+        [str(r["batch"]), r["column"], str(r["n_seeds"]), _num(r["growths_mean"])]
+        + [_num(r.get(f"growths_{k}_mean", 0.0)) for k in TRIGGERS]
+        + [_num(r["vetoed_mean"])]
+        for r in rows
+    ]
+    align = ["---:", ":---", *("---:" for _ in header[2:])]
+    table_md = "\n".join(_markdown_table(header, align, body))
+    return "\n## Growth triggers\n\n" + table_md + "\n\n" + TRIGGERS_CAPTION + "\n"
+
+
 def cost_markdown(rows: list[dict[str, Any]]) -> str:
     """The cost table, and the robust accuracy table when runs computed one, as Markdown."""
     if not rows:
@@ -221,6 +247,9 @@ CSV_FIELDS = (
     "target_reached",
     "updates_to_target_mean",
     "seconds_to_target_mean",
+    "growths_mean",
+    *(f"growths_{k}_mean" for k in TRIGGERS),
+    "vetoed_mean",
     "runs",
 )
 
