@@ -5,7 +5,7 @@ The Python API (absa.api; the CLI is built on the same functions): ``load_config
 and the schedule policies (``METHODS``, ``make_policy``, ``build_policy``). They are
 imported on first use, so ``absa --help`` does not pay for torch.
 
-The package is layered (imports point down only): ``absa.math`` (pure) < ``absa.run``
+The package is layered (imports point down only): ``absa.core`` (pure) < ``absa.run``
 (config, data, models, run folder) < ``absa.engine`` < ``absa.fleet`` (sweeps, reports) <
 ``absa.api`` < ``absa.cli``. The flat module names of 0.1 (``absa.trainer``,
 ``absa.schedules``, ...) still import: they are aliases of the modules that hold them now.
@@ -30,18 +30,18 @@ _API = {
     "tensor_data": "absa.api",
     "top_eigenvalues": "absa.api",
     "train": "absa.api",
-    "METHODS": "absa.math.policies",
-    "build_policy": "absa.math.policies",
+    "METHODS": "absa.core.policies",
+    "build_policy": "absa.core.policies",
     "make_policy": "absa.run.policy",
 }
 __all__ = ["__version__", *_API]
 
 # the flat layout of absa 0.1 -> where each module lives now
 MOVED = {
-    "hessian": "absa.math.hessian",
-    "landscape": "absa.math.landscape",
-    "attacks": "absa.math.attacks",
-    "schedules": "absa.math.policies",
+    "hessian": "absa.core.hessian",
+    "landscape": "absa.core.landscape",
+    "attacks": "absa.core.attacks",
+    "schedules": "absa.core.policies",
     "config": "absa.run.config",
     "data": "absa.run.data",
     "models": "absa.run.models",

@@ -53,16 +53,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from absa.distributed import DistEnv
-from absa.engine import loop as T
-from absa.engine.probes import probe_indices
-from absa.math.hessian import (
+from absa.core.hessian import (
     EigenResult,
     HessianOperator,
     last_layer_operator,
     select_params,
     top_eigen,
 )
+from absa.distributed import DistEnv
+from absa.engine import loop as T
+from absa.engine.probes import probe_indices
 from absa.run import config as C
 from absa.run.data import Data, load_data
 from absa.run.models import build_model, count_params, model_mode

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from absa.core.hessian import HessianOperator, last_layer_operator, select_params, top_eigen
 from absa.distributed import DistEnv
 from absa.engine import loop as T
 from absa.engine import step as S
@@ -66,7 +67,6 @@ from absa.engine.probes import (
     probe_batches,
     probe_indices,
 )
-from absa.math.hessian import HessianOperator, last_layer_operator, select_params, top_eigen
 from absa.run import config as C
 from absa.run.data import Data, load_data
 from absa.run.models import build_from_config, count_params, model_mode

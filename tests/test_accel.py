@@ -42,7 +42,7 @@ def test_hessian_probe_is_fp32_even_inside_autocast(tiny_cfg):
 def test_probe_uses_the_configured_hvp(tiny_cfg, monkeypatch):
     """hessian.hvp reaches the training probe: forward-over-reverse runs and gives the
     reverse (double-backprop) eigenvalue up to rounding."""
-    from absa.math import hessian as H
+    from absa.core import hessian as H
 
     calls = []
     real = H.HessianOperator._hvp_forward

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from absa.math.attacks import METHODS, fast_fgsm, fgsm, make_adversarial, pgd
+from absa.core.attacks import METHODS, fast_fgsm, fgsm, make_adversarial, pgd
 from absa.run.models import model_mode
 
 ALL = sorted(METHODS)

@@ -164,8 +164,8 @@ def trained_run(tmp_path_factory):
 def test_hessian_command_json_matches_dense_and_writes_plots(trained_run, tmp_path):
     import torch
 
+    from absa.core.hessian import last_layer_operator
     from absa.engine.analysis import batches_of
-    from absa.math.hessian import last_layer_operator
     from absa.run import checkpoint as ckpt_io
     from absa.run import config as C
     from absa.run.data import load_data
@@ -744,7 +744,7 @@ def test_keys_a_method_ignores_get_one_note(tmp_path):
 
 
 def test_every_schedule_key_is_read_by_some_method():
-    from absa.math.policies import METHODS, READS, ignored_keys
+    from absa.core.policies import METHODS, READS, ignored_keys
     from absa.run.config import ScheduleConfig
 
     assert set(READS) == set(METHODS)

@@ -486,7 +486,7 @@ def test_max_lr_below_lr_is_fine_where_it_is_not_read():
 
 @pytest.mark.parametrize("method", ["abs", "absa", "gns", "inner_product", "hybrid"])
 def test_growing_policies_get_the_resolved_switches(method):
-    from absa.math.policies import ignored_keys
+    from absa.core.policies import ignored_keys
     from absa.run.policy import make_policy
 
     keys = ["growth_warmup=0.5", "max_lr=0.8", "stop_rule=stability", "stop_noise_ratio=2"]
@@ -502,7 +502,7 @@ def test_growing_policies_get_the_resolved_switches(method):
 
 @pytest.mark.parametrize("method", ["gg", "seesaw", "bl", "fb"])
 def test_fixed_schedules_do_not_read_the_growth_lr_switches(method):
-    from absa.math.policies import ignored_keys
+    from absa.core.policies import ignored_keys
 
     keys = ["schedule.growth_warmup", "schedule.max_lr", "schedule.stop_rule"]
     assert ignored_keys(method, keys) == sorted(keys)

@@ -9,8 +9,8 @@ an out-of-memory backoff. scripts/gpu_check.sh runs this file on a GPU machine.
 import pytest
 import torch
 
+from absa.core import hessian as H
 from absa.engine import loop as T
-from absa.math import hessian as H
 from absa.run import config as C
 from absa.run import models as M
 from absa.run.data import load_data

@@ -1,4 +1,4 @@
-"""docs/config.md is generated from absa/config.py by scripts/gen_config_doc.py."""
+"""docs/config.md is generated from absa/run/config.py by scripts/gen_config_doc.py."""
 
 import importlib.util
 import json
@@ -29,7 +29,7 @@ def test_config_md_is_up_to_date(text):
     doc = ROOT / "docs" / "config.md"
     assert doc.is_file(), "docs/config.md missing: run python scripts/gen_config_doc.py"
     assert doc.read_text(encoding="utf-8") == text, (
-        "docs/config.md is stale (absa/config.py changed): run python scripts/gen_config_doc.py"
+        "docs/config.md is stale (absa/run/config.py changed): run python scripts/gen_config_doc.py"
     )
 
 
@@ -74,7 +74,7 @@ def test_types_defaults_and_comments(text):
     assert "grow anyway after this many epochs" in rows["schedule.duration"][2]
     assert "type: ignore" not in text and "``" not in text
     # the method list comes from the schedules registry, not a copy
-    from absa.math.policies import METHODS
+    from absa.core.policies import METHODS
 
     for name in METHODS:
         assert (

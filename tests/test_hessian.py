@@ -1,8 +1,8 @@
-"""absa.math.hessian checked against an independent dense Hessian.
+"""absa.core.hessian checked against an independent dense Hessian.
 
 The reference Hessian is built here with ``torch.func.hessian`` of the mean cross-entropy as a
 function of the flattened block parameters (``torch.func.functional_call``), and its spectrum
-with ``torch.linalg.eigh``; nothing in the reference path goes through absa.math.hessian. Models
+with ``torch.linalg.eigh``; nothing in the reference path goes through absa.core.hessian. Models
 and data are float64 so HVPs can be compared to ~1e-10.
 """
 
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from absa.math import hessian as H
+from absa.core import hessian as H
 from absa.run.config import DataConfig
 from absa.run.data import load_data
 from absa.run.models import build_model

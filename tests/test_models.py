@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from absa.math import hessian as H
+from absa.core import hessian as H
 from absa.run import config as C
 from absa.run.data import DatasetInfo
 from absa.run.models import MODELS, ModelError, build_from_config, build_model

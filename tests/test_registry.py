@@ -11,8 +11,7 @@ import pytest
 
 import absa
 from absa import cli
-from absa.engine import loop as T
-from absa.math.policies import (
+from absa.core.policies import (
     METHODS,
     EpochPlan,
     Registrable,
@@ -24,6 +23,7 @@ from absa.math.policies import (
     unregister,
     varying,
 )
+from absa.engine import loop as T
 from absa.run import config as C
 from absa.run.folder import read_metrics
 from absa.run.policy import make_policy

@@ -294,7 +294,7 @@ def test_ablations_get_their_own_labelled_columns(tmp_path):
 
 def test_growing_methods_come_from_the_registry():
     """The report's row rule (max_batch row) asks the policy registry, not a list of names."""
-    from absa.math.policies import METHODS
+    from absa.core.policies import METHODS
 
     varies = {m for m in METHODS if R.batch_varies(m)}
     assert varies == {m for m, cls in METHODS.items() if cls.grows or cls.replays}

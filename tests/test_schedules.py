@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from absa.math.policies import (
+from absa.core.policies import (
     ABS,
     BL,
     FB,
@@ -709,7 +709,7 @@ def test_fixed_batch_methods_keep_a_constant_adversarial_fraction():
 
 def test_replay_plays_back_a_recorded_trajectory():
     """Batch, lr and r per epoch exactly as recorded; no probing; nothing past the record."""
-    from absa.math.policies import Replay
+    from absa.core.policies import Replay
 
     p = build_policy(
         "replay", batches=[32, 64, 64], lrs=[0.1, 0.2, 0.04], adv_fractions=[0.2, 0.1, 0]

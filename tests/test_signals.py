@@ -10,10 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from absa.engine import loop as T
-from absa.engine.probes import NoiseMeter
-from absa.math.hessian import LinearSoftmaxHessian, rayleigh_stderr, top_eigen
-from absa.math.policies import (
+from absa.core.hessian import LinearSoftmaxHessian, rayleigh_stderr, top_eigen
+from absa.core.policies import (
     GNS,
     IP_VARIANCE,
     LAMBDA,
@@ -26,6 +24,8 @@ from absa.math.policies import (
     Seesaw,
     build_policy,
 )
+from absa.engine import loop as T
+from absa.engine.probes import NoiseMeter
 from absa.run import config as C
 from absa.run.folder import read_metrics
 

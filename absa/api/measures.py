@@ -9,11 +9,11 @@ import torch
 from torch import Tensor, nn
 
 from absa.api.runs import Loaded
+from absa.core import hessian as H
 from absa.distributed import DistEnv
 from absa.engine.analysis import operator_for
 from absa.engine.evaluation import evaluate as clean_eval
 from absa.engine.evaluation import robustness
-from absa.math import hessian as H
 from absa.run.models import model_mode
 
 Rows = list[dict[str, Any]]

@@ -10,6 +10,7 @@ from typing import Any
 from torch import nn
 
 from absa import distributed as D
+from absa.core.policies import ignored_note
 from absa.engine.loop import (
     ProgressFactory,
     Summary,
@@ -18,7 +19,6 @@ from absa.engine.loop import (
     execute,
     prepare_run_dir,
 )
-from absa.math.policies import ignored_note
 from absa.run import config as C
 from absa.run.data import Data
 from absa.run.folder import read_metrics

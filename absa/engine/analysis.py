@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from absa.core import hessian as H
+from absa.core import landscape as L
 from absa.engine.probes import probe_batches, probe_indices
-from absa.math import hessian as H
-from absa.math import landscape as L
 from absa.run.models import model_mode
 
 Batches = list[tuple[Tensor, Tensor]]

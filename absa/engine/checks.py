@@ -10,8 +10,8 @@ from typing import Any
 
 from torch import nn
 
-from absa.math.hessian import select_params
-from absa.math.policies import spec_of
+from absa.core.hessian import select_params
+from absa.core.policies import spec_of
 from absa.run import checkpoint as ckpt_io
 from absa.run.config import Config, ConfigError, from_dict, to_dict
 from absa.run.folder import RunFolderError, RunLock, holder, state

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from absa import distributed as D
+from absa.core.policies import Policy
 from absa.engine.accel import Runtime, oom_guard
 from absa.engine.probes import NoiseMeter
 from absa.engine.step import Attack, MicroBatch, accumulate_gradients
-from absa.math.policies import Policy
 from absa.run.data import (
     Data,
     FolderSplit,

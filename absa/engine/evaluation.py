@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from absa.core.attacks import make_adversarial
 from absa.distributed import DistEnv
-from absa.math.attacks import make_adversarial
 from absa.run.data import Split, local_positions
 from absa.run.models import model_mode
 

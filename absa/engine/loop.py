@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from absa import distributed as D
+from absa.core.policies import Growth
 from absa.engine.accel import AUTO_MICRO_CPU, Runtime, oom_guard, prepare_model, to_device_data
 from absa.engine.checks import (
     check_batch_fits,
@@ -52,7 +53,6 @@ from absa.engine.session import (
     seed_everything,
 )
 from absa.engine.step import accumulate_gradients
-from absa.math.policies import Growth
 from absa.run.config import Config, ConfigError
 from absa.run.data import Data, load_data
 from absa.run.folder import RunFolderError

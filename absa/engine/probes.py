@@ -45,8 +45,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from absa.distributed import DistEnv
-from absa.math.hessian import (
+from absa.core.hessian import (
     HessianOperator,
     LinearSoftmaxHessian,
     last_layer_operator,
@@ -54,7 +53,8 @@ from absa.math.hessian import (
     select_params,
     top_eigen,
 )
-from absa.math.policies import IP_VARIANCE, LAMBDA, LAMBDA_STDERR, NOISE, NOISE_G2, NOISE_TRACE
+from absa.core.policies import IP_VARIANCE, LAMBDA, LAMBDA_STDERR, NOISE, NOISE_G2, NOISE_TRACE
+from absa.distributed import DistEnv
 from absa.run.data import Data, local_positions
 from absa.run.models import model_mode
 

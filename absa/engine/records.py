@@ -8,12 +8,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from absa.core.policies import Growth, spec_of
 from absa.engine.epoch import EpochStats, StepHook
 from absa.engine.evaluation import EvalResult
 from absa.engine.loggers import MultiLogger
 from absa.engine.probes import ProbeResult
 from absa.engine.session import Session
-from absa.math.policies import Growth, spec_of
 
 STATS_EVERY = 16  # the live bar's loss/accuracy: read from the device every this many steps
 
@@ -117,7 +117,7 @@ def epoch_record(
 
 
 def veto_record(policy: Any, epoch: int) -> dict[str, Any] | None:
-    """The policy's veto at the end of ``epoch`` (absa.math.policies.Veto as a dict), or None."""
+    """The policy's veto at the end of ``epoch`` (absa.core.policies.Veto as a dict), or None."""
     veto = getattr(policy, "last_veto", None)
     return asdict(veto) if veto is not None and veto.epoch == epoch else None
 

@@ -12,13 +12,13 @@ import torch
 from torch import nn
 
 from absa import distributed as D
+from absa.core.policies import Policy, spec_of
 from absa.engine.accel import Runtime
 from absa.engine.checks import check_resume_config
 from absa.engine.loggers import MultiLogger, make_loggers
 from absa.engine.microbatch import auto_micro, resume_micro
 from absa.engine.optim import build_optimizer
 from absa.engine.probes import NoiseMeter, ProbeSettings
-from absa.math.policies import Policy, spec_of
 from absa.run import checkpoint as ckpt_io
 from absa.run.config import Config, ConfigError, to_dict
 from absa.run.data import Data
@@ -67,7 +67,7 @@ class Session:
 
 
 def policy_for(cfg: Config) -> Policy:
-    """The schedule policy of ``cfg`` (absa.math.policies' registry), with a replay's
+    """The schedule policy of ``cfg`` (absa.core.policies' registry), with a replay's
     trajectory read from the run folder it names."""
     traj = None
     if spec_of(cfg.schedule.method).replays:

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from absa import distributed as D
+from absa.core.attacks import make_adversarial
 from absa.engine.accel import AUTO_MICRO_CPU, Precision, Runtime, to_input
 from absa.engine.probes import NoiseMeter
-from absa.math.attacks import make_adversarial
 from absa.run.models import model_mode
 
 if TYPE_CHECKING:

@@ -16,8 +16,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from absa.math.hessian import Density, density_on_grid  # noqa: E402
-from absa.math.landscape import quadratic_model  # noqa: E402
+from absa.core.hessian import Density, density_on_grid  # noqa: E402
+from absa.core.landscape import quadratic_model  # noqa: E402
 from absa.run.folder import atomic_write_bytes  # noqa: E402
 
 SMOOTH = 6  # landscape_2d draws the surface on a grid this many times finer (interpolated)

@@ -25,14 +25,14 @@ from pydantic import (
 )
 from yaml.constructor import ConstructorError
 
-from absa.math.policies import METHODS as REGISTRY
-from absa.math.policies import spec_of
+from absa.core.policies import METHODS as REGISTRY
+from absa.core.policies import spec_of
 from absa.run.data import DATASETS, unknown_dataset
 from absa.run.models import ModelError, check_model_args
 from absa.util import did_you_mean
 
 # the built-in methods (the documented choices of schedule.method); the registry in
-# absa.math.policies, which validation asks, may hold more
+# absa.core.policies, which validation asks, may hold more
 METHODS = tuple(REGISTRY)
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(?::[0-9]+)?")  # what distributed.resolve_device takes
 
@@ -225,7 +225,7 @@ class TrainConfig(Section):
 
 
 def _registered(value: Any) -> str:
-    """A ``schedule.method`` is a name in the policy registry (absa.math.policies.METHODS),
+    """A ``schedule.method`` is a name in the policy registry (absa.core.policies.METHODS),
     which may have grown since this module defined ``METHODS``."""
     if isinstance(value, str) and value in REGISTRY:
         return value

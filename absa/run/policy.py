@@ -1,12 +1,12 @@
 """The schedule policy a config names: its resolved values (``Settings``) and the policy
-``schedule.method``'s registered class builds from them (absa.math.policies)."""
+``schedule.method``'s registered class builds from them (absa.core.policies)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
-from absa.math.policies import Policy, Settings, spec_of
+from absa.core.policies import Policy, Settings, spec_of
 from absa.run.config import Config
 
 

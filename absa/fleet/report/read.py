@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from absa.math.policies import methods, varying
+from absa.core.policies import methods, varying
 from absa.run.config import ConfigError, read_yaml
 from absa.run.folder import CONFIG, METRICS, SUMMARY, MetricsError, read_metrics
 

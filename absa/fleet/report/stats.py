@@ -24,8 +24,8 @@ import statistics
 from collections.abc import Iterable
 from typing import Any
 
+from absa.core.policies import METHODS
 from absa.fleet.report.read import RunRecord, method_name
-from absa.math.policies import METHODS
 from absa.run.config import Config, to_dict
 
 TARGET_METHOD = "bl"  # the target accuracy is this method's at its smallest batch ...

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import yaml
 
+from absa.core.policies import ignored_note
 from absa.fleet.sweep.attempt import (
     PointTask,
     begin_attempt,
@@ -65,7 +66,6 @@ from absa.fleet.sweep.spec import (
 )
 from absa.fleet.sweep.squeue import GONE, SLURM_ENDED, SlurmState, squeue_states
 from absa.fleet.sweep.state import LAST, LOG, MARKER, POINT_CONFIG, SUMMARY, failure, status
-from absa.math.policies import ignored_note
 from absa.run.config import ConfigError, to_dict
 from absa.run.folder import atomic_write_text, holder
 

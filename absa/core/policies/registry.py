@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
-from absa.math.policies.base import Policy, Registrable
+from absa.core.policies.base import Policy, Registrable
 
 # name -> class, in registration order (the order of the config docs and report columns)
 METHODS: dict[str, type[Registrable]] = {}

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from absa.math.policies.base import (
+from absa.core.policies.base import (
     IP_VARIANCE,
     LAMBDA,
     LAMBDA_STDERR,
@@ -31,7 +31,7 @@ from absa.math.policies.base import (
     lr_scale,
     step_decay,
 )
-from absa.math.policies.registry import register
+from absa.core.policies.registry import register
 
 # the keys of every policy here: growth, the lr rules at a growth (scaling, ceilings,
 # warm-up) and the stop rule (gg/seesaw grow on a fixed schedule and read max_batch only)

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Self
 
-from absa.math.policies.base import (
+from absa.core.policies.base import (
     EpochPlan,
     Growth,
     Registrable,
@@ -15,7 +15,7 @@ from absa.math.policies.base import (
     Signals,
     step_decay,
 )
-from absa.math.policies.registry import register
+from absa.core.policies.registry import register
 
 
 class Stateless(Registrable):

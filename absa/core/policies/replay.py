@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Self
 
-from absa.math.policies.base import EpochPlan, Settings
-from absa.math.policies.fixed import Stateless
-from absa.math.policies.registry import register
+from absa.core.policies.base import EpochPlan, Settings
+from absa.core.policies.fixed import Stateless
+from absa.core.policies.registry import register
 
 
 @register("replay")

@@ -13,7 +13,7 @@ inner_product, hybrid), ``replay``. Adding a method: one ``Registrable`` class w
 ``@register("name")`` (README, "Adding a policy").
 """
 
-from absa.math.policies.base import (
+from absa.core.policies.base import (
     IP_VARIANCE,
     LAMBDA,
     LAMBDA_STDERR,
@@ -34,7 +34,7 @@ from absa.math.policies.base import (
     lr_scale,
     step_decay,
 )
-from absa.math.policies.registry import (
+from absa.core.policies.registry import (
     METHODS,
     READS,
     build_policy,
@@ -51,10 +51,10 @@ from absa.math.policies.registry import (
 # isort: split
 # The import order is the registration order, and so the order of METHODS (config docs,
 # report columns): fixed, then adaptive, then replay.
-from absa.math.policies.fixed import BL, FB, GG, Seesaw, Stateless
+from absa.core.policies.fixed import BL, FB, GG, Seesaw, Stateless
 
 # isort: split
-from absa.math.policies.adaptive import (
+from absa.core.policies.adaptive import (
     ABS,
     ABSA,
     CURVATURE_KEYS,
@@ -65,7 +65,7 @@ from absa.math.policies.adaptive import (
 )
 
 # isort: split
-from absa.math.policies.replay import Replay
+from absa.core.policies.replay import Replay
 
 # the built-in growing methods; ask growing() for the live set (a registered one included)
 GROWING = growing()

@@ -122,7 +122,7 @@ class Settings:
 
 
 class Registrable:
-    """What the registry (absa.math.policies.registry) and the rest of absa ask about a
+    """What the registry (absa.core.policies.registry) and the rest of absa ask about a
     method: class attributes a registered policy declares, and how to build it."""
 
     name: ClassVar[str] = "?"  # the schedule.method value; set by ``register``
