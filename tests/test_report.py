@@ -726,3 +726,27 @@ def test_growth_triggers_are_counted_per_run_and_averaged(tmp_path):
     back = {r["method"]: r for r in csv.DictReader(io.StringIO(R.to_csv(list(rows.values()))))}
     assert float(back["absa"]["growths_duration_mean"]) == 1.5
     assert float(back["gg"]["growths_schedule_mean"]) == 2
+
+
+def test_several_varying_keys_name_only_those_off_their_defaults(tmp_path):
+    """Three ABSA groups varying in lr_scaling and lr_guard: the all-default group is plain
+    ABSA, each other names only its non-default key; one varying key is always named."""
+    runs = tmp_path / "s" / "runs"
+    over = ["batch.size=16", "schedule.method=absa", "schedule.max_batch=256"]
+    _write_run(runs, "a", over, 90.0, 10, 256)
+    _write_run(runs, "b", [*over, "schedule.lr_scaling=sqrt"], 91.0, 10, 256)
+    _write_run(runs, "c", [*over, "schedule.lr_guard=true"], 92.0, 10, 256)
+    _write_run(runs, "bl", ["batch.size=16", "optim.lr=0.05"], 90.0, 10, 16)
+    _write_run(runs, "bl2", ["batch.size=16", "optim.lr=0.1"], 90.0, 10, 16)
+    cols = sorted(r["column"] for r in R.table(R.collect(tmp_path / "s")))
+    assert cols == ["ABSA", "ABSA (lr_guard=True)", "ABSA (lr_scaling=sqrt)",
+                    "BL (lr=0.05)", "BL (lr=0.1)"]  # fmt: skip
+
+
+def test_legend_columns_fit_the_figure_width():
+    # 10 labels of 40 characters at 9 pt on a 16-inch figure: (40*0.6+5)*9/72 = 3.6 in each
+    assert draw.legend_columns(["x" * 40] * 10, 16.0, 9, 6) == 4
+    assert draw.legend_columns(["BL", "GG"], 16.0, 9, 6) == 2  # never more than the labels
+    assert (
+        draw.legend_columns(["x" * 400], 4.0, 9, 6) == 1 and draw.legend_columns([], 4, 9, 6) == 1
+    )

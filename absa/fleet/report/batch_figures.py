@@ -160,9 +160,10 @@ def plot_accuracy(
         ax.set_title("all methods", fontsize=10)
         _zoom_panel(axes[0][1], rows, cols, styles)
     handles, labels = ax.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(len(cols), 6), fontsize=9)
+    ncol = draw.legend_columns(labels, fig.get_figwidth(), 9, 6)
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=9)
     fig.suptitle(draw.title("Test accuracy vs batch size", title, context), fontsize=11)
-    legend_in = 0.3 + 0.22 * math.ceil(len(cols) / 6)  # the legend's height, inches
+    legend_in = 0.3 + 0.22 * math.ceil(len(cols) / ncol)  # the legend's height, inches
     height = fig.get_figheight()
     if zoom:  # fixed margins: tight_layout would also make room for the zoom's footnote
         fig.subplots_adjust(

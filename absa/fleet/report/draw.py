@@ -101,3 +101,13 @@ def batch_axis(ax: Any, batches: list[int]) -> None:
     ax.minorticks_off()
     if len(batches) == 1:
         ax.set_xlim(batches[0] / 2, batches[0] * 2)
+
+
+def legend_columns(labels: list[str], width_in: float, fontsize: float, most: int) -> int:
+    """Legend columns that fit a figure ``width_in`` inches wide: at most ``most``, at least
+    one, from the longest label (a character ~0.6 em, plus ~5 em for the marker and gap)."""
+    if not labels:
+        return 1
+    em = fontsize / 72  # inches
+    per_column = (max(len(s) for s in labels) * 0.6 + 5) * em
+    return max(1, min(len(labels), most, int(0.95 * width_in / per_column)))

@@ -254,9 +254,11 @@ def _window(axes: Any, target: float, highest: dict[tuple[int, str], float]) -> 
 def _accuracy_legend(fig: Any, handles: list[Any], target: float | None, heading: str) -> None:
     if target is not None:
         handles.append(Line2D([], [], color="0.25", ls="--", lw=1, label=f"target {target:.2f}%"))
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8)
+    labels = [h.get_label() for h in handles]
+    ncol = draw.legend_columns(labels, fig.get_figwidth(), 8, 8)
+    fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=8)
     fig.suptitle(heading, fontsize=11)
-    fig.tight_layout(rect=(0, 0.05 + 0.05 * math.ceil(len(handles) / 8), 1, 1))
+    fig.tight_layout(rect=(0, 0.05 + 0.05 * math.ceil(len(handles) / ncol), 1, 1))
 
 
 def plot_accuracy_vs(

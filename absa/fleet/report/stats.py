@@ -199,7 +199,13 @@ def variant_keys(records: list[RunRecord]) -> dict[str, list[str]]:
 
 
 def variant_of(record: RunRecord, keys: list[str]) -> str:
+    """``eps=0.01``: the run's values of the keys that vary within its column group. With
+    several such keys only those off their default are named (``lr_scaling=sqrt``, not
+    ``growth_warmup=0, lr_guard=False, lr_scaling=sqrt``; all at their defaults: ""), which
+    still tells every group apart, since the named keys fix the others at their defaults."""
     flat = _full_flat(record)
+    if len(keys) > 1:
+        keys = [k for k in keys if flat.get(k) != _defaults().get(k)]
     parts = []
     for k in keys:
         v = json.loads(flat[k]) if k in flat else None
