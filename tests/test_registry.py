@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 import absa
-from absa import cli
+from absa import api
 from absa.core.policies import (
     METHODS,
     EpochPlan,
@@ -86,11 +86,11 @@ def test_the_config_checks_a_registered_method_by_its_declarations(toy):
     assert str(e.value) == "overrides: schedule.max_batch: required for schedule.method toy"
     # a key it does not declare is a one-line note naming the field, as for every method
     cfg = C.load(None, ["schedule.method=toy", "schedule.max_batch=256", "schedule.alpha=3"])
-    assert cli.ignored_notes(cfg) == ["schedule.alpha is ignored by schedule.method toy"]
+    assert api.ignored_notes(cfg) == ["schedule.alpha is ignored by schedule.method toy"]
     cfg = C.load(
         None, ["schedule.method=toy", "schedule.max_batch=256", "schedule.growth_factor=4"]
     )
-    assert cli.ignored_notes(cfg) == []
+    assert api.ignored_notes(cfg) == []
 
 
 def test_an_unregistered_method_is_a_one_line_error(toy):
