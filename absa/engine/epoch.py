@@ -86,14 +86,12 @@ class EpochFeed:
         if isinstance(self.split, FolderSplit):
             xys = stream_batches(self.split, order, sizes, True, self.epoch, self.seed)
         else:  # stream_batches' chunks of a split in memory, without its generator
-            bounds = zip(_starts(sizes), sizes, strict=True)
-            xys = (self.split.get(order[s : s + n]) for s, n in bounds)
-        start = 0
-        for size, (x, y) in zip(sizes, xys, strict=True):
+            xys = (self.split.get(chunk) for chunk in _chunks(order, sizes))
+        chunks = zip(sizes, xys, _starts(sizes), _chunks(local, sizes), strict=True)
+        for size, (x, y), start, at in chunks:
             if self.aug is not None:
-                x = apply_augment(x, self.aug.take(local[start : start + size]))
+                x = apply_augment(x, self.aug.take(at))
             yield x, y, min(max(n_adv - start, 0), size)  # adversarial: a prefix
-            start += size
 
 
 @dataclass
@@ -170,7 +168,7 @@ def train_epoch(
     model.train()
     stats = torch.zeros(3, dtype=torch.float64, device=env.device)  # loss sum, correct, samples
     adv_samples = 0  # this rank's adversarial samples (a host count)
-    losses = torch.zeros(n_steps, dtype=torch.float64, device=env.device)  # step sums
+    unchecked: list[torch.Tensor] = []  # the step sums since the last finiteness check
     checked = 0  # steps whose losses were checked finite
     wants = getattr(on_step, "wants_stats", None)  # (step, n_steps) -> read the sums?
     for step, batch_pos in enumerate(batches):
@@ -185,10 +183,11 @@ def train_epoch(
         rt.precision.unscale(optimizer)
         if noise is not None:
             noise.end_step(params, len(batch_pos))
-        losses[step] = out[0]
+        unchecked.append(out)
         if (step + 1) % FINITE_CHECK_EVERY == 0 or step + 1 == n_steps:
-            _check_finite(losses[checked : step + 1], checked, env, epoch)  # and before last.pt
-            checked = step + 1
+            losses = torch.stack(unchecked)[:, 0]
+            _check_finite(losses, checked, env, epoch)  # and before last.pt
+            checked, unchecked = step + 1, []
         rt.precision.step(optimizer)
         stats += out
         adv_samples += n_adv
@@ -209,6 +208,15 @@ def _adversarial_count(n_batch: int, r: float, rank: int, world: int) -> int:
 def _starts(sizes: list[int]) -> list[int]:
     """Where each of consecutive chunks of ``sizes`` begins."""
     return [sum(sizes[:i]) for i in range(len(sizes))]
+
+
+def _chunks(t: torch.Tensor, sizes: list[int]) -> Iterator[torch.Tensor]:
+    """``t`` in consecutive chunks of ``sizes`` (``t`` itself when it is one chunk)."""
+    if len(sizes) == 1:
+        yield t
+        return
+    for start, size in zip(_starts(sizes), sizes, strict=True):
+        yield t[start : start + size]
 
 
 def _split_steps(n_steps: int, k: int) -> set[int]:

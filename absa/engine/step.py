@@ -9,6 +9,7 @@ Samples flagged adversarial are replaced first by examples crafted as ``Attack``
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -110,8 +111,14 @@ def accumulate_gradients(
         samples += len(y)
     if loss_acc is None or correct is None:  # no micro-batch at all
         return torch.zeros(3, dtype=torch.float64, device=env.device)
-    n = torch.full((), float(samples), dtype=torch.float64, device=loss_acc.device)
-    return torch.stack([loss_acc, correct.double(), n])
+    return torch.stack([loss_acc, correct.double(), _count(samples, loss_acc.device)])
+
+
+@functools.lru_cache(maxsize=64)
+def _count(samples: int, device: torch.device) -> torch.Tensor:
+    """``samples`` as a float64 scalar on ``device``, made once per value (a step's third
+    stat: steps of one size share it, read-only, instead of allocating it each time)."""
+    return torch.tensor(float(samples), dtype=torch.float64, device=device)
 
 
 def _forward_backward(

@@ -76,7 +76,7 @@ def global_batches(n: int, batch_size: int) -> list[torch.Tensor]:
 
 def local_positions(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     """This process's share of a global batch: every ``world``-th position from ``rank``."""
-    return batch[rank::world]
+    return batch if world == 1 else batch[rank::world]
 
 
 def micro_batches(positions: torch.Tensor, max_micro: int) -> list[torch.Tensor]:
