@@ -1,7 +1,8 @@
 """Whole training epochs: ``absa.engine.loop.train_epoch`` vs a bare PyTorch loop doing the same
 math on the same data held on the device (same permutation, micro-batching, loss scaling,
 running loss and accuracy), for ResNet-18 at batch 128 and 512 and small_cnn at 128, in fp32,
-bf16 + channels_last and bf16 + channels_last + torch.compile. Then, per case, the share of
+bf16 + channels_last, bf16 + channels_last + torch.compile, and the same compiled with CUDA
+graphs (``train.compile_mode=reduce-overhead``). Then, per case, the share of
 an ABSA-like epoch (noise meter on, a fifth of each batch FGSM) taken by the noise meter, by
 FGSM crafting and by the rest (from epochs with each switched on alone). Repetitions are
 interleaved in one run and medians compared; epoch times include a final synchronize.
@@ -30,14 +31,15 @@ from absa.run import config as C
 from absa.run.data import Data, DatasetInfo, TensorSplit, epoch_permutation, global_batches
 from absa.run.models import build_model
 
-COMBOS = {
-    "fp32": ("fp32", False, False),
-    "bf16+cl": ("bf16", True, False),
-    "bf16+cl+compile": ("bf16", True, True),
+COMBOS = {  # precision, channels_last, compile, train.compile_mode
+    "fp32": ("fp32", False, False, "default"),
+    "bf16+cl": ("bf16", True, False, "default"),
+    "bf16+cl+compile": ("bf16", True, True, "default"),
+    "bf16+cl+graphs": ("bf16", True, True, "reduce-overhead"),  # compile with CUDA graphs
 }
 CASES = [("resnet18", 128), ("resnet18", 512), ("small_cnn", 128)]
 TINY_CASES = [("small_cnn", 16)]
-TINY_COMBOS = {"fp32": ("fp32", False, False), "bf16+cl": ("bf16", True, False)}
+TINY_COMBOS = {k: COMBOS[k] for k in ("fp32", "bf16+cl")}
 
 
 def _sync(dev: torch.device) -> None:
@@ -45,8 +47,8 @@ def _sync(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)
 
 
-def _cfg(model: str, batch: int, combo: tuple[str, bool, bool], noise: bool, adv: float):
-    precision, cl, _ = combo
+def _cfg(model: str, batch: int, combo: tuple[str, bool, bool, str], noise: bool, adv: float):
+    precision, cl, compiled, mode = combo
     return C.load(
         None,
         [
@@ -56,6 +58,8 @@ def _cfg(model: str, batch: int, combo: tuple[str, bool, bool], noise: bool, adv
             f"batch.max_micro_batch={batch}",
             f"train.precision={precision}",
             f"train.channels_last={str(cl).lower()}",
+            f"train.compile={str(compiled).lower()}",
+            f"train.compile_mode={mode}",
             f"signals.noise={str(noise).lower()}",
             f"adversarial.fraction={adv}",
             "train.deterministic=false",
@@ -121,7 +125,7 @@ def _timed(model_name: str, batch: int, combo: Any, data: Data, dev, runs: dict,
     for name in runs:
         torch.manual_seed(0)
         model = build_model(model_name, data.info).to(dev)
-        nets[name] = (prepare_model(model, combo[1], combo[2], print), model)
+        nets[name] = (prepare_model(model, combo[1], combo[2], print, combo[3]), model)
     for rep in range(reps + 1):
         for name, (fn, cfg) in runs.items():
             net, model = nets[name]

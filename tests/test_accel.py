@@ -9,6 +9,7 @@ from absa.distributed import DistEnv
 from absa.engine import accel as A
 from absa.engine import loop as T
 from absa.engine.probes import ProbeSettings, hessian_probe, probe_indices
+from absa.run import config as C
 from absa.run import models as M
 from absa.run.data import load_data
 
@@ -95,10 +96,79 @@ def test_channels_last_model_and_inputs(tiny_cfg, tmp_path):
 
 
 @pytest.mark.slow
+def test_compile_with_cuda_graph_mode_trains_as_eager_on_cpu(tiny_cfg, tmp_path):
+    """On a CPU reduce-overhead compiles as default does (graphs are a CUDA feature)."""
+    over = ("train.epochs=1", "batch.max_micro_batch=32")
+    a = T.run(tiny_cfg(*over), run_dir=tmp_path / "eager")
+    b = T.run(tiny_cfg(*over, "train.compile=true", "train.compile_mode=reduce-overhead"),
+              run_dir=tmp_path / "graphs")  # fmt: skip
+    wa, wb = _weights(tmp_path / "eager"), _weights(tmp_path / "graphs")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-4) for k in wa)
+    assert b.test_acc == pytest.approx(a.test_acc, abs=1.0)
+
+
+@pytest.mark.slow
 def test_compiled_training_checkpoints_the_bare_module(tiny_cfg, tmp_path):
     T.run(tiny_cfg("train.compile=true", "train.epochs=1"), run_dir=tmp_path / "c")
     keys = list(_weights(tmp_path / "c"))
     assert keys and not any("_orig_mod" in k for k in keys)
+
+
+def test_compile_mode_needs_compile_and_reaches_torch_compile(tiny_cfg, monkeypatch):
+    with pytest.raises(
+        C.ConfigError, match="train.compile_mode: reduce-overhead needs train.compile"
+    ):
+        tiny_cfg("train.compile_mode=reduce-overhead")
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda m, **kw: seen.append(kw) or m)
+    net = torch.nn.Linear(2, 2)
+    for mode in ("default", "reduce-overhead"):
+        assert A.prepare_model(net, False, True, print, mode) is net
+    assert seen == [{"mode": None}, {"mode": "reduce-overhead"}]
+
+
+@pytest.mark.parametrize(
+    ("mode", "device", "graphs"),
+    [
+        ("reduce-overhead", "cuda", True),
+        ("max-autotune", "cuda", True),
+        ("max-autotune-no-cudagraphs", "cuda", False),
+        ("default", "cuda", False),
+        ("reduce-overhead", "cpu", False),
+    ],  # fmt: skip
+)
+def test_runtime_knows_when_the_module_replays_cuda_graphs(tiny_cfg, mode, device, graphs):
+    cfg = tiny_cfg("train.compile=true", f"train.compile_mode={mode}")
+    assert A.Runtime.plain(cfg, torch.device(device)).cuda_graphs is graphs
+
+
+def test_steps_under_cuda_graphs_keep_grad_buffers_and_equal_plain_steps(tiny_cfg):
+    """Under CUDA graphs a step adds each micro-batch's gradient into kept, zeroed .grad
+    buffers (a graph's gradient output is overwritten by its next replay); on the CPU the
+    same bookkeeping runs, and two micro-batches a step give bit-identical weights."""
+    from absa.engine.epoch import _keep_grad_buffers
+
+    net = torch.nn.Linear(3, 2)
+    net.bias.grad = mine = torch.ones(2)
+    _keep_grad_buffers(list(net.parameters()))  # before any backward: its own zeroed buffer
+    assert torch.equal(net.weight.grad, torch.zeros(2, 3)) and net.bias.grad is mine
+    cfg = tiny_cfg("batch.max_micro_batch=32", "signals.noise=true")  # two micro-batches a step
+    data = load_data(cfg.data)
+    weights, kept = {}, []
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        model = M.build_from_config(cfg.model, data.info)
+        opt, policy = T.make_optimizer(model, cfg), T.policy_for(cfg)
+        rt = A.Runtime.plain(cfg, torch.device("cpu"))
+        rt.cuda_graphs = graphs
+        for epoch in range(2):
+            noise = T.noise_meter(cfg, None)  # reads .grad after each micro-batch
+            T.train_epoch(model, opt, data, cfg, DistEnv(), policy, epoch, noise=noise, rt=rt)
+            kept.append([p.grad for p in model.parameters()])
+        weights[graphs] = [p.detach().clone() for p in model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(weights[False], weights[True], strict=True))
+    assert all(a is b for a, b in zip(kept[2], kept[3], strict=True))  # the same buffers
+    assert not any(a is b for a, b in zip(kept[0], kept[1], strict=True))  # freed and new
 
 
 def test_compiled_module_unwraps_to_the_bare_one():

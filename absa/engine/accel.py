@@ -91,10 +91,18 @@ def to_input(x: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x
 
 
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes replaying graphs
+
+
 def prepare_model(
-    model: nn.Module, channels_last: bool, compile: bool, say: Callable[[str], None]
+    model: nn.Module,
+    channels_last: bool,
+    compile: bool,
+    say: Callable[[str], None],
+    mode: str = "default",
 ) -> nn.Module:
-    """``model`` (in place: channels_last) and the module to train with (compiled or not)."""
+    """``model`` (in place: channels_last) and the module to train with (compiled or not;
+    ``mode`` is torch.compile's, ``train.compile_mode``)."""
     if channels_last:
         model.to(memory_format=torch.channels_last)
     if not compile:
@@ -102,7 +110,7 @@ def prepare_model(
     if not hasattr(torch, "compile"):
         say("train.compile: this torch has no torch.compile; training uncompiled")
         return model
-    return torch.compile(model)
+    return torch.compile(model, mode=None if mode == "default" else mode)
 
 
 # --- out of memory ---------------------------------------------------------------------------
@@ -183,21 +191,25 @@ AUTO_MICRO_CPU = 256  # batch.max_micro_batch: auto without an accelerator to pr
 class Runtime:
     """How a run executes, as opposed to what it computes: precision and its scaler, the
     micro-batch size in force (after ``auto`` sizing and OOM backoffs) and the memory format
-    of inputs."""
+    of inputs. ``cuda_graphs``: the training module replays CUDA graphs, whose outputs the
+    next replay overwrites, so ``.grad`` must not be a graph's gradient output: a step then
+    zeroes kept ``.grad`` buffers, into which each backward adds (``0 + g`` is ``g``)."""
 
     precision: Precision
     micro: int
     channels_last: bool = False
     backoffs: list[dict[str, int]] = field(default_factory=list)
+    cuda_graphs: bool = False
 
     @classmethod
     def plain(cls, cfg: Config, device: torch.device) -> Runtime:
         """The runtime of ``cfg`` without any probing (``auto`` micro-batch: 256)."""
-        micro = cfg.batch.max_micro_batch
+        micro, t, dev = cfg.batch.max_micro_batch, cfg.train, torch.device(device)
         return cls(
-            Precision.create(cfg.train.precision, torch.device(device)),
+            Precision.create(t.precision, dev),
             micro if isinstance(micro, int) else AUTO_MICRO_CPU,
-            cfg.train.channels_last,
+            t.channels_last,
+            cuda_graphs=t.compile and t.compile_mode in CUDA_GRAPH_MODES and dev.type == "cuda",
         )
 
     def back_off(self, err: Exception, distributed: bool, epoch: int, step: int) -> None:

@@ -121,7 +121,9 @@ class _Stepper:
         other ranks are already inside the step's collectives."""
         env, rt, noise = self.env, self.rt, self.noise
         while True:
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=not rt.cuda_graphs)
+            if rt.cuda_graphs:
+                _keep_grad_buffers(self.params)
             if noise is not None:
                 noise.begin_step(self.params)
             try:
@@ -131,6 +133,16 @@ class _Stepper:
                     )
             except Exception as err:
                 rt.back_off(err, env.distributed, *where)
+
+
+def _keep_grad_buffers(params: list[nn.Parameter]) -> None:
+    """Before a step under CUDA graphs: every parameter has its own zeroed ``.grad`` (a
+    backward adds into a defined ``.grad`` in place instead of taking its graph output,
+    which the next replay overwrites), and the step is marked as a new graph iteration."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    torch.compiler.cudagraph_mark_step_begin()
 
 
 def step_batches(n: int, batch_size: int, env: D.DistEnv, sync_bn: bool) -> list[torch.Tensor]:

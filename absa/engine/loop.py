@@ -205,7 +205,7 @@ def _training_module(
     torch.compile as configured; checkpoints, probes and evaluation use ``model`` itself."""
     bare = prepare_model(model, cfg.train.channels_last, False, say)
     wrapped = D.wrap_model(bare, env, cfg.distributed.sync_batchnorm)
-    return prepare_model(wrapped, False, cfg.train.compile, say)
+    return prepare_model(wrapped, False, cfg.train.compile, say, cfg.train.compile_mode)
 
 
 def _probe(

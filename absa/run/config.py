@@ -215,6 +215,18 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     channels_last: bool = False  # model and 4-D inputs in channels_last memory format
     compile: bool = False  # torch.compile the training module (checkpoints use the bare one)
+    # torch.compile's mode (needs train.compile: true); reduce-overhead and max-autotune
+    # replay CUDA graphs on a GPU (one per step shape; gradients then accumulate into kept
+    # .grad buffers); on a CPU they compile as default does
+    compile_mode: Literal[
+        "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"
+    ] = "default"
+
+    @model_validator(mode="after")
+    def _compile_mode(self) -> TrainConfig:
+        if self.compile_mode != "default" and not self.compile:
+            raise ValueError(f"train.compile_mode: {self.compile_mode} needs train.compile: true")
+        return self
 
     @field_validator("device")
     @classmethod
