@@ -117,8 +117,9 @@ def accumulate_gradients(
 @functools.lru_cache(maxsize=64)
 def _count(samples: int, device: torch.device) -> torch.Tensor:
     """``samples`` as a float64 scalar on ``device``, made once per value (a step's third
-    stat: steps of one size share it, read-only, instead of allocating it each time)."""
-    return torch.tensor(float(samples), dtype=torch.float64, device=device)
+    stat: steps of one size share it, read-only, instead of allocating it each time); filled
+    on the device, since a host-to-device copy would synchronise a CUDA stream."""
+    return torch.full((), float(samples), dtype=torch.float64, device=device)
 
 
 def _forward_backward(
