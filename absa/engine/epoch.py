@@ -81,13 +81,14 @@ class EpochFeed:
         """This rank's positions ``local`` of a step in consecutive chunks of at most
         ``micro``, each ``(x, y, k)`` with its first k samples adversarial (folder data:
         decoded ahead by its workers)."""
-        sizes = [min(micro, len(local) - s) for s in range(0, len(local), micro)]
+        starts = list(range(0, len(local), micro))
+        sizes = [min(micro, len(local) - s) for s in starts]
         order = self.perm[local]
         if isinstance(self.split, FolderSplit):
             xys = stream_batches(self.split, order, sizes, True, self.epoch, self.seed)
         else:  # stream_batches' chunks of a split in memory, without its generator
-            xys = (self.split.get(chunk) for chunk in _chunks(order, sizes))
-        chunks = zip(sizes, xys, _starts(sizes), _chunks(local, sizes), strict=True)
+            xys = (self.split.get(chunk) for chunk in _chunks(order, starts, sizes))
+        chunks = zip(sizes, xys, starts, _chunks(local, starts, sizes), strict=True)
         for size, (x, y), start, at in chunks:
             if self.aug is not None:
                 x = apply_augment(x, self.aug.take(at))
@@ -217,17 +218,12 @@ def _adversarial_count(n_batch: int, r: float, rank: int, world: int) -> int:
     return len(range(rank, int(round(r * n_batch)), world))
 
 
-def _starts(sizes: list[int]) -> list[int]:
-    """Where each of consecutive chunks of ``sizes`` begins."""
-    return [sum(sizes[:i]) for i in range(len(sizes))]
-
-
-def _chunks(t: torch.Tensor, sizes: list[int]) -> Iterator[torch.Tensor]:
-    """``t`` in consecutive chunks of ``sizes`` (``t`` itself when it is one chunk)."""
+def _chunks(t: torch.Tensor, starts: list[int], sizes: list[int]) -> Iterator[torch.Tensor]:
+    """``t`` in chunks at ``starts`` of ``sizes`` (``t`` itself when it is one chunk)."""
     if len(sizes) == 1:
         yield t
         return
-    for start, size in zip(_starts(sizes), sizes, strict=True):
+    for start, size in zip(starts, sizes, strict=True):
         yield t[start : start + size]
 
 
