@@ -87,6 +87,12 @@ MARKER = "status.json"
 LOG = "log.txt"
 JOB = "job.json"
 
+
+def rank_log(rank: int) -> str:
+    """The console log of rank ``rank`` > 0 of a sweep point run per Slurm task (rank 0: LOG)."""
+    return f"log.rank{rank}.txt"
+
+
 _TEMP = re.compile(r"^\..+\.[A-Za-z0-9_]+\.tmp$")  # atomic_write_bytes' mkstemp names
 
 # metrics.jsonl fields the reports and plots compute with: numbers or null

@@ -11,7 +11,7 @@ from typing import Any
 from absa.fleet.sweep.attempt import PointTask, begin_attempt, child_env, command, end_attempt
 from absa.fleet.sweep.procs import ignore_usr2, stop, terminate
 from absa.fleet.sweep.state import LAST, status, summary
-from absa.run.folder import holder
+from absa.run.folder import holder, rank_log
 
 LOCK_WAIT_S = 60.0  # a requeued job's predecessor may still be shutting down
 # how long a Slurm task whose training process got SIGTERM waits to be killed (KillWait)
@@ -79,7 +79,7 @@ class PointJob:
         if rank == 0:
             log, offset = begin_attempt(task, resume, cmd)
         else:
-            log, offset = (folder / f"log.rank{rank}.txt").open("a"), 0
+            log, offset = (folder / rank_log(rank)).open("a"), 0
         try:
             self._proc = subprocess.Popen(
                 cmd,
